@@ -1,0 +1,1 @@
+"""Training half of the recommender: data, splits, models, evaluation, artifacts."""

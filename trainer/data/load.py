@@ -1,0 +1,78 @@
+"""One entry point from a data-set spec (``synthetic``, a folder or a file) to :class:`Interactions`.
+
+The CLI passes whatever the user typed; this module decides which loader fits, so that the common sources
+need no options and only a generic table has to say which columns hold users and items.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from trainer.data.hetrec import PLAYS_FILE, load_hetrec
+from trainer.data.interactions import Interactions
+from trainer.data.lastfm1k import COLUMNS as LASTFM1K_COLUMNS
+from trainer.data.lastfm1k import load_lastfm1k
+from trainer.data.synthetic import SyntheticConfig, generate
+from trainer.data.table import PARQUET_SUFFIXES, load_table
+from trainer.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?")
+_SNIFF_BYTES = 1 << 16
+
+
+def load_dataset(
+    spec: str,
+    *,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    weight_col: str | None = None,
+    time_col: str | None = None,
+    synthetic: SyntheticConfig | None = None,
+) -> Interactions:
+    """``synthetic``, a HetRec folder, a Last.fm-1K log, or any table with named user and item columns."""
+    columns = {
+        "--user-col": user_col,
+        "--item-col": item_col,
+        "--weight-col": weight_col,
+        "--time-col": time_col,
+    }
+    if spec == SYNTHETIC:
+        _ignore_columns(columns, "the synthetic data set")
+        return generate(synthetic or SyntheticConfig()).interactions
+
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{spec}: no such file or directory")
+    if path.is_dir():
+        if not (path / PLAYS_FILE).is_file():
+            raise DataError(f"{spec}: a folder must be the HetRec Last.fm 2K set (no {PLAYS_FILE} in it)")
+        _ignore_columns(columns, "a HetRec folder")
+        return load_hetrec(path)
+    if is_lastfm1k(path):
+        _ignore_columns(columns, "a Last.fm-1K log")
+        return load_lastfm1k(path)
+    if user_col is None or item_col is None:
+        raise DataError(f"{spec}: a table needs --user-col and --item-col to say which columns hold them")
+    return load_table(path, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col)
+
+
+def is_lastfm1k(path: Path) -> bool:
+    """Whether the first line looks like a Last.fm-1K play: 6 tab-separated fields, an ISO time second."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return False
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    first = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").rstrip("\r")
+    fields = first.split("\t")
+    return len(fields) == len(LASTFM1K_COLUMNS) and _ISO_TIME.match(fields[1]) is not None
+
+
+def _ignore_columns(columns: dict[str, str | None], what: str) -> None:
+    given = [flag for flag, value in columns.items() if value is not None]
+    if given:
+        logger.warning("%s ignored: %s has fixed columns", ", ".join(given), what)

@@ -16,3 +16,20 @@ def hetrec_dir() -> Path:
     if not (HETREC_DIR / "user_artists.dat").is_file():
         pytest.skip(f"HetRec Last.fm 2K not found at {HETREC_DIR} (needs ../shared/data beside the repo)")
     return HETREC_DIR
+
+
+@pytest.fixture(scope="session")
+def small_world():  # type: ignore[no-untyped-def]
+    """A small synthetic music world (fast to fit) shared by model and pipeline tests."""
+    from trainer.data.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig(n_users=300, n_items=400, n_genres=8, mean_sessions_per_user=6, seed=3))
+
+
+@pytest.fixture(scope="session")
+def hetrec_split(hetrec_dir: Path):  # type: ignore[no-untyped-def]
+    """The anchors' random-holdout split of HetRec (seed 42)."""
+    from trainer.data.hetrec import load_hetrec
+    from trainer.splits import random_holdout
+
+    return random_holdout(load_hetrec(hetrec_dir))

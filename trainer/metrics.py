@@ -66,9 +66,7 @@ def coverage_at_k(top_items: npt.NDArray[np.integer[Any]], n_items: int, k: int)
     return float(np.unique(shown[shown >= 0]).size / n_items)
 
 
-def mean_popularity_at_k(
-    top_items: npt.NDArray[np.integer[Any]], item_popularity: FloatArray, k: int
-) -> float:
+def mean_popularity_at_k(top_items: npt.NDArray[np.integer[Any]], item_popularity: FloatArray, k: int) -> float:
     """Mean training popularity (share of users who played the item) of what gets recommended."""
     shown = top_items[:, :k]
     return float(item_popularity[shown[shown >= 0]].mean()) if (shown >= 0).any() else 0.0

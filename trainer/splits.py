@@ -68,9 +68,7 @@ def _rank_within_user(users: npt.NDArray[np.int32], keys: npt.NDArray[np.generic
     return ranks
 
 
-def random_holdout(
-    data: Interactions, *, fraction: float = 0.2, seed: int = 42, min_interactions: int = 5
-) -> Split:
+def random_holdout(data: Interactions, *, fraction: float = 0.2, seed: int = 42, min_interactions: int = 5) -> Split:
     """Per user, hold out the ``ceil(fraction * n)`` pairs with the smallest ``default_rng(seed)`` draws."""
     _check_fraction(fraction)
     data = keep_active_users(data, min_interactions)

@@ -1,13 +1,17 @@
 """Confidence weighting of raw play counts (Hu, Koren & Volinsky 2008, and the BM25 variant of implicit).
 
-Play counts span six orders of magnitude; the models see a transformed confidence instead.
+Play counts span six orders of magnitude; the models see a transformed confidence instead. BM25 depends on
+statistics of the training matrix (item IDF, mean listening per user); they are returned as
+:class:`CorpusStats` so that a listener folded in later is weighted exactly as at training time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 
@@ -17,13 +21,33 @@ class Weighting(StrEnum):
     bm25 = "bm25"
 
 
+@dataclass(frozen=True)
+class CorpusStats:
+    item_idf: npt.NDArray[np.float64]
+    mean_user_total: float
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix) -> CorpusStats:
+        n_users = max(matrix.shape[0], 1)
+        item_users = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
+        totals = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+        mean_total = float(totals.mean()) if totals.size and totals.mean() > 0 else 1.0
+        return cls(item_idf=np.log(n_users) - np.log1p(item_users), mean_user_total=mean_total)
+
+
 def confidence(
-    matrix: sp.csr_matrix, scheme: Weighting | str, *, k1: float = 1.2, b: float = 0.75
+    matrix: sp.csr_matrix,
+    scheme: Weighting | str,
+    *,
+    k1: float = 1.2,
+    b: float = 0.75,
+    stats: CorpusStats | None = None,
 ) -> sp.csr_matrix:
-    """Users x items confidence matrix with the same sparsity as ``matrix``.
+    """Users x items confidence matrix with the same sparsity as ``matrix`` (zeros dropped).
 
     ``bm25`` down-weights items many users played (IDF) and normalises by how much each user plays, the way
     implicit's ``bm25_weight`` does, so heavy listeners and blockbuster artists do not dominate the fit.
+    ``stats`` defaults to those of ``matrix`` itself.
     """
     scheme = Weighting(scheme)
     out = matrix.astype(np.float32, copy=True)
@@ -32,15 +56,11 @@ def confidence(
     if scheme is Weighting.log1p:
         out.data = np.log1p(out.data)
         return out
-    n_users = matrix.shape[0]
-    item_users = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
-    idf = np.log(n_users) - np.log1p(item_users)
-    row_sums = np.asarray(out.sum(axis=1)).ravel()
-    avg = row_sums.mean() if row_sums.size else 1.0
-    row_len = np.repeat(row_sums, np.diff(out.indptr))
-    length_norm = (1.0 - b) + b * row_len / avg
+    stats = stats or CorpusStats.of(matrix)
+    row_totals = np.asarray(out.sum(axis=1), dtype=np.float64).ravel()
+    length_norm = (1.0 - b) + b * np.repeat(row_totals, np.diff(out.indptr)) / stats.mean_user_total
     data = out.data.astype(np.float64)
-    out.data = (data * (k1 + 1.0) / (k1 * length_norm + data) * idf[out.indices]).astype(np.float32)
-    out.data = np.maximum(out.data, 0.0)
+    weighted = data * (k1 + 1.0) / (k1 * length_norm + data) * stats.item_idf[out.indices]
+    out.data = np.maximum(weighted, 0.0).astype(np.float32)
     out.eliminate_zeros()
     return out

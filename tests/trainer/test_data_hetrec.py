@@ -82,9 +82,7 @@ def test_small_folder_keeps_odd_names(tmp_path: Path) -> None:
     assert loaded.to_csr().toarray().tolist() == [[10.0, 3.0], [1.0, 0.0]]
 
 
-def test_missing_artist_names_warn_and_fall_back_to_ids(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_missing_artist_names_warn_and_fall_back_to_ids(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _write_small_set(tmp_path, artists=False)
     with caplog.at_level(logging.WARNING, logger="trainer.data.hetrec"):
         loaded = load_hetrec(tmp_path)

@@ -29,9 +29,7 @@ def load_hetrec(directory: Path) -> Interactions:
     if not plays_path.is_file():
         raise DataError(f"{plays_path}: no such file or directory")
     try:
-        plays = pd.read_csv(
-            plays_path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""]
-        )
+        plays = pd.read_csv(plays_path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{PLAYS_FILE}: cannot parse: {str(exc).strip() or type(exc).__name__}") from exc
     clean = clean_frame(

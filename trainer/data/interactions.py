@@ -179,9 +179,7 @@ def from_frame(
     users_map, users = IdMap.from_values(frame[user_col].to_numpy())
     items_map, items = IdMap.from_values(frame[item_col].to_numpy())
     weights = (
-        np.ones(len(frame), dtype=np.float64)
-        if weight_col is None
-        else frame[weight_col].to_numpy(dtype=np.float64)
+        np.ones(len(frame), dtype=np.float64) if weight_col is None else frame[weight_col].to_numpy(dtype=np.float64)
     )
     times = None if time_col is None else frame[time_col].to_numpy(dtype=np.int64)
 

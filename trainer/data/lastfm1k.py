@@ -58,9 +58,7 @@ def load_lastfm1k(path: Path) -> Interactions:
     if n_bad:
         logger.warning("%s: skipped %d malformed lines of %d", path.name, n_bad, n_lines)
     if not user_codes:
-        raise DataError(
-            f"{path.name}: no valid plays (expected 6 tab-separated fields with an ISO 8601 time)"
-        )
+        raise DataError(f"{path.name}: no valid plays (expected 6 tab-separated fields with an ISO 8601 time)")
 
     plays = pd.DataFrame(
         {
@@ -70,9 +68,7 @@ def load_lastfm1k(path: Path) -> Interactions:
         }
     )
     # Repeated plays are the point of a log, so the folded-row count is not worth a warning here.
-    coded, _ = from_frame(
-        plays, user_col="user", item_col="item", weight_col=None, time_col="time", source=path.name
-    )
+    coded, _ = from_frame(plays, user_col="user", item_col="item", weight_col=None, time_col="time", source=path.name)
     # The id maps hold codes; swap in the external ids and names they stand for (indices stay the same).
     return dataclasses.replace(
         coded,
@@ -89,9 +85,7 @@ class _Vocabulary:
         self._index = pd.Index([], dtype=object)
         self._names: list[npt.NDArray[np.object_]] = []
 
-    def codes(
-        self, values: npt.NDArray[np.object_], names: npt.NDArray[np.object_] | None = None
-    ) -> IndexArray:
+    def codes(self, values: npt.NDArray[np.object_], names: npt.NDArray[np.object_] | None = None) -> IndexArray:
         local, uniques = pd.factorize(values)
         unique_values = np.asarray(uniques, dtype=object)
         found = self._index.get_indexer(pd.Index(unique_values, dtype=object))
@@ -125,9 +119,7 @@ def _line_blocks(path: Path) -> Iterator[bytes]:
             yield rest + b"\n"
 
 
-def _parse_block(
-    block: bytes, source: str
-) -> tuple[pd.DataFrame, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+def _parse_block(block: bytes, source: str) -> tuple[pd.DataFrame, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Parses one block: the valid rows (with epoch ``seconds``), which lines are valid and which are blank.
 
     pandas pads short lines, drops or shifts long ones depending on the first line, so lines without exactly
@@ -169,9 +161,7 @@ def _parse_block(
     parsed = pd.to_datetime(frame["timestamp"], format="ISO8601", utc=True, errors="coerce")
     seconds = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     frame["seconds"] = seconds.fillna(0).astype("int64")
-    has_artist = (frame["artist_id"].to_numpy(dtype=object) != "") | (
-        frame["artist_name"].to_numpy(dtype=object) != ""
-    )
+    has_artist = (frame["artist_id"].to_numpy(dtype=object) != "") | (frame["artist_name"].to_numpy(dtype=object) != "")
     valid_rows = parsed.notna().to_numpy() & (frame["user"].to_numpy(dtype=object) != "") & has_artist
     ok[np.flatnonzero(shaped)] = valid_rows
     return frame.loc[valid_rows].reset_index(drop=True), ok, blank

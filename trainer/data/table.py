@@ -160,9 +160,7 @@ def clean_frame(
     return clean
 
 
-def aggregate(
-    clean: pd.DataFrame, *, source: str, item_names: dict[object, str] | None = None
-) -> Interactions:
+def aggregate(clean: pd.DataFrame, *, source: str, item_names: dict[object, str] | None = None) -> Interactions:
     """Sums repeated (user, item) rows of a :func:`clean_frame` result and tells the user how many."""
     interactions, folded = from_frame(
         clean,
@@ -184,9 +182,7 @@ def _ids(values: pd.Series[Any], *, column: str, source: str, where: RowPosition
     missing = values.isna().to_numpy()
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
-        raise DataError(
-            f"{source}: column {column!r} has {int(missing.sum())} missing ids (first at {where(first)})"
-        )
+        raise DataError(f"{source}: column {column!r} has {int(missing.sum())} missing ids (first at {where(first)})")
     if pd.api.types.is_bool_dtype(values):
         return values.astype(str).to_numpy(dtype=object)
     if pd.api.types.is_integer_dtype(values):
@@ -199,9 +195,7 @@ def _ids(values: pd.Series[Any], *, column: str, source: str, where: RowPosition
     return values.astype(str).to_numpy(dtype=object)
 
 
-def _weights(
-    values: pd.Series[Any], *, column: str, source: str, where: RowPosition
-) -> npt.NDArray[np.float64]:
+def _weights(values: pd.Series[Any], *, column: str, source: str, where: RowPosition) -> npt.NDArray[np.float64]:
     if pd.api.types.is_bool_dtype(values):
         raise DataError(f"{source}: column {column!r} holds true/false values, not numeric weights")
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)

@@ -1,0 +1,1 @@
+"""The ``recsys`` command line and the settings shared by every part of the system."""

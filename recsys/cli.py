@@ -1,0 +1,267 @@
+"""``recsys``: the single command line of the project (typer).
+
+Deliberate errors (bad data, bad options, missing runs) print one line and exit with status 2; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recsys.logs import configure_logging
+from recsys.settings import Settings, get_settings
+from trainer.errors import ConfigError, RecsysError
+
+app = typer.Typer(
+    name="recsys",
+    help="Real-time music recommendation: train, evaluate, tune and inspect models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+out = Console()
+
+METRIC_COLUMNS = ("ndcg@10", "recall@20", "map@10", "coverage@10", "mean_popularity@10")
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="'synthetic', a HetRec Last.fm 2K folder, a Last.fm-1K log (.tsv), or a CSV/TSV/Parquet table.",
+    ),
+]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="popularity, bpr or als.")]
+UserColOpt = Annotated[str | None, typer.Option("--user-col", help="Table column holding user ids.")]
+ItemColOpt = Annotated[str | None, typer.Option("--item-col", help="Table column holding item ids.")]
+WeightColOpt = Annotated[
+    str | None, typer.Option("--weight-col", help="Table column of play counts (default: each row weighs 1).")
+]
+TimeColOpt = Annotated[
+    str | None, typer.Option("--time-col", help="Table column of timestamps (epoch seconds or ISO 8601).")
+]
+ParamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="Model hyperparameter as NAME=VALUE, repeatable (e.g. -p factors=128)."),
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [RECSYS_DEVICE].")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the split [RECSYS_SEED].")]
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    ctx.obj = settings
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def parse_params(model_name: str, pairs: list[str] | None) -> dict[str, Any]:
+    """``["factors=128", "solver=cholesky"]`` → typed values, using the model's parameter defaults' types."""
+    from trainer.models.registry import model_class
+
+    fields = {f.name: f for f in dataclasses.fields(model_class(model_name).params_type)}
+    params: dict[str, Any] = {}
+    for pair in pairs or []:
+        name, sep, raw = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {pair!r}: expected NAME=VALUE")
+        if name not in fields:
+            raise ConfigError(f"--param {name!r}: {model_name} has no such parameter ({', '.join(fields)})")
+        default = fields[name].default
+        try:
+            if isinstance(default, bool):
+                params[name] = raw.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, int | float):
+                params[name] = type(default)(raw)
+            else:
+                params[name] = raw
+        except ValueError:
+            raise ConfigError(f"--param {name}: {raw!r} is not a {type(default).__name__}") from None
+    return params
+
+
+def _load(data: str, user_col: str | None, item_col: str | None, weight_col: str | None, time_col: str | None):  # type: ignore[no-untyped-def]
+    from trainer.data.load import load_dataset
+
+    return load_dataset(data, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col)
+
+
+def metrics_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("model")
+    for column in (*METRIC_COLUMNS, "fit s"):
+        table.add_column(column, justify="right")
+    for name, metrics in rows.items():
+        values = [f"{metrics[c]:.4f}" for c in METRIC_COLUMNS]
+        table.add_row(name, *values, f"{metrics.get('fit_seconds', 0.0):.2f}")
+    return table
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: DataOpt = "synthetic",
+    model: ModelOpt = "als",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory [RECSYS_RUNS_DIR/MODEL].")] = None,
+    split: Annotated[str, typer.Option(help="random-holdout or temporal.")] = "random-holdout",
+    param: ParamOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    weight_col: WeightColOpt = None,
+    time_col: TimeColOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    refit: Annotated[bool, typer.Option(help="After evaluating, fit again on all data for serving.")] = False,
+) -> None:
+    """Train one model, evaluate it on a held-out split, and write the run (model, ids, metrics.json)."""
+    from trainer.pipeline import save_result, train_and_evaluate
+
+    settings = _settings(ctx)
+    params = parse_params(model, param)
+    interactions = _load(data, user_col, item_col, weight_col, time_col)
+    result = train_and_evaluate(
+        interactions,
+        model,
+        params,
+        split=split,
+        seed=settings.seed if seed is None else seed,
+        device=device or settings.device,
+        refit=refit,
+        show_progress=settings.progress,
+        source=data,
+    )
+    target = out_dir or settings.runs_dir / model
+    save_result(result, target)
+    rows = {"popularity (baseline)": result.metrics["baseline_popularity"], model: result.metrics}
+    out.print(metrics_table(rows, f"{data} · {split}"))
+    out.print(f"run written to {target}")
+
+
+@app.command()
+def tune(
+    ctx: typer.Context,
+    data: DataOpt = "synthetic",
+    model: ModelOpt = "als",
+    trials: Annotated[int, typer.Option(help="Number of Optuna trials.")] = 30,
+    metric: Annotated[str, typer.Option(help="Validation metric to maximise.")] = "ndcg@10",
+    param: ParamOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    weight_col: WeightColOpt = None,
+    time_col: TimeColOpt = None,
+    device: DeviceOpt = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the best parameters as JSON here.")] = None,
+) -> None:
+    """Search hyperparameters on a validation split carved from the training part (the test part stays unseen)."""
+    from trainer.splits import random_holdout
+    from trainer.tune import tune as run_tune
+
+    settings = _settings(ctx)
+    fixed = parse_params(model, param)
+    interactions = _load(data, user_col, item_col, weight_col, time_col)
+    split = random_holdout(interactions, seed=settings.seed)
+    result = run_tune(
+        split.train,
+        model,
+        n_trials=trials,
+        metric=metric,
+        device=device or settings.device,
+        fixed=fixed,
+        show_progress=settings.progress,
+    )
+    out.print(f"best validation {metric} = {result.best_value:.4f}")
+    out.print_json(json.dumps(result.best_params))
+    if out_file is not None:
+        payload = {"model": model, "metric": metric, **dataclasses.asdict(result)}
+        out_file.write_text(json.dumps(payload, indent=2) + "\n")
+        out.print(f"written to {out_file}")
+    hint = " ".join(f"-p {k}={v}" for k, v in result.best_params.items())
+    out.print(f"train with: recsys train --data {data} --model {model} {hint}")
+
+
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `recsys train`.")],
+    user: Annotated[list[str], typer.Option("--user", "-u", help="External user id, repeatable.")],
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+) -> None:
+    """Top-k items for users of a trained run (items they already have are left out)."""
+    from trainer.artifacts import load_run
+
+    run = load_run(run_dir)
+    for external in user:
+        index = run.user_ids.index(external)
+        if index is None:
+            raise ConfigError(f"user {external!r} is not in {run_dir} (unknown users are served by the fallback)")
+        items, scores = run.model.recommend([index], k, exclude=run.history)
+        out.print(recommendation_table(run, external, items[0], scores[0]))
+
+
+def recommendation_table(run: Any, user: object, items: Any, scores: Any) -> Table:
+    table = Table(title=f"top-{len(items)} for user {user} ({run.model.name})")
+    table.add_column("#", justify="right")
+    table.add_column("item id")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
+        if item < 0:
+            break
+        table.add_row(str(rank), str(run.item_ids.ids[item]), run.item_label(int(item)), f"{score:.3f}")
+    return table
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's runs go.")] = Path("runs/demo"),
+    users: Annotated[int, typer.Option(help="Show recommendations for this many users.")] = 3,
+) -> None:
+    """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend."""
+    from trainer.artifacts import load_run
+    from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.pipeline import save_result, train_and_evaluate
+
+    settings = _settings(ctx)
+    world = generate(SyntheticConfig())
+    data = world.interactions
+    out.print(
+        f"synthetic music world: {data.n_users} listeners, {data.n_items} artists, {len(data)} listener-artist "
+        f"pairs from {len(data.events) if data.events is not None else 0} plays"
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for name in ("popularity", "bpr", "als"):
+        result = train_and_evaluate(
+            data, name, seed=settings.seed, device=settings.device, show_progress=settings.progress, source="synthetic"
+        )
+        save_result(result, out_dir / name)
+        rows[name] = result.metrics
+    out.print(metrics_table(rows, "synthetic · random-holdout"))
+    run = load_run(out_dir / "als")
+    for external in run.user_ids.ids[:users].tolist():
+        index = run.user_ids.index(external)
+        assert index is not None
+        items, scores = run.model.recommend([index], 10, exclude=run.history)
+        out.print(recommendation_table(run, external, items[0], scores[0]))
+    out.print(f"runs written to {out_dir}")
+
+
+def run() -> None:
+    """Console entry point: turns deliberate errors into one line on stderr and exit status 2."""
+    try:
+        app()
+    except RecsysError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,29 @@
+"""The one configuration system: typed settings from ``RECSYS_*`` environment variables (or a ``.env`` file).
+
+Command-line options override these per call; nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_file=".env", extra="ignore")
+
+    runs_dir: Path = Field(Path("runs"), description="where `recsys train` writes runs by default")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    seed: int = Field(42, description="seed of splits and samplers")
+    log_level: LogLevel = "INFO"
+    progress: bool = Field(True, description="draw progress bars on long work")
+
+
+def get_settings() -> Settings:
+    """A fresh read of the environment; tests build their own ``Settings`` instead of patching globals."""
+    return Settings()

@@ -1,0 +1,90 @@
+"""The command line end to end, as a user runs it (a real subprocess, real files)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RECSYS_PROGRESS": "false", "RECSYS_DEVICE": "cpu", "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "recsys", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small play-count table with string ids, as a user would bring one."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "plays.csv"
+    lines = ["listener,artist,plays"]
+    for user in range(60):
+        taste = rng.integers(0, 4)
+        items = rng.choice(np.arange(taste * 10, taste * 10 + 15), size=8, replace=False)
+        lines += [f"user-{user},artist-{item},{rng.integers(1, 50)}" for item in items]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ("--user-col", "listener", "--item-col", "artist", "--weight-col", "plays")
+    done = recsys(
+        "train",
+        "--data",
+        str(table),
+        *args,
+        "--model",
+        "als",
+        "-p",
+        "iterations=5",
+        "--out",
+        str(run_dir),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("ndcg@10", "recall@20", "fit_seconds", "model", "n_users", "n_items"):
+        assert key in metrics
+    assert metrics["model"] == "als" and metrics["params"]["iterations"] == 5
+    assert metrics["n_users"] == 60
+    assert "ndcg@10" in done.stdout
+
+    shown = recsys("recommend", str(run_dir), "--user", "user-3", "-k", "5", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "artist-" in shown.stdout and "top-5 for user user-3" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "--data", "nowhere.csv"), "nowhere.csv: no such file or directory"),
+        (("train", "--data", "TABLE"), "needs --user-col and --item-col"),
+        (("train", "--data", "TABLE", "--user-col", "listener", "--item-col", "track"), "column 'track' not found"),
+        (("train", "--model", "svd"), "unknown model 'svd'"),
+        (("train", "-p", "factors=many"), "'many' is not a int"),
+        (("train", "-p", "depth=3"), "als has no such parameter"),
+        (("recommend", "missing-run", "--user", "1"), "no such run directory"),
+    ],
+)
+def test_bad_input_is_one_line_not_a_traceback(
+    tmp_path: Path, table: Path, args: tuple[str, ...], message: str
+) -> None:
+    done = recsys(*(str(table) if a == "TABLE" else a for a in args), cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    done = recsys("--help", cwd=tmp_path)
+    for command in ("train", "tune", "recommend", "demo"):
+        assert command in done.stdout

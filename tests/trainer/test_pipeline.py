@@ -1,0 +1,55 @@
+"""Train → evaluate → save → load, through the same functions the CLI uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from trainer.artifacts import load_run
+from trainer.errors import ArtifactError
+from trainer.pipeline import save_result, train_and_evaluate
+from trainer.tune import tune
+
+
+def test_run_round_trip(small_world: Any, tmp_path: Path) -> None:
+    result = train_and_evaluate(small_world.interactions, "als", {"iterations": 5}, source="synthetic")
+    assert result.metrics["ndcg@10"] > result.metrics["baseline_popularity"]["ndcg@10"]
+    save_result(result, tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    assert run.metrics["model"] == "als"
+    assert run.user_ids.to_list() == result.split.train.user_ids.to_list()
+    users = np.arange(10)
+    a, _ = run.model.recommend(users, 10, exclude=run.history)
+    b, _ = result.model.recommend(users, 10, exclude=result.split.train.to_csr())
+    np.testing.assert_array_equal(a, b)
+    assert run.item_label(0).startswith("genre")
+
+
+def test_refit_serves_all_pairs(small_world: Any) -> None:
+    result = train_and_evaluate(small_world.interactions, "popularity", refit=True)
+    assert len(result.fitted_on) == len(result.split.train) + len(result.split.test)
+
+
+def test_temporal_split_runs_on_timestamped_data(small_world: Any) -> None:
+    result = train_and_evaluate(small_world.interactions, "als", {"iterations": 3}, split="temporal")
+    assert result.metrics["split"] == "temporal"
+    assert 0.0 <= result.metrics["ndcg@10"] <= 1.0
+
+
+def test_missing_run_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ArtifactError, match="missing model.npz"):
+        load_run(tmp_path / "run")
+
+
+def test_tune_finds_parameters_on_validation(small_world: Any) -> None:
+    from trainer.splits import random_holdout
+
+    train = random_holdout(small_world.interactions).train
+    result = tune(train, "als", n_trials=3, fixed={"iterations": 3})
+    assert result.best_params["iterations"] == 3
+    assert len(result.trials) == 3
+    assert result.best_value == max(t["value"] for t in result.trials)

@@ -37,7 +37,7 @@ def _als_space(trial: optuna.Trial) -> dict[str, Any]:
 def _bpr_space(trial: optuna.Trial) -> dict[str, Any]:
     return {
         "learning_rate": trial.suggest_float("learning_rate", 5e-4, 3e-2, log=True),
-        "regularization": trial.suggest_float("regularization", 1e-6, 1e-2, log=True),
+        "regularization": trial.suggest_float("regularization", 1e-5, 1e-1, log=True),
         "n_candidates": trial.suggest_int("n_candidates", 1, 8),
         "epochs": trial.suggest_int("epochs", 10, 60, step=5),
     }

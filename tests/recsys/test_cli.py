@@ -54,13 +54,15 @@ def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) ->
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("ndcg@10", "recall@20", "fit_seconds", "model", "n_users", "n_items"):
         assert key in metrics
-    assert metrics["model"] == "als" and metrics["params"]["iterations"] == 5
+    assert metrics["model"] == "als"
+    assert metrics["params"]["iterations"] == 5
     assert metrics["n_users"] == 60
     assert "ndcg@10" in done.stdout
 
     shown = recsys("recommend", str(run_dir), "--user", "user-3", "-k", "5", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
-    assert "artist-" in shown.stdout and "top-5 for user user-3" in shown.stdout
+    assert "artist-" in shown.stdout
+    assert "top-5 for user user-3" in shown.stdout
 
 
 @pytest.mark.parametrize(

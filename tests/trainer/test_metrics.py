@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_coverage_and_popularity() -> None:
     assert mean_popularity_at_k(top, pop, 2) == pytest.approx(pop[[0, 1, 1, 2]].mean())
 
 
-def _naive(top: np.ndarray, relevant: list[set[int]], k: int) -> tuple[float, float, float]:
+def _naive(top: np.ndarray[Any, Any], relevant: list[set[int]], k: int) -> tuple[float, float, float]:
     ndcgs, recalls, aps = [], [], []
     for row, rel in zip(top, relevant, strict=True):
         gains = [1.0 if int(i) in rel else 0.0 for i in row[:k]]

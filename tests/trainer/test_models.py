@@ -104,7 +104,7 @@ class TestALSCholesky(RecommenderContract):
 
 
 def test_als_fold_in_is_the_closed_form(split: Any) -> None:
-    """Fold-in equals x = (YᵀY + λI + Yᵀ(C−I)Y)⁻¹ YᵀCp computed naively from the paper's definition."""
+    """Fold-in equals x = inv(Y^T Y + reg I + Y^T (C - I) Y) Y^T C p, computed naively from the paper's definition."""
     model = ALS(ALSParams(iterations=3, weighting="log1p", alpha=2.0, regularization=0.5)).fit(split.train)
     Y = model.item_factors.double().numpy()
     items = np.array([3, 17, 42, 99])

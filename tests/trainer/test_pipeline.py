@@ -41,7 +41,7 @@ def test_temporal_split_runs_on_timestamped_data(small_world: Any) -> None:
 
 def test_missing_run_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
-    with pytest.raises(ArtifactError, match="missing model.npz"):
+    with pytest.raises(ArtifactError, match=r"missing model\.npz"):
         load_run(tmp_path / "run")
 
 

@@ -50,7 +50,8 @@ def test_random_holdout_drops_inactive_users_and_is_seeded() -> None:
 def test_temporal_holds_out_latest_first_plays() -> None:
     data, _ = from_frame(_frame(), time_col="t")
     split = temporal(data)
-    assert split.train.timestamps is not None and split.test.timestamps is not None
+    assert split.train.timestamps is not None
+    assert split.test.timestamps is not None
     for user in range(split.train.n_users):
         latest_train = split.train.timestamps[split.train.users == user].max()
         earliest_test = split.test.timestamps[split.test.users == user].min()

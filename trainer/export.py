@@ -1,0 +1,211 @@
+"""Export a factor model's scorer to TorchScript and ONNX, and prove both agree with the trainer.
+
+The exported graph is the scoring step of the served pipeline: user index -> scores against every item ->
+already-heard items masked -> top-k. Unknown users (index -1) get the popularity fallback scores from the
+same graph. Both formats are traced from one ``nn.Module`` holding the trained weights, so they cannot drift
+apart; :func:`check_parity` verifies it on a sample of users before anything is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+import torch
+
+from trainer.errors import ConfigError, RecsysError
+from trainer.models.base import FactorModel
+
+logger = logging.getLogger(__name__)
+
+# Tensor names shared with triton_models/*/config.pbtxt (a test checks they match).
+USER_INDEX = "USER_INDEX"  # int64 [B, 1]; -1 = unknown user
+EXCLUDE = "EXCLUDE"  # int64 [B, H]; item indices to leave out, padded with -1
+TOP_K = "TOP_K"  # int64 [B, 1]; the batch returns max(TOP_K) items per row
+SCORES = "SCORES"  # float32 [B, K]
+ITEMS = "ITEMS"  # int64 [B, K]; item indices, -1 where fewer than K items remain
+
+TORCHSCRIPT_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+
+
+class ExportError(RecsysError):
+    """A model cannot be exported or its exports disagree with it; nothing may be published."""
+
+
+class FactorScorer(torch.nn.Module):
+    """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k."""
+
+    def __init__(
+        self,
+        user_factors: torch.Tensor,
+        item_factors: torch.Tensor,
+        item_bias: torch.Tensor | None,
+        fallback_scores: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        n_items = item_factors.shape[0]
+        self.register_buffer("user_factors", user_factors.detach().float().cpu().contiguous())
+        self.register_buffer("item_factors", item_factors.detach().float().cpu().contiguous())
+        bias = torch.zeros(n_items) if item_bias is None else item_bias.detach().float().cpu()
+        self.register_buffer("item_bias", bias.contiguous())
+        self.register_buffer("fallback", fallback_scores.detach().float().cpu().contiguous())
+
+    def forward(self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        users = user_index.reshape(-1)
+        known = users >= 0
+        scores = self.user_factors[users.clamp(min=0)] @ self.item_factors.T + self.item_bias
+        scores = torch.where(known[:, None], scores, self.fallback[None, :])
+        n_items = self.item_factors.shape[0]
+        # Padding (-1) is redirected to an extra column that is dropped again.
+        padded = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
+        columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, n_items))
+        padded = padded.scatter(1, columns, torch.full_like(columns, 0, dtype=scores.dtype) - math.inf)
+        k = int(top_k.max().clamp(min=1, max=n_items))
+        values, items = torch.topk(padded[:, :n_items], k, dim=1)
+        items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
+        return values, items
+
+
+def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating]) -> FactorScorer:
+    """The scorer of a fitted model; refuses NaN/inf weights and says which array holds them."""
+    users, items, bias = model.factors()
+    arrays = {"user_factors": users, "item_factors": items, "fallback_scores": np.asarray(fallback_scores)}
+    if bias is not None:
+        arrays["item_bias"] = bias
+    for name, array in arrays.items():
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise ExportError(f"{model.name} {name} has {bad} NaN/inf value(s); refusing to export")
+    if len(fallback_scores) != items.shape[0]:
+        raise ExportError(f"fallback has {len(fallback_scores)} scores for {items.shape[0]} items")
+    return FactorScorer(
+        torch.from_numpy(users),
+        torch.from_numpy(items),
+        None if bias is None else torch.from_numpy(bias),
+        torch.from_numpy(np.asarray(fallback_scores, dtype=np.float32)),
+    )
+
+
+def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer], width: int) -> npt.NDArray[np.int64]:
+    """Rows of ``history`` as item indices padded with -1 to ``width`` (unknown users, -1, get none)."""
+    out = np.full((len(users), max(width, 1)), -1, dtype=np.int64)
+    for row, user in enumerate(np.asarray(users).tolist()):
+        if user >= 0:
+            items = history.indices[history.indptr[user] : history.indptr[user + 1]]
+            if len(items) > width:
+                raise ConfigError(f"user {user} has {len(items)} items, more than the exclusion width {width}")
+            out[row, : len(items)] = items
+    return out
+
+
+def example_inputs(width: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.zeros(batch, 1, dtype=torch.int64),
+        torch.full((batch, max(width, 1)), -1, dtype=torch.int64),
+        torch.full((batch, 1), 10, dtype=torch.int64),
+    )
+
+
+def export_torchscript(scorer: FactorScorer, path: Path) -> Path:
+    scripted = torch.jit.script(scorer)
+    scripted.save(str(path))
+    return path
+
+
+def export_onnx(scorer: FactorScorer, path: Path, width: int) -> Path:
+    """ONNX with dynamic batch and k (``k`` comes from the TOP_K input, so it becomes an ONNX TopK input)."""
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        scorer,
+        example_inputs(width),
+        str(path),
+        dynamo=True,
+        input_names=[USER_INDEX, EXCLUDE, TOP_K],
+        output_names=[SCORES, ITEMS],
+        dynamic_shapes={"user_index": {0: batch}, "exclude": {0: batch}, "top_k": {0: batch}},
+        verbose=False,
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    users_checked: int
+    max_abs_score_diff: dict[str, float]
+    ids_identical: dict[str, bool]
+
+    @property
+    def ok(self) -> bool:
+        return all(self.ids_identical.values()) and all(v <= 1e-5 for v in self.max_abs_score_diff.values())
+
+
+def check_parity(
+    model: FactorModel,
+    history: sp.csr_matrix,
+    torchscript_path: Path,
+    onnx_path: Path,
+    width: int,
+    *,
+    k: int = 10,
+    sample: int = 200,
+    seed: int = 0,
+) -> ParityReport:
+    """Both exports against the trainer's own ``recommend`` on ``sample`` users: scores within 1e-5, same ids."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    users = np.sort(rng.choice(model.n_users, size=min(sample, model.n_users), replace=False))
+    ref_items, ref_scores = model.recommend(users, k, exclude=history)
+    inputs = (
+        users[:, None].astype(np.int64),
+        padded_exclusions(history, users, width),
+        np.full((len(users), 1), k, dtype=np.int64),
+    )
+    scripted = torch.jit.load(str(torchscript_path))
+    with torch.inference_mode():
+        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip((USER_INDEX, EXCLUDE, TOP_K), inputs, strict=True)))
+
+    diffs, same = {}, {}
+    for name, scores, items in (("torchscript", ts_scores, ts_items), ("onnx", onnx_scores, onnx_items)):
+        finite = np.isfinite(ref_scores)
+        diffs[name] = float(np.abs(scores[finite] - ref_scores[finite]).max()) if finite.any() else 0.0
+        same[name] = bool(np.array_equal(items, ref_items))
+    return ParityReport(users_checked=len(users), max_abs_score_diff=diffs, ids_identical=same)
+
+
+def export_all(
+    model: FactorModel, history: sp.csr_matrix, directory: Path, *, fallback_scores: npt.NDArray[np.floating] | None = None
+) -> ParityReport:
+    """Writes ``model.pt`` and ``model.onnx`` into ``directory`` and refuses (ExportError) unless parity holds."""
+    if not isinstance(model, FactorModel):
+        raise ExportError(f"{model.name} is not a factor model; only BPR and ALS export to the factor scorer")
+    width = max_history(history)
+    if fallback_scores is None:
+        fallback_scores = np.bincount(history.indices, minlength=model.n_items).astype(np.float32)
+    scorer = build_scorer(model, fallback_scores)
+    directory.mkdir(parents=True, exist_ok=True)
+    ts_path = export_torchscript(scorer, directory / TORCHSCRIPT_FILE)
+    onnx_path = export_onnx(scorer, directory / ONNX_FILE, width)
+    report = check_parity(model, history, ts_path, onnx_path, width)
+    if not report.ok:
+        raise ExportError(
+            "export parity failed: "
+            + ", ".join(
+                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, ids identical {report.ids_identical[fmt]}"
+                for fmt in report.ids_identical
+            )
+        )
+    logger.info("parity ok on %d users: %s", report.users_checked, report.max_abs_score_diff)
+    return report
+
+
+def max_history(history: sp.csr_matrix) -> int:
+    return int(np.diff(history.indptr).max()) if history.shape[0] else 1

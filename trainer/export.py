@@ -56,7 +56,9 @@ class FactorScorer(torch.nn.Module):
         self.register_buffer("item_bias", bias.contiguous())
         self.register_buffer("fallback", fallback_scores.detach().float().cpu().contiguous())
 
-    def forward(self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         users = user_index.reshape(-1)
         known = users >= 0
         scores = self.user_factors[users.clamp(min=0)] @ self.item_factors.T + self.item_bias
@@ -182,7 +184,11 @@ def check_parity(
 
 
 def export_all(
-    model: FactorModel, history: sp.csr_matrix, directory: Path, *, fallback_scores: npt.NDArray[np.floating] | None = None
+    model: FactorModel,
+    history: sp.csr_matrix,
+    directory: Path,
+    *,
+    fallback_scores: npt.NDArray[np.floating] | None = None,
 ) -> ParityReport:
     """Writes ``model.pt`` and ``model.onnx`` into ``directory`` and refuses (ExportError) unless parity holds."""
     if not isinstance(model, FactorModel):

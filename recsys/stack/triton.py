@@ -508,10 +508,15 @@ class TritonServer:
             return handle.read().decode("utf-8", errors="replace")
 
     # --- control plane (HTTP/REST, KServe v2 + Triton extensions) ----------------------------------------------
-    def load_model(self, name: str) -> None:
-        """Load (or reload) ``name`` from the repository; returns when it is ready (explicit mode only)."""
+    def load_model(self, name: str, config: str | None = None) -> None:
+        """Load (or reload) ``name`` from the repository; returns when it is ready (explicit mode only).
+
+        ``config`` (model config as JSON) overrides the model's config.pbtxt for this load, which is how an
+        ensemble is switched to new pinned step versions in one step.
+        """
         offset = self._log_size()
-        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/load", b"{}")
+        payload = b"{}" if config is None else json.dumps({"parameters": {"config": config}}).encode()
+        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/load", payload)
         if status != 200:
             # Triton's answer is often generic ("failed to poll from model repository"); the cause is in its log.
             causes = _error_lines(self._read_log(offset))[:MAX_ERROR_LINES]

@@ -9,6 +9,7 @@ exactly. Both touch only the nonzeros plus one shared ``Y^T Y``: a sweep costs O
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -48,6 +49,28 @@ class ALSParams(_Params):
         if self.solver not in ("cg", "cholesky"):
             raise ConfigError(f"ALS solver must be 'cg' or 'cholesky', got {self.solver!r}")
         Weighting(self.weighting)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One half-sweep's confidence matrix as device CSR tensors (values ``c`` and ``c - 1``)."""
+
+    conf: torch.Tensor  # sparse CSR, values c
+    weight: torch.Tensor  # dense values c - 1, in CSR order
+    scratch: torch.Tensor  # sparse CSR with the same pattern, rewritten in place by every product
+    matrix: sp.csr_matrix  # kept for the exact solver's buckets
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device) -> _Side:
+        crow = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
+        col = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
+        c = torch.from_numpy(1.0 + alpha * matrix.data.astype(np.float32)).to(device)
+        with warnings.catch_warnings():
+            # torch flags its CSR layout as beta; the kernels used here (SpMM, SDDMM) are long-standing.
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            conf = torch.sparse_csr_tensor(crow, col, c, size=matrix.shape, check_invariants=False)
+            scratch = torch.sparse_csr_tensor(crow, col, torch.zeros_like(c), size=matrix.shape, check_invariants=False)
+        return cls(conf=conf, weight=c - 1.0, scratch=scratch, matrix=matrix)
 
 
 # Rows are solved in buckets of similar length, padded to at most this many (row, nonzero) slots; this bounds
@@ -126,8 +149,8 @@ class ALS(FactorModel):
         plays = train.to_csr()
         self.corpus = CorpusStats.of(plays)
         weights = confidence(plays, p.weighting, k1=p.bm25_k1, b=p.bm25_b, stats=self.corpus)
-        users = _buckets(weights, p.alpha, self.device)
-        items = _buckets(weights.T.tocsr(), p.alpha, self.device)
+        users = _Side.of(weights, p.alpha, self.device)
+        items = _Side.of(weights.T.tocsr(), p.alpha, self.device)
         gen = torch.Generator(device="cpu").manual_seed(p.seed)
         self.user_factors = (torch.rand(train.n_users, p.factors, generator=gen) * p.init_scale).to(self.device)
         self.item_factors = (torch.rand(train.n_items, p.factors, generator=gen) * p.init_scale).to(self.device)
@@ -138,17 +161,15 @@ class ALS(FactorModel):
             self.item_factors = self._solve(items, self.user_factors, self.item_factors)
         return self
 
-    def _solve(self, buckets: list[_Bucket], Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    def _solve(self, side: _Side, Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """New factors for every row given the fixed other side ``Y``."""
         gram = _gram(Y, self.params.regularization)
+        if self.params.solver == "cg":
+            return _cg(gram, side, Y, X, self.params.cg_steps)
         Y_ext = torch.cat([Y, torch.zeros(1, Y.shape[1], device=Y.device, dtype=Y.dtype)])
         out = torch.empty_like(X)
-        for bucket in buckets:
-            Yp = Y_ext[bucket.cols]
-            if self.params.solver == "cg":
-                out[bucket.rows] = _cg(gram, Yp, bucket, X[bucket.rows], self.params.cg_steps)
-            else:
-                out[bucket.rows] = _exact(gram, Yp, bucket)
+        for bucket in _buckets(side.matrix, self.params.alpha, Y.device):
+            out[bucket.rows] = _exact(gram, Y_ext[bucket.cols], bucket)
         return out
 
     def fold_in(self, items: npt.ArrayLike, weights: npt.ArrayLike | None = None) -> npt.NDArray[np.float32]:
@@ -181,21 +202,26 @@ def _gram(Y: torch.Tensor, regularization: float) -> torch.Tensor:
     return Y.T @ Y + regularization * torch.eye(Y.shape[1], device=Y.device, dtype=Y.dtype)
 
 
-def _apply(gram: torch.Tensor, Yp: torch.Tensor, bucket: _Bucket, P: torch.Tensor) -> torch.Tensor:
-    """``A P`` for every row's system at once: ``P G + sum_i (c_i - 1) y_i (y_i . p)``, no per-row matrix."""
-    # Measured on CPU: broadcast-multiply-sum beats bmm/einsum for the (L x D)(D) products, bmm wins the other.
-    dots = (Yp * P[:, None, :]).sum(dim=2) * bucket.conf_minus_one
-    return torch.addmm(torch.bmm(dots[:, None, :], Yp)[:, 0, :], P, gram)
+def _apply(gram: torch.Tensor, side: _Side, Y: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """``A P`` for all rows at once: ``P G + sum_i (c_i - 1) (y_i . p) y_i``.
+
+    The per-pair dots are a sampled dense-dense product (SDDMM) on the sparsity pattern and the sum a sparse
+    times dense product (SpMM): both run in the sparse kernels of torch (MKL on CPU, cuSPARSE on CUDA), two
+    orders of magnitude faster on CPU than gathering ``Y`` per pair.
+    """
+    torch.sparse.sampled_addmm(side.scratch, P, Y.T, beta=0.0, out=side.scratch)
+    side.scratch.values().mul_(side.weight)
+    return torch.addmm(torch.sparse.mm(side.scratch, Y), P, gram)
 
 
-def _cg(gram: torch.Tensor, Yp: torch.Tensor, bucket: _Bucket, X0: torch.Tensor, steps: int) -> torch.Tensor:
-    b = torch.bmm(bucket.conf[:, None, :], Yp)[:, 0, :]
+def _cg(gram: torch.Tensor, side: _Side, Y: torch.Tensor, X0: torch.Tensor, steps: int) -> torch.Tensor:
+    """A few warm-started conjugate-gradient steps for every row's system at once (Takacs et al. 2011)."""
     X = X0.clone()
-    r = b - _apply(gram, Yp, bucket, X)
+    r = torch.sparse.mm(side.conf, Y) - _apply(gram, side, Y, X)
     p = r.clone()
     rs_old = (r * r).sum(dim=1)
     for _ in range(steps):
-        Ap = _apply(gram, Yp, bucket, p)
+        Ap = _apply(gram, side, Y, p)
         denom = (p * Ap).sum(dim=1)
         step = torch.where(denom > 0, rs_old / denom.clamp_min(1e-30), torch.zeros_like(denom))
         X += step[:, None] * p

@@ -1,0 +1,150 @@
+"""Publish a trained run as a new numbered version of every model in a Triton model repository.
+
+A version is written next to the live ones and only becomes visible by an atomic rename, after the exports
+passed parity; a refused publish leaves the repository untouched. :func:`activate` then hot-swaps a running
+server: the step models load version N beside N-1 (their policy keeps two), and each ensemble is reloaded with
+its steps pinned to N, so a request sees either all-old or all-new steps, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from trainer.artifacts import HISTORY_FILE, IDS_FILE, METRICS_FILE, load_run
+from trainer.errors import ArtifactError
+from trainer.export import ONNX_FILE, TORCHSCRIPT_FILE, ExportError, ParityReport, export_all
+from trainer.models.base import FactorModel
+from trainer.triton_config import (
+    ENSEMBLE_A,
+    ENSEMBLE_B,
+    LOOKUP,
+    SCORER_ONNX,
+    SCORER_TORCHSCRIPT,
+    STEP_MODELS,
+    TOPK,
+    VARIANTS,
+    Flavour,
+    pinned_ensemble_config,
+    repository,
+)
+
+logger = logging.getLogger(__name__)
+
+# Committed model code and configs (the local flavour); publish copies model.py into each version.
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[1] / "triton_models"
+MANIFEST = "publish.json"
+
+# What each step model's version folder holds, besides model.py.
+_FILES = {
+    LOOKUP: (IDS_FILE, HISTORY_FILE),
+    SCORER_TORCHSCRIPT: (TORCHSCRIPT_FILE,),
+    SCORER_ONNX: (ONNX_FILE,),
+    TOPK: (IDS_FILE,),
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    repository: Path
+    parity: ParityReport
+
+
+class ModelControl(Protocol):
+    def load_model(self, name: str, config: str | None = None) -> None: ...
+
+
+def versions(repository: Path) -> list[int]:
+    """Version numbers present for every step model (a version is usable only when all steps have it)."""
+    per_model = []
+    for model in STEP_MODELS:
+        folder = repository / model
+        per_model.append(
+            {int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()} if folder.is_dir() else set()
+        )
+    return sorted(set.intersection(*per_model)) if per_model else []
+
+
+def render_repository(target: Path, flavour: Flavour | str = Flavour.local) -> list[Path]:
+    """Writes every model's ``config.pbtxt`` (and, for python models, ``model.py``) of ``flavour`` into ``target``."""
+    written = []
+    for spec in repository(flavour):
+        folder = target / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.pbtxt").write_text(spec.render())
+        written.append(folder / "config.pbtxt")
+    return written
+
+
+def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) -> Published:
+    """Exports, checks parity, and writes version ``version`` (default: the next number) of every step model."""
+    run = load_run(run_dir)
+    if not isinstance(run.model, FactorModel):
+        raise ExportError(f"{run_dir}: a {run.model.name} model cannot be served by the factor scorer (use bpr or als)")
+    repository_dir.mkdir(parents=True, exist_ok=True)
+    if not all((repository_dir / spec.name / "config.pbtxt").is_file() for spec in repository()):
+        render_repository(repository_dir)
+    existing = versions(repository_dir)
+    number = version if version is not None else (existing[-1] + 1 if existing else 1)
+    if any((repository_dir / model / str(number)).exists() for model in STEP_MODELS):
+        raise ArtifactError(f"{repository_dir}: version {number} already exists")
+
+    with tempfile.TemporaryDirectory(dir=repository_dir, prefix=".publish-") as tmp:
+        staging = Path(tmp)
+        parity = export_all(run.model, run.history, staging / "export")
+        manifest = {
+            "version": number,
+            "run": str(run_dir.resolve()),
+            "model": run.model.name,
+            "metrics": {k: v for k, v in run.metrics.items() if isinstance(v, int | float | str)},
+            "parity": asdict(parity),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        sources = {IDS_FILE: run_dir / IDS_FILE, HISTORY_FILE: run_dir / HISTORY_FILE}
+        sources |= {TORCHSCRIPT_FILE: staging / "export" / TORCHSCRIPT_FILE, ONNX_FILE: staging / "export" / ONNX_FILE}
+        for model, files in _FILES.items():
+            folder = staging / model
+            folder.mkdir()
+            shutil.copy2(_model_code(model), folder / "model.py")
+            for name in files:
+                shutil.copy2(sources[name], folder / name)
+            (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copy2(run_dir / METRICS_FILE, staging / LOOKUP / METRICS_FILE)
+        for model in _FILES:
+            (staging / model).rename(repository_dir / model / str(number))
+    logger.info("published version %d of %s into %s", number, run.model.name, repository_dir)
+    return Published(version=number, repository=repository_dir, parity=parity)
+
+
+def _model_code(model: str) -> Path:
+    path = (SOURCE_REPOSITORY / model / "model.py").resolve()
+    if not path.is_file():
+        raise ArtifactError(f"model code {path} is missing from the checkout")
+    return path
+
+
+def activate(control: ModelControl, version: int) -> None:
+    """Hot-swaps a running server (explicit model control) to ``version`` of every step, ensembles last."""
+    for model in STEP_MODELS:
+        control.load_model(model)
+    for ensemble, scorer in VARIANTS.items():
+        pins = {model: version for model in STEP_MODELS}
+        control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, scorer, pins)))
+
+
+def _as_json(pbtxt: str) -> str:
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    message = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
+    return json_format.MessageToJson(message, preserving_proto_field_name=True)
+
+
+__all__ = ["ENSEMBLE_A", "ENSEMBLE_B", "Published", "activate", "publish", "render_repository", "versions"]

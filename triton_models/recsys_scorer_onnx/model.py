@@ -1,0 +1,1 @@
+../recsys_scorer_torchscript/model.py

@@ -8,10 +8,14 @@ apart; :func:`check_parity` verifies it on a sample of users before anything is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -86,12 +90,12 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating]) 
             raise ExportError(f"{model.name} {name} has {bad} NaN/inf value(s); refusing to export")
     if len(fallback_scores) != items.shape[0]:
         raise ExportError(f"fallback has {len(fallback_scores)} scores for {items.shape[0]} items")
-    return FactorScorer(
+    return FactorScorer(  # buffers only, no training-mode behaviour; eval() keeps the exporters quiet
         torch.from_numpy(users),
         torch.from_numpy(items),
         None if bias is None else torch.from_numpy(bias),
         torch.from_numpy(np.asarray(fallback_scores, dtype=np.float32)),
-    )
+    ).eval()
 
 
 def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer], width: int) -> npt.NDArray[np.int64]:
@@ -114,15 +118,45 @@ def example_inputs(width: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tens
     )
 
 
+# torch marks TorchScript deprecated, but Triton's native pytorch backend serves exactly TorchScript; these
+# warnings (and torch.export's internal FutureWarnings) say nothing about our exports, so they are muted here only.
+_EXPORT_NOISE = (
+    r"`torch\.jit\.(script|load|save)` is deprecated",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"# The axis name: .* will not be used",
+)
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    with warnings.catch_warnings():
+        for pattern in _EXPORT_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
+
+
 def export_torchscript(scorer: FactorScorer, path: Path) -> Path:
-    scripted = torch.jit.script(scorer)
-    scripted.save(str(path))
+    with _quiet_export():
+        scripted = torch.jit.script(scorer)
+        scripted.save(str(path))
     return path
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with _quiet_export():
+        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")
+    return module
 
 
 def export_onnx(scorer: FactorScorer, path: Path, width: int) -> Path:
     """ONNX with dynamic batch and k (``k`` comes from the TOP_K input, so it becomes an ONNX TopK input)."""
     batch = torch.export.Dim("batch", min=1)
+    with _quiet_export():
+        _onnx_export(scorer, path, width, batch)
+    return path
+
+
+def _onnx_export(scorer: FactorScorer, path: Path, width: int, batch: Any) -> None:
     torch.onnx.export(
         scorer,
         example_inputs(width),
@@ -132,8 +166,8 @@ def export_onnx(scorer: FactorScorer, path: Path, width: int) -> Path:
         output_names=[SCORES, ITEMS],
         dynamic_shapes={"user_index": {0: batch}, "exclude": {0: batch}, "top_k": {0: batch}},
         verbose=False,
+        external_data=False,
     )
-    return path
 
 
 @dataclass(frozen=True)
@@ -169,7 +203,7 @@ def check_parity(
         padded_exclusions(history, users, width),
         np.full((len(users), 1), k, dtype=np.int64),
     )
-    scripted = torch.jit.load(str(torchscript_path))
+    scripted = load_torchscript(torchscript_path)
     with torch.inference_mode():
         ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -205,7 +239,8 @@ def export_all(
         raise ExportError(
             "export parity failed: "
             + ", ".join(
-                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, ids identical {report.ids_identical[fmt]}"
+                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, "
+                f"ids identical {report.ids_identical[fmt]}"
                 for fmt in report.ids_identical
             )
         )

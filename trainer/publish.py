@@ -80,7 +80,14 @@ def render_repository(target: Path, flavour: Flavour | str = Flavour.local) -> l
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.pbtxt").write_text(spec.render())
         written.append(folder / "config.pbtxt")
+    _ensure_ensemble_versions(target)
     return written
+
+
+def _ensure_ensemble_versions(target: Path) -> None:
+    # An ensemble has no files of its own, but Triton still wants one version folder under its policy.
+    for ensemble in VARIANTS:
+        (target / ensemble / "1").mkdir(parents=True, exist_ok=True)
 
 
 def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) -> Published:
@@ -91,6 +98,7 @@ def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) 
     repository_dir.mkdir(parents=True, exist_ok=True)
     if not all((repository_dir / spec.name / "config.pbtxt").is_file() for spec in repository()):
         render_repository(repository_dir)
+    _ensure_ensemble_versions(repository_dir)
     existing = versions(repository_dir)
     number = version if version is not None else (existing[-1] + 1 if existing else 1)
     if any((repository_dir / model / str(number)).exists() for model in STEP_MODELS):

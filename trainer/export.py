@@ -45,6 +45,11 @@ class ExportError(RecsysError):
 class FactorScorer(torch.nn.Module):
     """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k."""
 
+    user_factors: torch.Tensor
+    item_factors: torch.Tensor
+    item_bias: torch.Tensor
+    fallback: torch.Tensor
+
     def __init__(
         self,
         user_factors: torch.Tensor,
@@ -67,7 +72,7 @@ class FactorScorer(torch.nn.Module):
         known = users >= 0
         scores = self.user_factors[users.clamp(min=0)] @ self.item_factors.T + self.item_bias
         scores = torch.where(known[:, None], scores, self.fallback[None, :])
-        n_items = self.item_factors.shape[0]
+        n_items = int(self.item_factors.shape[0])
         # Padding (-1) is redirected to an extra column that is dropped again.
         padded = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
         columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, n_items))
@@ -78,7 +83,7 @@ class FactorScorer(torch.nn.Module):
         return values, items
 
 
-def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating]) -> FactorScorer:
+def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[Any]]) -> FactorScorer:
     """The scorer of a fitted model; refuses NaN/inf weights and says which array holds them."""
     users, items, bias = model.factors()
     arrays = {"user_factors": users, "item_factors": items, "fallback_scores": np.asarray(fallback_scores)}
@@ -98,7 +103,7 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating]) 
     ).eval()
 
 
-def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer], width: int) -> npt.NDArray[np.int64]:
+def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer[Any]], width: int) -> npt.NDArray[np.int64]:
     """Rows of ``history`` as item indices padded with -1 to ``width`` (unknown users, -1, get none)."""
     out = np.full((len(users), max(width, 1)), -1, dtype=np.int64)
     for row, user in enumerate(np.asarray(users).tolist()):
@@ -138,13 +143,13 @@ def _quiet_export() -> Iterator[None]:
 def export_torchscript(scorer: FactorScorer, path: Path) -> Path:
     with _quiet_export():
         scripted = torch.jit.script(scorer)
-        scripted.save(str(path))
+        scripted.save(str(path))  # type: ignore[no-untyped-call]
     return path
 
 
 def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     with _quiet_export():
-        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")
+        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     return module
 
 
@@ -222,7 +227,7 @@ def export_all(
     history: sp.csr_matrix,
     directory: Path,
     *,
-    fallback_scores: npt.NDArray[np.floating] | None = None,
+    fallback_scores: npt.NDArray[np.floating[Any]] | None = None,
 ) -> ParityReport:
     """Writes ``model.pt`` and ``model.onnx`` into ``directory`` and refuses (ExportError) unless parity holds."""
     if not isinstance(model, FactorModel):

@@ -152,7 +152,8 @@ def _as_json(pbtxt: str) -> str:
     from tritonclient.grpc import model_config_pb2
 
     message = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
-    return json_format.MessageToJson(message, preserving_proto_field_name=True)
+    text: str = json_format.MessageToJson(message, preserving_proto_field_name=True)
+    return text
 
 
 __all__ = ["ENSEMBLE_A", "ENSEMBLE_B", "Published", "activate", "publish", "render_repository", "versions"]

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import numpy as np
-import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found]  # on the stub's sys.path only
+import triton_python_backend_utils as pb_utils  # on the stub's sys.path only
 
 INPUT = "INPUT0"
 OUTPUT = "OUTPUT0"

@@ -6,9 +6,12 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -256,6 +259,87 @@ def demo(
         items, scores = run.model.recommend([index], 10, exclude=run.history)
         out.print(recommendation_table(run, external, items[0], scores[0]))
     out.print(f"runs written to {out_dir}")
+
+
+RepositoryOpt = Annotated[
+    Path | None, typer.Option("--repository", help="Triton model repository [RECSYS_MODEL_REPOSITORY].")
+]
+
+
+@app.command()
+def publish(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `recsys train` (bpr or als).")],
+    repository: RepositoryOpt = None,
+    load: Annotated[bool, typer.Option(help="Hot-swap a running Triton (explicit model control) to it.")] = False,
+    triton_http: Annotated[
+        str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (with --load).")
+    ] = None,
+) -> None:
+    """Export (TorchScript + ONNX), check parity, and write a new numbered version into the model repository."""
+    from recsys.stack.triton import TritonControl
+    from trainer.publish import activate
+    from trainer.publish import publish as run_publish
+
+    settings = _settings(ctx)
+    target = repository or settings.model_repository
+    published = run_publish(run_dir, target)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
+    checked = published.parity.users_checked
+    out.print(f"published version {published.version} into {target} (parity on {checked} users: {diffs})")
+    if load:
+        http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+        activate(TritonControl.at(http), published.version)
+        out.print(f"Triton at {http} now serves version {published.version}")
+
+
+@app.command("render-repo")
+def render_repo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the repository's config.pbtxt files.")],
+    flavour: Annotated[str, typer.Option(help="local (python backend everywhere) or native (NGC image).")] = "local",
+) -> None:
+    """Write the model repository's configs from their single description (local or native flavour)."""
+    from trainer.publish import render_repository
+
+    for path in render_repository(out_dir, flavour):
+        out.print(str(path))
+
+
+serve_app = typer.Typer(help="Run parts of the serving stack locally.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("triton")
+def serve_triton(
+    ctx: typer.Context,
+    repository: RepositoryOpt = None,
+    http_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_HTTP_PORT]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_GRPC_PORT]")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_METRICS_PORT]")] = None,
+) -> None:
+    """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
+    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+    from trainer.publish import load_all, versions
+
+    settings = _settings(ctx)
+    target = repository or settings.model_repository
+    if not versions(target):
+        raise ConfigError(f"{target}: no published version yet (run `recsys publish RUN_DIR` first)")
+    ports = TritonPorts(
+        http=http_port if http_port is not None else settings.triton_http_port,
+        grpc=grpc_port if grpc_port is not None else settings.triton_grpc_port,
+        metrics=metrics_port if metrics_port is not None else settings.triton_metrics_port,
+    )
+    config = TritonConfig(model_repository=target, ports=ports, host=settings.triton_host)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    with TritonServer(config) as server:
+        load_all(server)
+        out.print(f"Triton ready: grpc {server.urls.grpc}, http {server.urls.http}, metrics {server.urls.metrics}")
+        out.print(f"serving version {versions(target)[-1]} of {target}; Ctrl-C stops it")
+        with contextlib.suppress(KeyboardInterrupt):
+            while server.is_running() and not stopping.wait(0.5):
+                pass
 
 
 def run() -> None:

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="seed of splits and samplers")
     log_level: LogLevel = "INFO"
     progress: bool = Field(True, description="draw progress bars on long work")
+    model_repository: Path = Field(Path("triton_models"), description="Triton model repository that publish writes")
+    triton_host: str = Field("127.0.0.1", description="address the local Triton binds to")
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
 
 
 def get_settings() -> Settings:

@@ -147,6 +147,12 @@ def activate(control: ModelControl, version: int) -> None:
         control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, scorer, pins)))
 
 
+def load_all(control: ModelControl) -> None:
+    """Loads every step model, then both ensembles (their latest versions)."""
+    for model in (*STEP_MODELS, *VARIANTS):
+        control.load_model(model)
+
+
 def _as_json(pbtxt: str) -> str:
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
@@ -156,4 +162,4 @@ def _as_json(pbtxt: str) -> str:
     return text
 
 
-__all__ = ["ENSEMBLE_A", "ENSEMBLE_B", "Published", "activate", "publish", "render_repository", "versions"]
+__all__ = ["ENSEMBLE_A", "ENSEMBLE_B", "Published", "activate", "load_all", "publish", "render_repository", "versions"]

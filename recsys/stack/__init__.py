@@ -2,6 +2,7 @@
 
 from recsys.stack.triton import (
     TritonConfig,
+    TritonControl,
     TritonInstall,
     TritonPorts,
     TritonServer,
@@ -13,6 +14,7 @@ from recsys.stack.triton import (
 
 __all__ = [
     "TritonConfig",
+    "TritonControl",
     "TritonInstall",
     "TritonPorts",
     "TritonServer",

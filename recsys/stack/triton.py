@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_WORKDIR",
     "ModelControl",
     "TritonConfig",
+    "TritonControl",
     "TritonInstall",
     "TritonPorts",
     "TritonServer",
@@ -267,6 +268,85 @@ def check_runnable(install: TritonInstall, timeout_s: float = 30.0) -> None:
     output = done.stdout + done.stderr
     if "Usage: tritonserver" not in output:
         raise TritonServerError(f"{install.binary} does not run here (exit {done.returncode}): {output.strip()[-800:]}")
+
+
+class TritonControl:
+    """The control plane of any running server (ours or one started elsewhere), by its URLs."""
+
+    def __init__(self, urls: TritonUrls, *, timeout_s: float = 120.0) -> None:
+        self.urls = urls
+        self.timeout_s = timeout_s
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
+
+    @classmethod
+    def at(cls, http: str, metrics: str = "", *, timeout_s: float = 120.0) -> TritonControl:
+        """A control for ``host:port`` of a server's HTTP endpoint."""
+        return cls(TritonUrls(http=http, grpc="", metrics=metrics), timeout_s=timeout_s)
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        """Load (or reload) ``name`` from the repository; returns when it is ready (explicit mode only).
+
+        ``config`` (model config as JSON) overrides the model's config.pbtxt for this load, which is how an
+        ensemble is switched to new pinned step versions in one step.
+        """
+        payload = b"{}" if config is None else json.dumps({"parameters": {"config": config}}).encode()
+        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/load", payload)
+        if status != 200:
+            raise TritonServerError(f"Triton could not load model {name!r}: {_error_text(body)}")
+
+    def unload_model(self, name: str, *, wait: bool = True) -> None:
+        """Unload ``name`` (explicit mode only). Triton unloads in the background; ``wait`` polls until it is gone."""
+        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/unload", b"{}")
+        if status != 200:
+            raise TritonServerError(f"Triton could not unload model {name!r}: {_error_text(body)}")
+        deadline = time.monotonic() + self.timeout_s
+        while wait and self.is_model_ready(name):
+            if time.monotonic() > deadline:
+                raise TritonServerError(f"model {name!r} still ready {self.timeout_s:g} s after unload")
+            time.sleep(0.05)
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        path = f"/v2/models/{_quote(name)}" + (f"/versions/{_quote(version)}" if version else "") + "/ready"
+        status, _ = self._request("GET", path)
+        return status == 200
+
+    def is_server_ready(self) -> bool:
+        try:
+            status, _ = self._request("GET", "/v2/health/ready")
+        except TritonServerError:
+            return False
+        return status == 200
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model of the repository with its ``state`` and, after a failed load, the ``reason``."""
+        status, body = self._request("POST", "/v2/repository/index", b"{}")
+        if status != 200:
+            raise TritonServerError(f"Triton repository index failed: {_error_text(body)}")
+        index = json.loads(body)
+        assert isinstance(index, list)
+        return index
+
+    def metrics(self) -> str:
+        """The Prometheus text of the metrics endpoint."""
+        try:
+            with self._opener.open(self.urls.metrics, timeout=10) as response:
+                text: str = response.read().decode()
+                return text
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise TritonServerError(f"cannot read Triton metrics at {self.urls.metrics}: {exc}") from exc
+
+    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://{self.urls.http}{path}", data=body, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise TritonServerError(f"Triton at {self.urls.http} did not answer {method} {path}: {exc}") from exc
 
 
 class TritonServer:
@@ -507,68 +587,33 @@ class TritonServer:
             handle.seek(offset)
             return handle.read().decode("utf-8", errors="replace")
 
-    # --- control plane (HTTP/REST, KServe v2 + Triton extensions) ----------------------------------------------
-    def load_model(self, name: str, config: str | None = None) -> None:
-        """Load (or reload) ``name`` from the repository; returns when it is ready (explicit mode only).
+    # --- control plane: delegated to TritonControl, with the server log added to load errors ------------------
+    @property
+    def control(self) -> TritonControl:
+        return TritonControl(self.urls, timeout_s=self.config.model_timeout_s)
 
-        ``config`` (model config as JSON) overrides the model's config.pbtxt for this load, which is how an
-        ensemble is switched to new pinned step versions in one step.
-        """
+    def load_model(self, name: str, config: str | None = None) -> None:
+        """Like :meth:`TritonControl.load_model`; a failure also quotes the cause from the server log."""
         offset = self._log_size()
-        payload = b"{}" if config is None else json.dumps({"parameters": {"config": config}}).encode()
-        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/load", payload)
-        if status != 200:
+        try:
+            self.control.load_model(name, config)
+        except TritonServerError as exc:
             # Triton's answer is often generic ("failed to poll from model repository"); the cause is in its log.
             causes = _error_lines(self._read_log(offset))[:MAX_ERROR_LINES]
             detail = "".join(f"\n  {line}" for line in causes) or f" (see {self.log_path})"
-            raise TritonServerError(f"Triton could not load model {name!r}: {_error_text(body)}{detail}")
+            raise TritonServerError(f"{exc}{detail}") from exc
 
     def unload_model(self, name: str, *, wait: bool = True) -> None:
-        """Unload ``name`` (explicit mode only). Triton unloads in the background; ``wait`` polls until it is gone."""
-        status, body = self._request("POST", f"/v2/repository/models/{_quote(name)}/unload", b"{}")
-        if status != 200:
-            raise TritonServerError(f"Triton could not unload model {name!r}: {_error_text(body)}")
-        deadline = time.monotonic() + self.config.model_timeout_s
-        while wait and self.is_model_ready(name):
-            if time.monotonic() > deadline:
-                raise TritonServerError(f"model {name!r} still ready {self.config.model_timeout_s:g} s after unload")
-            time.sleep(0.05)
+        self.control.unload_model(name, wait=wait)
 
     def is_model_ready(self, name: str, version: str = "") -> bool:
-        path = f"/v2/models/{_quote(name)}" + (f"/versions/{_quote(version)}" if version else "") + "/ready"
-        status, _ = self._request("GET", path)
-        return status == 200
+        return self.control.is_model_ready(name, version)
 
     def repository_index(self) -> list[dict[str, Any]]:
-        """Every model of the repository with its ``state`` and, after a failed load, the ``reason``."""
-        status, body = self._request("POST", "/v2/repository/index", b"{}")
-        if status != 200:
-            raise TritonServerError(f"Triton repository index failed: {_error_text(body)}")
-        index = json.loads(body)
-        assert isinstance(index, list)
-        return index
+        return self.control.repository_index()
 
     def metrics(self) -> str:
-        """The Prometheus text of the metrics endpoint."""
-        try:
-            with self._opener.open(self.urls.metrics, timeout=10) as response:
-                text: str = response.read().decode()
-                return text
-        except (OSError, http.client.HTTPException) as exc:
-            raise TritonServerError(f"cannot read Triton metrics at {self.urls.metrics}: {exc}") from exc
-
-    def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://{self.urls.http}{path}", data=body, method=method)
-        if body is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with self._opener.open(request, timeout=self.config.model_timeout_s) as response:
-                return int(response.status), bytes(response.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return exc.code, exc.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise TritonServerError(f"Triton at {self.urls.http} did not answer {method} {path}: {exc}") from exc
+        return self.control.metrics()
 
     def _status(self, path: str) -> int | None:
         """Status of a quick GET, or None while nothing answers (used while starting)."""

@@ -1,0 +1,118 @@
+"""A typed gRPC client for the served ensembles (sync and asyncio), over ``tritonclient``.
+
+The gateway and the demo call Triton through this; integration tests use it beside raw ``tritonclient`` calls.
+Triton errors become :class:`TritonCallError` with Triton's status code kept, so callers can tell a bad request
+(``StatusCode.INVALID_ARGUMENT``) from an unavailable server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcclient_aio
+from tritonclient.utils import InferenceServerException
+
+from trainer.errors import RecsysError
+from trainer.export import SCORES, TOP_K
+from trainer.triton_config import FALLBACK, ITEM_IDS, MODEL_VERSION, USER_ID
+
+
+class TritonCallError(RecsysError):
+    """A Triton inference call failed; ``status`` is the gRPC status name Triton gave (e.g. INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str, status: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    user_id: str
+    item_ids: list[str]
+    scores: list[float]
+    fallback: bool
+    model: str
+    model_version: int
+
+
+def _inputs(module: Any, user_ids: list[str], top_k: int) -> list[Any]:
+    users = module.InferInput(USER_ID, [len(user_ids), 1], "BYTES")
+    users.set_data_from_numpy(np.array([[u.encode()] for u in user_ids], dtype=object))
+    k = module.InferInput(TOP_K, [len(user_ids), 1], "INT64")
+    k.set_data_from_numpy(np.full((len(user_ids), 1), top_k, dtype=np.int64))
+    return [users, k]
+
+
+def _outputs(module: Any) -> list[Any]:
+    return [module.InferRequestedOutput(name) for name in (ITEM_IDS, SCORES, FALLBACK, MODEL_VERSION)]
+
+
+def _parse(result: Any, user_ids: list[str], model: str) -> list[Recommendation]:
+    ids, scores = result.as_numpy(ITEM_IDS), result.as_numpy(SCORES)
+    fallback, version = result.as_numpy(FALLBACK), result.as_numpy(MODEL_VERSION)
+    out = []
+    for row, user in enumerate(user_ids):
+        keep = np.isfinite(scores[row])
+        out.append(
+            Recommendation(
+                user_id=user,
+                item_ids=[i.decode() for i in ids[row][keep]],
+                scores=[float(s) for s in scores[row][keep]],
+                fallback=bool(fallback[row, 0]),
+                model=model,
+                model_version=int(version[row, 0]),
+            )
+        )
+    return out
+
+
+def _error(exc: InferenceServerException) -> TritonCallError:
+    status = exc.status()
+    name = str(status).rsplit(".", 1)[-1] if status else None
+    return TritonCallError(exc.message() or str(exc), name)
+
+
+class TritonRecommender:
+    """Blocking client: one channel for the object's lifetime."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        self._client = grpcclient.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+
+    def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
+        try:
+            result = self._client.infer(
+                model, _inputs(grpcclient, user_ids, top_k), outputs=_outputs(grpcclient), client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise _error(exc) from exc
+        return _parse(result, user_ids, model)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncTritonRecommender:
+    """asyncio client over one long-lived channel (what the gateway holds)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        self._client = grpcclient_aio.InferenceServerClient(url)
+        self.timeout_s = timeout_s
+
+    async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
+        try:
+            result = await self._client.infer(
+                model,
+                _inputs(grpcclient_aio, user_ids, top_k),
+                outputs=_outputs(grpcclient_aio),
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _error(exc) from exc
+        return _parse(result, user_ids, model)
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -231,8 +231,9 @@ def demo(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's runs go.")] = Path("runs/demo"),
     users: Annotated[int, typer.Option(help="Show recommendations for this many users.")] = 3,
+    serve: Annotated[bool, typer.Option(help="Publish ALS to a model repository and answer through Triton.")] = True,
 ) -> None:
-    """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend."""
+    """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend, serve."""
     from trainer.artifacts import load_run
     from trainer.data.synthetic import SyntheticConfig, generate
     from trainer.pipeline import save_result, train_and_evaluate
@@ -259,6 +260,40 @@ def demo(
         items, scores = run.model.recommend([index], 10, exclude=run.history)
         out.print(recommendation_table(run, external, items[0], scores[0]))
     out.print(f"runs written to {out_dir}")
+    if serve:
+        _demo_serving(out_dir, [str(u) for u in run.user_ids.ids[:users].tolist()])
+
+
+def _demo_serving(out_dir: Path, user_ids: list[str]) -> None:
+    """Publishes the demo's ALS run into its own repository and asks the real Triton over gRPC."""
+    import shutil
+
+    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+    from recsys.triton_client import TritonRecommender
+    from trainer.publish import load_all
+    from trainer.publish import publish as run_publish
+    from trainer.triton_config import VARIANTS
+
+    repository = out_dir / "triton_models"
+    shutil.rmtree(repository, ignore_errors=True)
+    published = run_publish(out_dir / "als", repository)
+    out.print(f"published ALS as version {published.version} into {repository} (TorchScript and ONNX, parity ok)")
+    config = TritonConfig(model_repository=repository, ports=TritonPorts.auto())
+    with TritonServer(config) as server:
+        load_all(server)
+        client = TritonRecommender(server.urls.grpc)
+        try:
+            asked = [*user_ids[:1], "listener-nobody-knows"]
+            for model in VARIANTS:
+                for answer in client.recommend(model, asked, top_k=10):
+                    kind = "popularity fallback" if answer.fallback else "personal"
+                    out.print(
+                        f"Triton {model} v{answer.model_version} over gRPC {server.urls.grpc}: user {answer.user_id} "
+                        f"({kind}) -> {', '.join(answer.item_ids)}"
+                    )
+        finally:
+            client.close()
+    out.print("Triton stopped")
 
 
 RepositoryOpt = Annotated[

@@ -45,11 +45,6 @@ class ExportError(RecsysError):
 class FactorScorer(torch.nn.Module):
     """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k."""
 
-    user_factors: torch.Tensor
-    item_factors: torch.Tensor
-    item_bias: torch.Tensor
-    fallback: torch.Tensor
-
     def __init__(
         self,
         user_factors: torch.Tensor,
@@ -59,11 +54,12 @@ class FactorScorer(torch.nn.Module):
     ) -> None:
         super().__init__()
         n_items = item_factors.shape[0]
-        self.register_buffer("user_factors", user_factors.detach().float().cpu().contiguous())
-        self.register_buffer("item_factors", item_factors.detach().float().cpu().contiguous())
+        # Plain tensor attributes (not buffers): TorchScript keeps them, and their types stay visible to mypy.
+        self.user_factors = user_factors.detach().float().cpu().contiguous()
+        self.item_factors = item_factors.detach().float().cpu().contiguous()
         bias = torch.zeros(n_items) if item_bias is None else item_bias.detach().float().cpu()
-        self.register_buffer("item_bias", bias.contiguous())
-        self.register_buffer("fallback", fallback_scores.detach().float().cpu().contiguous())
+        self.item_bias = bias.contiguous()
+        self.fallback = fallback_scores.detach().float().cpu().contiguous()
 
     def forward(
         self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor
@@ -77,7 +73,14 @@ class FactorScorer(torch.nn.Module):
         padded = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
         columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, n_items))
         padded = padded.scatter(1, columns, torch.full_like(columns, 0, dtype=scores.dtype) - math.inf)
-        k = int(top_k.max().clamp(min=1, max=n_items))
+        k_tensor = top_k.max().clamp(min=1, max=n_items)
+        if torch.jit.is_scripting():  # type: ignore[attr-defined]
+            k = int(k_tensor)
+        else:
+            # torch.export: k stays symbolic (an ONNX TopK input), with its valid range stated.
+            k = k_tensor.item()  # type: ignore[assignment]
+            torch._check(k >= 1)  # type: ignore[no-untyped-call]
+            torch._check(k <= n_items)  # type: ignore[no-untyped-call]
         values, items = torch.topk(padded[:, :n_items], k, dim=1)
         items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
         return values, items
@@ -132,12 +135,25 @@ _EXPORT_NOISE = (
 )
 
 
+# Loggers of the exporter that print internal graphs and optional-package notes at WARNING level.
+_NOISY_LOGGERS = ("torch.onnx", "torch.fx", "torch.export", "torch._export", "torch._dynamo", "torch._subclasses")
+
+
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(_NOISY_LOGGERS)]
+    loggers = [logging.getLogger(name) for name in (*_NOISY_LOGGERS, *names)]
+    levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         for pattern in _EXPORT_NOISE:
             warnings.filterwarnings("ignore", message=pattern)
-        yield
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def export_torchscript(scorer: FactorScorer, path: Path) -> Path:

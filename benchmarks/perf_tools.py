@@ -163,7 +163,7 @@ class Measurement:
             args += ["--measurement-request-count", str(self.request_count)]
         else:
             args += ["--measurement-interval", str(self.interval_ms)]
-        return args + ["--stability-percentage", f"{self.stability_percentage:g}", "--max-trials", str(self.max_trials)]
+        return [*args, "--stability-percentage", f"{self.stability_percentage:g}", "--max-trials", str(self.max_trials)]
 
 
 def _ms(value: str | None) -> float | None:
@@ -390,10 +390,40 @@ def _pss_kib(pid: int) -> int | None:
     return None
 
 
+def _label(pid: int) -> str:
+    """The process name; for a python-backend stub, the model instance it serves (``recsys_lookup_0_0``)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    if name.startswith("triton_python") and len(argv) > 9:
+        return f"stub {argv[9].decode(errors='replace')}"  # stub argv: model.py, shm region, ..., instance name
+    return name
+
+
+def settled_tree_memory(root: int, *, quiet_s: float = 2.0, timeout_s: float = 20.0) -> TreeMemory:
+    """:func:`tree_memory` once the set of processes has not changed for ``quiet_s`` (a model load can leave a
+    short-lived helper stub behind for a moment)."""
+    deadline = time.monotonic() + timeout_s
+    last = tree_memory(root)
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_memory(root)
+        if now.pids != last.pids:
+            stable_since = time.monotonic()
+        last = now
+        if time.monotonic() - stable_since >= quiet_s:
+            break
+    return last
+
+
 def tree_memory(root: int) -> TreeMemory:
     """RSS and PSS of ``root`` and all its descendants, read from /proc (Linux)."""
     children = _proc_children()
-    pids, todo = [], [root]
+    pids: list[int] = []
+    todo = [root]
     while todo:
         pid = todo.pop()
         pids.append(pid)
@@ -408,13 +438,9 @@ def tree_memory(root: int) -> TreeMemory:
         pss = _pss_kib(pid)
         pss_ok = pss_ok and pss is not None
         pss_total += pss or 0
-        try:
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            name = "?"
-        per_process[f"{pid} {name}"] = round(rss / 1024, 1)
+        per_process[f"{pid} {_label(pid)}"] = round(rss / 1024, 1)
     return TreeMemory(
-        pids=tuple(pids),
+        pids=tuple(sorted(pids)),
         rss_mib=round(rss_total / 1024, 1),
         pss_mib=round(pss_total / 1024, 1) if pss_ok else None,
         per_process=per_process,

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from trainer.errors import RecsysError
 from trainer.export import SCORES, TOP_K
-from trainer.triton_config import FALLBACK, ITEM_IDS, MODEL_VERSION, USER_ID
+from trainer.triton_config import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, USER_ID
 
 
 class TritonCallError(RecsysError):
@@ -69,6 +69,12 @@ def _parse(result: Any, user_ids: list[str], model: str) -> list[Recommendation]
     return out
 
 
+def _chunks(user_ids: list[str]) -> list[list[str]]:
+    if not user_ids:
+        raise TritonCallError("no user ids given", "INVALID_ARGUMENT")
+    return [user_ids[i : i + MAX_BATCH_SIZE] for i in range(0, len(user_ids), MAX_BATCH_SIZE)]
+
+
 def _error(exc: InferenceServerException) -> TritonCallError:
     status = exc.status()
     name = str(status).rsplit(".", 1)[-1] if status else None
@@ -83,13 +89,20 @@ class TritonRecommender:
         self.timeout_s = timeout_s
 
     def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
-        try:
-            result = self._client.infer(
-                model, _inputs(grpcclient, user_ids, top_k), outputs=_outputs(grpcclient), client_timeout=self.timeout_s
-            )
-        except InferenceServerException as exc:
-            raise _error(exc) from exc
-        return _parse(result, user_ids, model)
+        """One call per ``MAX_BATCH_SIZE`` users (the ensembles' batch limit)."""
+        out: list[Recommendation] = []
+        for chunk in _chunks(user_ids):
+            try:
+                result = self._client.infer(
+                    model,
+                    _inputs(grpcclient, chunk, top_k),
+                    outputs=_outputs(grpcclient),
+                    client_timeout=self.timeout_s,
+                )
+            except InferenceServerException as exc:
+                raise _error(exc) from exc
+            out += _parse(result, chunk, model)
+        return out
 
     def close(self) -> None:
         self._client.close()
@@ -103,16 +116,19 @@ class AsyncTritonRecommender:
         self.timeout_s = timeout_s
 
     async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
-        try:
-            result = await self._client.infer(
-                model,
-                _inputs(grpcclient_aio, user_ids, top_k),
-                outputs=_outputs(grpcclient_aio),
-                client_timeout=self.timeout_s,
-            )
-        except InferenceServerException as exc:
-            raise _error(exc) from exc
-        return _parse(result, user_ids, model)
+        out: list[Recommendation] = []
+        for chunk in _chunks(user_ids):
+            try:
+                result = await self._client.infer(
+                    model,
+                    _inputs(grpcclient_aio, chunk, top_k),
+                    outputs=_outputs(grpcclient_aio),
+                    client_timeout=self.timeout_s,
+                )
+            except InferenceServerException as exc:
+                raise _error(exc) from exc
+            out += _parse(result, chunk, model)
+        return out
 
     async def close(self) -> None:
         await self._client.close()

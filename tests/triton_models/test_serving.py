@@ -1,0 +1,182 @@
+"""Both ensembles served by the real Triton (python backend), against the trainer's own answers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from recsys.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
+from trainer.artifacts import load_run
+from trainer.export import ExportError
+from trainer.pipeline import save_result, train_and_evaluate
+from trainer.publish import activate, load_all, publish, versions
+from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, STEP_MODELS, VARIANTS
+
+
+@pytest.fixture(scope="module")
+def runs(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, params in (("v1", {"iterations": 4, "seed": 1}), ("v2", {"iterations": 6, "seed": 2})):
+        result = train_and_evaluate(small_world.interactions, "als", params)
+        save_result(result, root / name)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repository = tmp_path_factory.mktemp("repo")
+    publish(runs["v1"], repository)
+    with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
+        load_all(triton)
+        yield triton
+
+
+@pytest.fixture
+def client(server: TritonServer) -> Iterator[TritonRecommender]:
+    recommender = TritonRecommender(server.urls.grpc)
+    yield recommender
+    recommender.close()
+
+
+@pytest.mark.parametrize("model", list(VARIANTS))
+def test_hundred_users_get_exactly_the_trainers_top10(
+    client: TritonRecommender, runs: dict[str, Path], model: str
+) -> None:
+    run = load_run(runs["v1"])
+    users = np.arange(100)
+    expected_items, expected_scores = run.model.recommend(users, 10, exclude=run.history)
+    external = [str(u) for u in run.user_ids.external(users).tolist()]
+    answers = client.recommend(model, external, top_k=10)
+    for row, answer in enumerate(answers):
+        assert answer.item_ids == [str(i) for i in run.item_ids.external(expected_items[row]).tolist()]
+        np.testing.assert_allclose(answer.scores, expected_scores[row], atol=1e-5)
+        assert not answer.fallback
+        assert answer.model_version == 1
+
+
+def test_unknown_user_gets_the_flagged_fallback(client: TritonRecommender, runs: dict[str, Path]) -> None:
+    run = load_run(runs["v1"])
+    listeners = np.bincount(run.history.indices, minlength=run.history.shape[1])  # what popularity ranks by
+    top_counts = np.sort(listeners)[::-1][:5]
+    for model in VARIANTS:
+        (answer,) = client.recommend(model, ["nobody-has-this-id"], top_k=5)
+        assert answer.fallback
+        served = run.item_ids.indices(answer.item_ids)
+        np.testing.assert_array_equal(listeners[served], top_counts)  # ties may come in any order
+        assert answer.scores == sorted(answer.scores, reverse=True)
+
+
+@pytest.mark.parametrize("top_k", [0, -3, 1001])
+def test_top_k_out_of_range_is_invalid_argument(client: TritonRecommender, top_k: int) -> None:
+    with pytest.raises(TritonCallError, match=r"TOP_K must be in 1\.\.1000") as caught:
+        client.recommend(ENSEMBLE_A, ["1"], top_k=top_k)
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_empty_user_id_is_invalid_argument(client: TritonRecommender) -> None:
+    with pytest.raises(TritonCallError, match="USER_ID must not be empty") as caught:
+        client.recommend(ENSEMBLE_B, [""], top_k=3)
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_wrong_dtype_and_missing_input_are_invalid_argument(server: TritonServer) -> None:
+    raw = grpcclient.InferenceServerClient(server.urls.grpc)
+    users = grpcclient.InferInput("USER_ID", [1, 1], "BYTES")
+    users.set_data_from_numpy(np.array([[b"1"]], dtype=object))
+    k = grpcclient.InferInput("TOP_K", [1, 1], "FP32")
+    k.set_data_from_numpy(np.array([[10.0]], dtype=np.float32))
+    with pytest.raises(InferenceServerException) as caught:
+        raw.infer(ENSEMBLE_A, [users, k])
+    assert "INVALID_ARGUMENT" in str(caught.value.status())
+    with pytest.raises(InferenceServerException) as caught:
+        raw.infer(ENSEMBLE_A, [users])
+    assert "INVALID_ARGUMENT" in str(caught.value.status())
+    raw.close()
+
+
+def test_asyncio_client_over_one_channel(server: TritonServer) -> None:
+    async def ask() -> list[Any]:
+        recommender = AsyncTritonRecommender(server.urls.grpc)
+        try:
+            batches = await asyncio.gather(*(recommender.recommend(ENSEMBLE_B, [str(u)], 10) for u in range(1, 21)))
+        finally:
+            await recommender.close()
+        return [answer for batch in batches for answer in batch]
+
+    answers = asyncio.run(ask())
+    assert len(answers) == 20
+    assert all(len(a.item_ids) == 10 for a in answers)
+
+
+def test_broken_model_is_refused_and_the_repository_untouched(
+    runs: dict[str, Path], server: TritonServer, tmp_path: Path
+) -> None:
+    import shutil
+
+    from trainer.artifacts import MODEL_FILE
+    from trainer.models.base import Recommender
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["v2"], broken)
+    model = Recommender.load(broken / MODEL_FILE)
+    model.user_factors[0, 0] = float("inf")  # type: ignore[attr-defined]
+    model.save(broken / MODEL_FILE)
+    repository = server.config.model_repository
+    before = versions(repository)
+    with pytest.raises(ExportError, match="user_factors has 1 NaN/inf"):
+        publish(broken, repository)
+    assert versions(repository) == before
+    assert not list(repository.glob(".publish-*"))
+
+
+def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, runs: dict[str, Path]) -> None:
+    """Hot swap: the steps load v2 beside v1, then each ensemble switches all its pins at once."""
+    repository = server.config.model_repository
+    errors: list[Exception] = []
+    seen_versions: set[int] = set()
+    done = threading.Event()
+    counts = [0]
+
+    def traffic() -> None:
+        client = TritonRecommender(server.urls.grpc, timeout_s=30)
+        try:
+            while not done.is_set():
+                for model in VARIANTS:
+                    try:
+                        (answer,) = client.recommend(model, [str(1 + counts[0] % 50)], top_k=10)
+                        seen_versions.add(answer.model_version)
+                        assert len(answer.item_ids) == 10
+                    except Exception as exc:  # every failure counts
+                        errors.append(exc)
+                    counts[0] += 1
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        published = publish(runs["v2"], repository)
+        activate(server, published.version)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not errors, errors[:3]
+    assert counts[0] > 20
+    assert seen_versions == {1, 2} or seen_versions == {2}
+    client = TritonRecommender(server.urls.grpc)
+    assert {client.recommend(m, ["1"])[0].model_version for m in VARIANTS} == {2}
+    client.close()
+    assert all(server.is_model_ready(m, "2") for m in STEP_MODELS)

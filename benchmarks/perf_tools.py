@@ -397,8 +397,9 @@ def _label(pid: int) -> str:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
-    if name.startswith("triton_python") and len(argv) > 9:
-        return f"stub {argv[9].decode(errors='replace')}"  # stub argv: model.py, shm region, ..., instance name
+    if name.startswith("triton_python") and len(argv) > 1:  # a stub's argv[1] is <repository>/<model>/<v>/model.py
+        model_py = Path(argv[1].decode(errors="replace"))
+        return f"stub {model_py.parent.parent.name}/{model_py.parent.name}"
     return name
 
 

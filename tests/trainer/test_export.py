@@ -41,7 +41,9 @@ def exported(split: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any,
     return model, directory
 
 
-def _run_both(directory: Path, inputs: tuple[np.ndarray, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _run_both(
+    directory: Path, inputs: tuple[np.ndarray[Any, Any], ...]
+) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
     scripted = load_torchscript(directory / "model.pt")
     with torch.inference_mode():
         ts = [t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs))]

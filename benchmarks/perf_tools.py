@@ -431,7 +431,7 @@ def tree_memory(root: int) -> TreeMemory:
         todo.extend(children.get(pid, []))
     rss_total, pss_total, pss_ok = 0, 0, True
     per_process: dict[str, float] = {}
-    for pid in pids:
+    for pid in sorted(pids):
         rss = _status_kib(pid, "VmRSS")
         if rss is None:
             continue

@@ -57,13 +57,16 @@ FULL_USERS, FULL_ITEMS = 100_000, 50_000
 class IterationClock:
     """Stands in for ``trainer.progress.track`` inside a model module and timestamps each iteration's start."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuda: bool = False) -> None:
         self.starts: list[float] = []
+        self.cuda = cuda
 
     def track(
         self, items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True
     ) -> Iterator[T]:
         for item in items:
+            if self.cuda:  # kernels run asynchronously: a step ends when the device is done
+                torch.cuda.synchronize()
             self.starts.append(time.perf_counter())
             yield item
 
@@ -136,7 +139,7 @@ def worker_model(args: argparse.Namespace) -> dict[str, Any]:
         params = bpr_module.BPRParams(epochs=args.bpr_epochs)
         model, module, steps = bpr_module.BPR(params, device=args.device), bpr_module, params.epochs
 
-    clock = IterationClock()
+    clock = IterationClock(cuda=args.device.startswith("cuda"))
     patched = hasattr(module, "track")
     with mock.patch.object(module, "track", clock.track) if patched else nullcontext():
         start = time.perf_counter()

@@ -43,7 +43,15 @@ class ExportError(RecsysError):
 
 
 class FactorScorer(torch.nn.Module):
-    """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k."""
+    """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k.
+
+    Laid out so that one request costs one matrix product and one top-k pass over the catalogue:
+
+    * row ``n_users`` of the user table is a pseudo-user for unknown ids; it reads only an extra factor column
+      that holds ``fallback - bias``, so its scores are the fallback scores and no ``where`` pass is needed;
+    * column ``n_items`` is a sink whose bias is ``-inf``: padding in EXCLUDE points there, so the mask is an
+      in-place scatter on the product itself (no concatenated copy), and the sink is never recommended.
+    """
 
     def __init__(
         self,
@@ -53,35 +61,40 @@ class FactorScorer(torch.nn.Module):
         fallback_scores: torch.Tensor,
     ) -> None:
         super().__init__()
+        n_users, dim = user_factors.shape
         n_items = item_factors.shape[0]
-        # Plain tensor attributes (not buffers): TorchScript keeps them, and their types stay visible to mypy.
-        self.user_factors = user_factors.detach().float().cpu().contiguous()
-        self.item_factors = item_factors.detach().float().cpu().contiguous()
         bias = torch.zeros(n_items) if item_bias is None else item_bias.detach().float().cpu()
-        self.item_bias = bias.contiguous()
-        self.fallback = fallback_scores.detach().float().cpu().contiguous()
+        users = torch.zeros(n_users + 1, dim + 1)
+        users[:n_users, :dim] = user_factors.detach().float().cpu()
+        users[n_users, dim] = 1.0
+        items = torch.zeros(n_items + 1, dim + 1)
+        items[:n_items, :dim] = item_factors.detach().float().cpu()
+        items[:n_items, dim] = fallback_scores.detach().float().cpu() - bias
+        # Plain tensor attributes (not buffers): TorchScript keeps them, and their types stay visible to mypy.
+        self.users = users.contiguous()
+        self.items_t = items.T.contiguous()
+        self.bias = torch.cat([bias, torch.tensor([-math.inf])]).contiguous()
+        self.n_users = int(n_users)
+        self.n_items = int(n_items)
 
     def forward(
         self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         users = user_index.reshape(-1)
-        known = users >= 0
-        scores = self.user_factors[users.clamp(min=0)] @ self.item_factors.T + self.item_bias
-        scores = torch.where(known[:, None], scores, self.fallback[None, :])
-        n_items = int(self.item_factors.shape[0])
-        # Padding (-1) is redirected to an extra column that is dropped again.
-        padded = torch.cat([scores, torch.zeros_like(scores[:, :1])], dim=1)
-        columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, n_items))
-        padded = padded.scatter(1, columns, torch.full_like(columns, 0, dtype=scores.dtype) - math.inf)
-        k_tensor = top_k.max().clamp(min=1, max=n_items)
+        known = (users >= 0) & (users < self.n_users)
+        rows = torch.where(known, users, torch.full_like(users, self.n_users))
+        scores = torch.addmm(self.bias, self.users[rows], self.items_t)
+        columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, self.n_items))
+        scores.scatter_(1, columns, -math.inf)
+        k_tensor = top_k.max().clamp(min=1, max=self.n_items)
         if torch.jit.is_scripting():  # type: ignore[attr-defined]
             k = int(k_tensor)
         else:
             # torch.export: k stays symbolic (an ONNX TopK input), with its valid range stated.
             k = k_tensor.item()  # type: ignore[assignment]
             torch._check(k >= 1)  # type: ignore[no-untyped-call]
-            torch._check(k <= n_items)  # type: ignore[no-untyped-call]
-        values, items = torch.topk(padded[:, :n_items], k, dim=1)
+            torch._check(k <= self.n_items)  # type: ignore[no-untyped-call]
+        values, items = torch.topk(scores, k, dim=1)
         items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
         return values, items
 

@@ -26,10 +26,16 @@ class TritonPythonModel:
             users = npz["user_ids"]
         self.index = {str(u): i for i, u in enumerate(users.tolist())}
         with np.load(folder / "history.npz", allow_pickle=False) as npz:
-            self.indptr = npz["indptr"].astype(np.int64)
-            self.indices = npz["indices"].astype(np.int64)
-        lengths = np.diff(self.indptr)
+            indptr = npz["indptr"].astype(np.int64)
+            indices = npz["indices"].astype(np.int64)
+        # Every user's heard items, padded with -1, plus an all-padding row for unknown users: a request is then
+        # one fancy-index, no Python loop (width = the longest history, n_users x width int64 in memory).
+        lengths = np.diff(indptr)
         self.width = max(int(lengths.max()) if len(lengths) else 1, 1)
+        self.unknown = len(lengths)
+        self.exclude = np.full((len(lengths) + 1, self.width), -1, dtype=np.int64)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        self.exclude[rows, np.arange(len(indices)) - np.repeat(indptr[:-1], lengths)] = indices
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._one(request) for request in requests]
@@ -44,11 +50,7 @@ class TritonPythonModel:
         if any(not key.strip() for key in keys):
             return _invalid("USER_ID must not be empty")
         index = np.array([self.index.get(key, -1) for key in keys], dtype=np.int64)
-        exclude = np.full((len(index), self.width), -1, dtype=np.int64)
-        for row, user in enumerate(index.tolist()):
-            if user >= 0:
-                items = self.indices[self.indptr[user] : self.indptr[user + 1]]
-                exclude[row, : len(items)] = items
+        exclude = self.exclude[np.where(index >= 0, index, self.unknown)]
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("USER_INDEX", index[:, None]),

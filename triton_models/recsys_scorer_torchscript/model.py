@@ -21,17 +21,19 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
         self.format = params.get("format", "torchscript")
+        threads = int(params.get("threads", "2"))
         if self.format == "torchscript":
             import torch
 
-            torch.set_num_threads(1)
+            torch.set_num_threads(threads)
             self.torch = torch
             self.module = torch.jit.load(str(folder / "model.pt"), map_location="cpu").eval()
         elif self.format == "onnx":
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
+            options.intra_op_num_threads = threads
+            options.enable_cpu_mem_arena = False  # the arena kept batch-sized buffers for good (+300 MB at 1M items)
             self.session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
         else:
             raise pb_utils.TritonModelException(f"unknown scorer format {self.format!r}")

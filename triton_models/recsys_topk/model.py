@@ -17,7 +17,10 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         folder = Path(args["model_repository"]) / args["model_version"]
         with np.load(folder / "ids.npz", allow_pickle=False) as npz:
-            self.item_ids = npz["item_ids"].astype(str).astype(object)
+            ids = npz["item_ids"]
+        # Encoded once: index n_items is the empty id that padding (-1) maps to.
+        self.item_ids = np.array([str(i).encode() for i in ids.tolist()] + [b""], dtype=object)
+        self.padding = len(ids)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return [self._one(request) for request in requests]
@@ -28,11 +31,10 @@ class TritonPythonModel:
         k = int(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy().reshape(-1).max())
         items, scores = items[:, :k], scores[:, :k]
         # Rows of one request share k; a row that ran out of items is padded with "" / -inf.
-        valid = items >= 0
-        ids = np.where(valid, self.item_ids[np.where(valid, items, 0)], "").astype(object)
+        ids = self.item_ids[np.where(items >= 0, items, self.padding)]
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("ITEM_IDS", ids.astype(np.bytes_)),
-                pb_utils.Tensor("SCORES", np.where(valid, scores, -np.inf).astype(np.float32)),
+                pb_utils.Tensor("ITEM_IDS", ids),
+                pb_utils.Tensor("SCORES", np.ascontiguousarray(scores, dtype=np.float32)),
             ]
         )

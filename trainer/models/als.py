@@ -20,6 +20,7 @@ import torch
 
 from trainer.data.interactions import Interactions
 from trainer.errors import ConfigError
+from trainer.models._als_cpu import cg_solve
 from trainer.models.base import FactorModel
 from trainer.models.base import Params as _Params
 from trainer.progress import track
@@ -58,7 +59,8 @@ class _Side:
     conf: torch.Tensor  # sparse CSR, values c
     weight: torch.Tensor  # dense values c - 1, in CSR order
     scratch: torch.Tensor  # sparse CSR with the same pattern, rewritten in place by every product
-    matrix: sp.csr_matrix  # kept for the exact solver's buckets
+    matrix: sp.csr_matrix  # kept for the exact solver's buckets and the CPU kernel
+    conf_values: npt.NDArray[np.float32]  # c, in CSR order (the CPU kernel's input)
 
     @classmethod
     def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device) -> _Side:
@@ -70,7 +72,8 @@ class _Side:
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             conf = torch.sparse_csr_tensor(crow, col, c, size=matrix.shape, check_invariants=False)
             scratch = torch.sparse_csr_tensor(crow, col, torch.zeros_like(c), size=matrix.shape, check_invariants=False)
-        return cls(conf=conf, weight=c - 1.0, scratch=scratch, matrix=matrix)
+        conf_values = (1.0 + alpha * matrix.data.astype(np.float32)).astype(np.float32)
+        return cls(conf=conf, weight=c - 1.0, scratch=scratch, matrix=matrix, conf_values=conf_values)
 
 
 # Rows are solved in buckets of similar length, padded to at most this many (row, nonzero) slots; this bounds
@@ -164,6 +167,19 @@ class ALS(FactorModel):
     def _solve(self, side: _Side, Y: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """New factors for every row given the fixed other side ``Y``."""
         gram = _gram(Y, self.params.regularization)
+        if self.params.solver == "cg" and Y.device.type == "cpu":
+            out = X.clone()
+            m = side.matrix
+            cg_solve(
+                m.indptr.astype(np.int64, copy=False),
+                m.indices,
+                side.conf_values,
+                Y.numpy(),
+                gram.numpy(),
+                out.numpy(),
+                self.params.cg_steps,
+            )
+            return out
         if self.params.solver == "cg":
             return _cg(gram, side, Y, X, self.params.cg_steps)
         Y_ext = torch.cat([Y, torch.zeros(1, Y.shape[1], device=Y.device, dtype=Y.dtype)])

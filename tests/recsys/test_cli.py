@@ -90,3 +90,64 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     done = recsys("--help", cwd=tmp_path)
     for command in ("train", "tune", "recommend", "demo"):
         assert command in done.stdout
+
+
+def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path) -> None:
+    """`recsys serve triton` runs the real server; `recsys publish --load` swaps it to a new version."""
+    import signal
+    import socket
+    import time
+
+    from recsys.triton_client import TritonRecommender
+
+    args = ("--user-col", "listener", "--item-col", "artist", "--weight-col", "plays", "--model", "als")
+    for name in ("r1", "r2"):
+        done = recsys(
+            "train", "--data", str(table), *args, "-p", "iterations=3", "--out", str(tmp_path / name), cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+    repository = tmp_path / "repo"
+    published = recsys("publish", str(tmp_path / "r1"), "--repository", str(repository), cwd=tmp_path)
+    assert published.returncode == 0, published.stderr
+    assert "published version 1" in published.stdout
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    http, grpc, metrics = (str(p) for p in ports)
+    env = {**os.environ, "RECSYS_PROGRESS": "false", "COLUMNS": "200"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "recsys", "serve", "triton", "--repository", str(repository),
+         "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in server.stdout:
+            if "Triton ready" in line or time.monotonic() > deadline:
+                break
+        client = TritonRecommender(f"127.0.0.1:{grpc}")
+        assert client.recommend("recsys_a", ["user-3"])[0].model_version == 1
+        swapped = recsys(
+            "publish", str(tmp_path / "r2"), "--repository", str(repository),
+            "--load", "--triton-http", f"127.0.0.1:{http}", cwd=tmp_path,
+        )  # fmt: skip
+        assert swapped.returncode == 0, swapped.stderr
+        assert "now serves version 2" in swapped.stdout
+        assert {client.recommend(m, ["user-3"])[0].model_version for m in ("recsys_a", "recsys_b")} == {2}
+        client.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+        if server.stdout is not None:
+            server.stdout.close()
+    assert code == 0
+
+
+def test_serve_without_a_published_version_says_so(tmp_path: Path) -> None:
+    done = recsys("serve", "triton", "--repository", str(tmp_path / "empty"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "no published version yet" in done.stderr

@@ -24,12 +24,14 @@ from trainer.models.base import FactorModel
 from trainer.triton_config import (
     ENSEMBLE_A,
     ENSEMBLE_B,
+    FUSED,
     LOOKUP,
     SCORER_ONNX,
     SCORER_TORCHSCRIPT,
     STEP_MODELS,
     TOPK,
     VARIANTS,
+    VERSIONED_MODELS,
     Flavour,
     pinned_ensemble_config,
     repository,
@@ -47,6 +49,7 @@ _FILES = {
     SCORER_TORCHSCRIPT: (TORCHSCRIPT_FILE,),
     SCORER_ONNX: (ONNX_FILE,),
     TOPK: (IDS_FILE,),
+    FUSED: (IDS_FILE, HISTORY_FILE, ONNX_FILE),
 }
 
 
@@ -64,7 +67,7 @@ class ModelControl(Protocol):
 def versions(repository: Path) -> list[int]:
     """Version numbers present for every step model (a version is usable only when all steps have it)."""
     per_model = []
-    for model in STEP_MODELS:
+    for model in VERSIONED_MODELS:
         folder = repository / model
         per_model.append(
             {int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()} if folder.is_dir() else set()
@@ -101,7 +104,7 @@ def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) 
     _ensure_ensemble_versions(repository_dir)
     existing = versions(repository_dir)
     number = version if version is not None else (existing[-1] + 1 if existing else 1)
-    if any((repository_dir / model / str(number)).exists() for model in STEP_MODELS):
+    if any((repository_dir / model / str(number)).exists() for model in VERSIONED_MODELS):
         raise ArtifactError(f"{repository_dir}: version {number} already exists")
 
     with tempfile.TemporaryDirectory(dir=repository_dir, prefix=".publish-") as tmp:
@@ -140,7 +143,7 @@ def _model_code(model: str) -> Path:
 
 def activate(control: ModelControl, version: int) -> None:
     """Hot-swaps a running server (explicit model control) to ``version`` of every step, ensembles last."""
-    for model in STEP_MODELS:
+    for model in VERSIONED_MODELS:
         control.load_model(model)
     for ensemble, scorer in VARIANTS.items():
         pins = {model: version for model in STEP_MODELS}
@@ -148,8 +151,8 @@ def activate(control: ModelControl, version: int) -> None:
 
 
 def load_all(control: ModelControl) -> None:
-    """Loads every step model, then both ensembles (their latest versions)."""
-    for model in (*STEP_MODELS, *VARIANTS):
+    """Loads every step model and the fused model, then both ensembles (their latest versions)."""
+    for model in (*VERSIONED_MODELS, *VARIANTS):
         control.load_model(model)
 
 

@@ -32,6 +32,9 @@ ENSEMBLE_A = "recsys_a"  # TorchScript variant
 ENSEMBLE_B = "recsys_b"  # ONNX variant
 VARIANTS = {ENSEMBLE_A: SCORER_TORCHSCRIPT, ENSEMBLE_B: SCORER_ONNX}
 STEP_MODELS = (LOOKUP, SCORER_TORCHSCRIPT, SCORER_ONNX, TOPK)
+# The same path as recsys_b in one python model: the comparison the ensembles are measured against.
+FUSED = "recsys_fused"
+VERSIONED_MODELS = (*STEP_MODELS, FUSED)
 
 MAX_BATCH_SIZE = 64
 MAX_TOP_K = 1000
@@ -149,6 +152,10 @@ def repository(flavour: Flavour | str = Flavour.local) -> list[ModelSpec]:
         outputs=(Tensor(ITEM_IDS, "TYPE_STRING", (-1,)), Tensor(SCORES, "TYPE_FP32", (-1,))),
     )
     models = [lookup, _scorer(SCORER_TORCHSCRIPT, flavour, "torchscript"), _scorer(SCORER_ONNX, flavour, "onnx"), topk]
+    fused = ensemble_spec(FUSED, SCORER_ONNX)
+    models.append(
+        ModelSpec(FUSED, fused.inputs, fused.outputs, parameters={"format": "onnx", "max_top_k": str(MAX_TOP_K)})
+    )
     for ensemble, scorer in VARIANTS.items():
         models.append(ensemble_spec(ensemble, scorer))
     return models

@@ -19,7 +19,9 @@ from trainer.artifacts import load_run
 from trainer.export import ExportError
 from trainer.pipeline import save_result, train_and_evaluate
 from trainer.publish import activate, load_all, publish, versions
-from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, STEP_MODELS, VARIANTS
+from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, FUSED, VARIANTS, VERSIONED_MODELS
+
+SERVED = [*VARIANTS, FUSED]  # both ensembles and the fused model answer the same contract
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def client(server: TritonServer) -> Iterator[TritonRecommender]:
     recommender.close()
 
 
-@pytest.mark.parametrize("model", list(VARIANTS))
+@pytest.mark.parametrize("model", SERVED)
 def test_hundred_users_get_exactly_the_trainers_top10(
     client: TritonRecommender, runs: dict[str, Path], model: str
 ) -> None:
@@ -69,7 +71,7 @@ def test_unknown_user_gets_the_flagged_fallback(client: TritonRecommender, runs:
     run = load_run(runs["v1"])
     listeners = np.bincount(run.history.indices, minlength=run.history.shape[1])  # what popularity ranks by
     top_counts = np.sort(listeners)[::-1][:5]
-    for model in VARIANTS:
+    for model in SERVED:
         (answer,) = client.recommend(model, ["nobody-has-this-id"], top_k=5)
         assert answer.fallback
         served = run.item_ids.indices(answer.item_ids)
@@ -77,16 +79,18 @@ def test_unknown_user_gets_the_flagged_fallback(client: TritonRecommender, runs:
         assert answer.scores == sorted(answer.scores, reverse=True)
 
 
+@pytest.mark.parametrize("model", SERVED)
 @pytest.mark.parametrize("top_k", [0, -3, 1001])
-def test_top_k_out_of_range_is_invalid_argument(client: TritonRecommender, top_k: int) -> None:
+def test_top_k_out_of_range_is_invalid_argument(client: TritonRecommender, top_k: int, model: str) -> None:
     with pytest.raises(TritonCallError, match=r"TOP_K must be in 1\.\.1000") as caught:
-        client.recommend(ENSEMBLE_A, ["1"], top_k=top_k)
+        client.recommend(model, ["1"], top_k=top_k)
     assert caught.value.status == "INVALID_ARGUMENT"
 
 
-def test_empty_user_id_is_invalid_argument(client: TritonRecommender) -> None:
+@pytest.mark.parametrize("model", SERVED)
+def test_empty_user_id_is_invalid_argument(client: TritonRecommender, model: str) -> None:
     with pytest.raises(TritonCallError, match="USER_ID must not be empty") as caught:
-        client.recommend(ENSEMBLE_B, [""], top_k=3)
+        client.recommend(model, [""], top_k=3)
     assert caught.value.status == "INVALID_ARGUMENT"
 
 
@@ -152,7 +156,7 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
         client = TritonRecommender(server.urls.grpc, timeout_s=30)
         try:
             while not done.is_set():
-                for model in VARIANTS:
+                for model in SERVED:
                     try:
                         (answer,) = client.recommend(model, [str(1 + counts[0] % 50)], top_k=10)
                         seen_versions.add(answer.model_version)
@@ -177,6 +181,6 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     assert counts[0] > 20
     assert seen_versions == {1, 2} or seen_versions == {2}
     client = TritonRecommender(server.urls.grpc)
-    assert {client.recommend(m, ["1"])[0].model_version for m in VARIANTS} == {2}
+    assert {client.recommend(m, ["1"])[0].model_version for m in SERVED} == {2}
     client.close()
-    assert all(server.is_model_ready(m, "2") for m in STEP_MODELS)
+    assert all(server.is_model_ready(m, "2") for m in VERSIONED_MODELS)

@@ -280,7 +280,7 @@ def _demo_serving(out_dir: Path, user_ids: list[str]) -> None:
     out.print(f"published ALS as version {published.version} into {repository} (TorchScript and ONNX, parity ok)")
     config = TritonConfig(model_repository=repository, ports=TritonPorts.auto())
     with TritonServer(config) as server:
-        load_all(server)
+        load_all(server, repository)
         client = TritonRecommender(server.urls.grpc)
         try:
             asked = [*user_ids[:1], "listener-nobody-knows"]
@@ -353,7 +353,7 @@ def serve_triton(
     metrics_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_METRICS_PORT]")] = None,
 ) -> None:
     """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
-    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer, TritonServerError
     from trainer.publish import load_all, versions
 
     settings = _settings(ctx)
@@ -369,12 +369,14 @@ def serve_triton(
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     with TritonServer(config) as server:
-        load_all(server)
+        version = load_all(server, target)
         out.print(f"Triton ready: grpc {server.urls.grpc}, http {server.urls.http}, metrics {server.urls.metrics}")
-        out.print(f"serving version {versions(target)[-1]} of {target}; Ctrl-C stops it")
+        out.print(f"serving version {version} of {target}; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             while server.is_running() and not stopping.wait(0.5):
                 pass
+        if not stopping.is_set() and not server.is_running():
+            raise TritonServerError(f"tritonserver exited on its own; last lines of its log:\n{server.log_tail()}")
 
 
 def run() -> None:

@@ -20,11 +20,9 @@ import scipy.sparse as sp
 from trainer.data.interactions import IdMap, Interactions
 from trainer.errors import ArtifactError
 from trainer.models.base import Recommender
+from trainer.run_files import HISTORY_FILE, IDS_FILE, METRICS_FILE, MODEL_FILE
 
-MODEL_FILE = "model.npz"
-IDS_FILE = "ids.npz"
-HISTORY_FILE = "history.npz"
-METRICS_FILE = "metrics.json"
+__all__ = ["HISTORY_FILE", "IDS_FILE", "METRICS_FILE", "MODEL_FILE", "Run", "load_run", "save_run"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,19 @@ def _id_array(ids: IdMap) -> npt.NDArray[Any]:
     return ids.ids if ids.is_integer else ids.ids.astype(str)
 
 
-def save_run(directory: Path, model: Recommender, data: Interactions, metrics: dict[str, Any]) -> None:
-    """Writes a run; ``data`` is what the model was fitted on (its id maps and history)."""
+def save_run(
+    directory: Path,
+    model: Recommender,
+    data: Interactions,
+    metrics: dict[str, Any],
+    *,
+    history: Interactions | None = None,
+) -> None:
+    """Writes a run: ``data`` gives the id maps; ``history`` (default ``data``) what each user already has.
+
+    Serving excludes ``history``, so it should hold every known play even when the model saw only a split's
+    training part.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     model.save(directory / MODEL_FILE)
     ids: dict[str, npt.NDArray[Any]] = {
@@ -58,13 +67,13 @@ def save_run(directory: Path, model: Recommender, data: Interactions, metrics: d
     if data.item_names is not None:
         ids["item_names"] = data.item_names.astype(str)
     np.savez(directory / IDS_FILE, **ids)
-    history = data.to_csr()
+    history_matrix = (history if history is not None else data).to_csr()
     np.savez(
         directory / HISTORY_FILE,
-        indptr=history.indptr,
-        indices=history.indices,
-        data=history.data,
-        shape=np.asarray(history.shape, dtype=np.int64),
+        indptr=history_matrix.indptr,
+        indices=history_matrix.indices,
+        data=history_matrix.data,
+        shape=np.asarray(history_matrix.shape, dtype=np.int64),
     )
     (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 

@@ -184,13 +184,14 @@ def load_torchscript(path: Path) -> torch.jit.ScriptModule:
 
 def export_onnx(scorer: FactorScorer, path: Path, width: int) -> Path:
     """ONNX with dynamic batch and k (``k`` comes from the TOP_K input, so it becomes an ONNX TopK input)."""
-    batch = torch.export.Dim("batch", min=1)
     with _quiet_export():
-        _onnx_export(scorer, path, width, batch)
+        _onnx_export(scorer, path, width)
     return path
 
 
-def _onnx_export(scorer: FactorScorer, path: Path, width: int, batch: Any) -> None:
+def _onnx_export(scorer: FactorScorer, path: Path, width: int) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    history = torch.export.Dim("history", min=1)
     torch.onnx.export(
         scorer,
         example_inputs(width),
@@ -198,7 +199,7 @@ def _onnx_export(scorer: FactorScorer, path: Path, width: int, batch: Any) -> No
         dynamo=True,
         input_names=[USER_INDEX, EXCLUDE, TOP_K],
         output_names=[SCORES, ITEMS],
-        dynamic_shapes={"user_index": {0: batch}, "exclude": {0: batch}, "top_k": {0: batch}},
+        dynamic_shapes={"user_index": {0: batch}, "exclude": {0: batch, 1: history}, "top_k": {0: batch}},
         verbose=False,
         external_data=False,
     )
@@ -229,6 +230,7 @@ def check_parity(
     """Both exports against the trainer's own ``recommend`` on ``sample`` users: scores within 1e-5, same ids."""
     import onnxruntime as ort
 
+    k = min(k, model.n_items)
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(model.n_users, size=min(sample, model.n_users), replace=False))
     ref_items, ref_scores = model.recommend(users, k, exclude=history)

@@ -17,7 +17,7 @@ from trainer.evaluation import evaluate
 from trainer.models.base import Recommender
 from trainer.models.popularity import Popularity
 from trainer.models.registry import model_class
-from trainer.splits import Split, SplitKind, make_split
+from trainer.splits import Split, SplitKind, make_split, split_kind
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def train_and_evaluate(
     parts = make_split(data, split, seed=seed)
     logger.info(
         "split %s: %d users, %d items, %d train / %d test pairs",
-        SplitKind(split).value,
+        split_kind(split).value,
         parts.train.n_users,
         parts.train.n_items,
         len(parts.train),
@@ -87,7 +87,7 @@ def train_and_evaluate(
         "n_items": parts.train.n_items,
         "n_train": len(parts.train),
         "n_test": len(parts.test),
-        "split": SplitKind(split).value,
+        "split": split_kind(split).value,
         "seed": seed,
         "device": str(model.device),
         "refit": refit,
@@ -116,4 +116,5 @@ def _union(parts: Split) -> Interactions:
 
 
 def save_result(result: TrainResult, out: Path) -> None:
-    save_run(out, result.model, result.fitted_on, result.metrics)
+    # Serving must never recommend what a listener already played, held-out part included.
+    save_run(out, result.model, result.fitted_on, result.metrics, history=_union(result.split))

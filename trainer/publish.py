@@ -75,6 +75,16 @@ def versions(repository: Path) -> list[int]:
     return sorted(set.intersection(*per_model)) if per_model else []
 
 
+def _all_numbers(repository: Path) -> set[int]:
+    return {
+        int(p.name)
+        for model in VERSIONED_MODELS
+        if (repository / model).is_dir()
+        for p in (repository / model).iterdir()
+        if p.is_dir() and p.name.isdigit()
+    }
+
+
 def render_repository(target: Path, flavour: Flavour | str = Flavour.local) -> list[Path]:
     """Writes every model's ``config.pbtxt`` (and, for python models, ``model.py``) of ``flavour`` into ``target``."""
     written = []
@@ -102,8 +112,9 @@ def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) 
     if not all((repository_dir / spec.name / "config.pbtxt").is_file() for spec in repository()):
         render_repository(repository_dir)
     _ensure_ensemble_versions(repository_dir)
-    existing = versions(repository_dir)
-    number = version if version is not None else (existing[-1] + 1 if existing else 1)
+    # Next after the highest number any model has: a publish that died half-way never blocks the next one.
+    existing = _all_numbers(repository_dir)
+    number = version if version is not None else (max(existing) + 1 if existing else 1)
     if any((repository_dir / model / str(number)).exists() for model in VERSIONED_MODELS):
         raise ArtifactError(f"{repository_dir}: version {number} already exists")
 
@@ -150,10 +161,17 @@ def activate(control: ModelControl, version: int) -> None:
         control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, scorer, pins)))
 
 
-def load_all(control: ModelControl) -> None:
-    """Loads every step model and the fused model, then both ensembles (their latest versions)."""
-    for model in (*VERSIONED_MODELS, *VARIANTS):
-        control.load_model(model)
+def load_all(control: ModelControl, repository_dir: Path) -> int:
+    """Loads the newest complete version of every model, the ensembles pinned to it; returns that version.
+
+    Pinning from the start (not ``latest``) is what keeps a later :func:`activate` atomic: while the steps load
+    version N+1 one by one, the ensembles still route every request through version N only.
+    """
+    available = versions(repository_dir)
+    if not available:
+        raise ArtifactError(f"{repository_dir}: no complete published version")
+    activate(control, available[-1])
+    return available[-1]
 
 
 def _as_json(pbtxt: str) -> str:

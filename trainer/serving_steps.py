@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.artifacts import HISTORY_FILE, IDS_FILE
+from trainer.run_files import HISTORY_FILE, IDS_FILE
 
 
 class UserLookup:

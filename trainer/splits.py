@@ -111,10 +111,17 @@ def validation_split(train: Interactions, *, fraction: float = 0.2, seed: int = 
 
 
 def make_split(data: Interactions, kind: SplitKind | str, *, fraction: float = 0.2, seed: int = 42) -> Split:
-    kind = SplitKind(kind)
+    kind = split_kind(kind)
     if kind is SplitKind.random_holdout:
         return random_holdout(data, fraction=fraction, seed=seed)
     return temporal(data, fraction=fraction)
+
+
+def split_kind(value: SplitKind | str) -> SplitKind:
+    try:
+        return SplitKind(value)
+    except ValueError:
+        raise ConfigError(f"unknown split {value!r}; choose one of: {', '.join(k.value for k in SplitKind)}") from None
 
 
 def _check_fraction(fraction: float) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from trainer.errors import ConfigError
 from trainer.export import EXCLUDE, ITEMS, ONNX_FILE, SCORES, TOP_K, TORCHSCRIPT_FILE, USER_INDEX
 
 # Public tensor names of the ensembles (what gRPC clients send and receive).
@@ -130,7 +131,10 @@ def _scorer(name: str, flavour: Flavour, fmt: Literal["torchscript", "onnx"]) ->
 
 def repository(flavour: Flavour | str = Flavour.local) -> list[ModelSpec]:
     """Every model of the repository, steps first, then the two ensembles."""
-    flavour = Flavour(flavour)
+    try:
+        flavour = Flavour(flavour)
+    except ValueError:
+        raise ConfigError(f"unknown flavour {flavour!r}; choose local or native") from None
     lookup = ModelSpec(
         LOOKUP,
         inputs=(Tensor(USER_ID, "TYPE_STRING", (1,)), Tensor(TOP_K, "TYPE_INT64", (1,))),

@@ -69,6 +69,9 @@ def tune(
         raise ConfigError(f"no search space for {model_name!r}; tunable: {', '.join(SEARCH_SPACES)}")
     if n_trials < 1:
         raise ConfigError("n_trials must be >= 1")
+    name, _, k = metric.partition("@")
+    if name not in ("ndcg", "recall", "map", "coverage", "mean_popularity") or k not in ("10", "20"):
+        raise ConfigError(f"unknown metric {metric!r}; use ndcg, recall, map, coverage or mean_popularity @10 or @20")
     parts = validation_split(train)
     space = SEARCH_SPACES[model_name]
 

@@ -14,11 +14,21 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from trainer.errors import ConfigError
+
 
 class Weighting(StrEnum):
     raw = "raw"
     log1p = "log1p"
     bm25 = "bm25"
+
+
+def weighting(value: Weighting | str) -> Weighting:
+    try:
+        return Weighting(value)
+    except ValueError:
+        choices = ", ".join(w.value for w in Weighting)
+        raise ConfigError(f"unknown weighting {value!r}; choose one of: {choices}") from None
 
 
 @dataclass(frozen=True)
@@ -49,7 +59,7 @@ def confidence(
     implicit's ``bm25_weight`` does, so heavy listeners and blockbuster artists do not dominate the fit.
     ``stats`` defaults to those of ``matrix`` itself.
     """
-    scheme = Weighting(scheme)
+    scheme = weighting(scheme)
     out = matrix.astype(np.float32, copy=True)
     if scheme is Weighting.raw:
         return out

@@ -33,6 +33,10 @@ fi
 if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt_install python3-venv
 fi
+# Triton's python-backend stub links to libpython3.11.so.1.0; Debian ships it apart from the interpreter.
+if ! "$PY" -c 'import os, sys, sysconfig as s; sys.exit(not os.path.exists(os.path.join(s.get_config_var("LIBDIR"), s.get_config_var("INSTSONAME"))))'; then
+  apt_install libpython3.11
+fi
 
 stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then

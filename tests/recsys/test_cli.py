@@ -75,6 +75,10 @@ def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) ->
         (("train", "-p", "factors=many"), "'many' is not a int"),
         (("train", "-p", "depth=3"), "als has no such parameter"),
         (("recommend", "missing-run", "--user", "1"), "no such run directory"),
+        (("train", "--split", "sideways"), "unknown split 'sideways'"),
+        (("train", "-p", "weighting=tfidf"), "unknown weighting 'tfidf'"),
+        (("render-repo", "--out", "x", "--flavour", "nvidia"), "unknown flavour 'nvidia'"),
+        (("tune", "--metric", "auc"), "unknown metric 'auc'"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(
@@ -83,6 +87,16 @@ def test_bad_input_is_one_line_not_a_traceback(
     done = recsys(*(str(table) if a == "TABLE" else a for a in args), cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_setting_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "RECSYS_SEED": "many"}
+    done = subprocess.run(
+        [sys.executable, "-m", "recsys", "train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "RECSYS_SEED" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -52,12 +52,15 @@ def _run_both(
     return [(ts[0], ts[1]), (onnx[0], onnx[1])]
 
 
-@pytest.mark.parametrize(("batch", "k"), [(1, 1), (7, 10), (3, 57)])
-def test_dynamic_batch_and_k_match_the_trainer(exported: Any, split: Any, batch: int, k: int) -> None:
+@pytest.mark.parametrize(("batch", "k", "extra_width"), [(1, 1, 0), (7, 10, 5), (3, 57, 0)])
+def test_dynamic_batch_k_and_width_match_the_trainer(
+    exported: Any, split: Any, batch: int, k: int, extra_width: int
+) -> None:
     model, directory = exported
     history = split.train.to_csr()
     users = np.arange(batch, dtype=np.int64)
-    inputs = (users[:, None], padded_exclusions(history, users, max_history(history)), np.full((batch, 1), k))
+    width = max_history(history) + extra_width
+    inputs = (users[:, None], padded_exclusions(history, users, width), np.full((batch, 1), k))
     ref_items, ref_scores = model.recommend(users, k, exclude=history)
     for scores, items in _run_both(directory, inputs):
         assert items.shape == (batch, k)

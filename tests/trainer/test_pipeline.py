@@ -23,8 +23,10 @@ def test_run_round_trip(small_world: Any, tmp_path: Path) -> None:
     assert run.user_ids.to_list() == result.split.train.user_ids.to_list()
     users = np.arange(10)
     a, _ = run.model.recommend(users, 10, exclude=run.history)
-    b, _ = result.model.recommend(users, 10, exclude=result.split.train.to_csr())
+    b, _ = result.model.recommend(users, 10, exclude=run.history)
     np.testing.assert_array_equal(a, b)
+    # What serving excludes is every known play, held-out part included.
+    assert run.history.nnz == len(result.split.train) + len(result.split.test)
     assert run.item_label(0).startswith("genre")
 
 

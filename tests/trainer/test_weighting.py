@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from trainer.errors import ConfigError
 from trainer.weighting import CorpusStats, confidence
 
 
@@ -41,5 +42,5 @@ def test_bm25_with_training_stats_weights_a_new_row_like_training(plays: sp.csr_
 
 
 def test_unknown_scheme_is_refused(plays: sp.csr_matrix) -> None:
-    with pytest.raises(ValueError, match="tfidf"):
+    with pytest.raises(ConfigError, match="unknown weighting 'tfidf'"):
         confidence(plays, "tfidf")

@@ -40,7 +40,7 @@ def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
     repository = tmp_path_factory.mktemp("repo")
     publish(runs["v1"], repository)
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
-        load_all(triton)
+        load_all(triton, repository)
         yield triton
 
 

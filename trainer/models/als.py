@@ -24,7 +24,7 @@ from trainer.models._als_cpu import cg_solve
 from trainer.models.base import FactorModel
 from trainer.models.base import Params as _Params
 from trainer.progress import track
-from trainer.weighting import CorpusStats, Weighting, confidence
+from trainer.weighting import CorpusStats, Weighting, confidence, weighting
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class ALSParams(_Params):
             raise ConfigError("ALS regularization and alpha must be >= 0")
         if self.solver not in ("cg", "cholesky"):
             raise ConfigError(f"ALS solver must be 'cg' or 'cholesky', got {self.solver!r}")
-        Weighting(self.weighting)
+        weighting(self.weighting)
 
 
 @dataclass(frozen=True)

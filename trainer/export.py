@@ -24,6 +24,7 @@ import torch
 
 from trainer.errors import ConfigError, RecsysError
 from trainer.models.base import FactorModel
+from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,6 @@ EXCLUDE = "EXCLUDE"  # int64 [B, H]; item indices to leave out, padded with -1
 TOP_K = "TOP_K"  # int64 [B, 1]; the batch returns max(TOP_K) items per row
 SCORES = "SCORES"  # float32 [B, K]
 ITEMS = "ITEMS"  # int64 [B, K]; item indices, -1 where fewer than K items remain
-
-TORCHSCRIPT_FILE = "model.pt"
-ONNX_FILE = "model.onnx"
 
 
 class ExportError(RecsysError):

@@ -19,8 +19,9 @@ from typing import Protocol
 
 from trainer.artifacts import HISTORY_FILE, IDS_FILE, METRICS_FILE, load_run
 from trainer.errors import ArtifactError
-from trainer.export import ONNX_FILE, TORCHSCRIPT_FILE, ExportError, ParityReport, export_all
+from trainer.export import ExportError, ParityReport, export_all
 from trainer.models.base import FactorModel
+from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.triton_config import (
     ENSEMBLE_A,
     ENSEMBLE_B,

@@ -7,13 +7,14 @@ answers a request with a dictionary look-up per user and vectorized indexing.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from trainer.run_files import HISTORY_FILE, IDS_FILE
+from trainer.run_files import HISTORY_FILE, IDS_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 
 
 class UserLookup:
@@ -71,17 +72,16 @@ class Scorer:
     """The exported scorer of a version, run on numpy arrays: TorchScript (torch.jit) or ONNX (onnxruntime)."""
 
     def __init__(self, folder: Path, fmt: str, *, threads: int = 1) -> None:
-        from trainer.export import ONNX_FILE, TORCHSCRIPT_FILE
-
+        # Only the runtime of this format is imported: an ONNX scorer process never loads torch (~350 MB).
         self.format = fmt
         if fmt == "torchscript":
             import torch
 
-            from trainer.export import load_torchscript
-
             torch.set_num_threads(threads)
             self._torch = torch
-            self._module = load_torchscript(folder / TORCHSCRIPT_FILE).eval()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated")
+                self._module = torch.jit.load(str(folder / TORCHSCRIPT_FILE), map_location="cpu").eval()  # type: ignore[no-untyped-call]
         elif fmt == "onnx":
             import onnxruntime as ort
 

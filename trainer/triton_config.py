@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import Literal
 
 from trainer.errors import ConfigError
-from trainer.export import EXCLUDE, ITEMS, ONNX_FILE, SCORES, TOP_K, TORCHSCRIPT_FILE, USER_INDEX
+from trainer.export import EXCLUDE, ITEMS, SCORES, TOP_K, USER_INDEX
+from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 
 # Public tensor names of the ensembles (what gRPC clients send and receive).
 USER_ID = "USER_ID"

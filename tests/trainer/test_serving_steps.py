@@ -61,3 +61,26 @@ def test_requests_are_checked() -> None:
 def test_exclusion_blocks_are_padded_to_the_widest() -> None:
     out = stack_exclusions([np.array([[1, 2]]), np.array([[3, 4, 5]])])
     assert out.tolist() == [[1, 2, -1], [3, 4, 5]]
+
+
+def test_onnx_serving_steps_never_load_torch(run_dir: Path, tmp_path: Path) -> None:
+    """The lookup, top-k and ONNX scorer processes stay small: none of them may import torch, scipy or pandas."""
+    import subprocess
+    import sys
+
+    run = load_run(run_dir)
+    export_all(run.model, run.history, tmp_path)  # type: ignore[arg-type]
+    for name in ("ids.npz", "history.npz"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    code = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from trainer.serving_steps import ItemIds, Scorer, UserLookup\n"
+        f"folder = Path({str(tmp_path)!r})\n"
+        "index, exclude = UserLookup(folder)(['1'])\n"
+        "scores, items = Scorer(folder, 'onnx')(index[:, None], exclude, np.array([[3]]))\n"
+        "ItemIds(folder)(items)\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

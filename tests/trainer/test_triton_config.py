@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from trainer import export
+from trainer import export, run_files
 from trainer.publish import SOURCE_REPOSITORY, _as_json, render_repository
 from trainer.triton_config import (
     ENSEMBLE_A,
@@ -37,9 +37,9 @@ def test_every_config_parses_as_a_triton_model_config(flavour: Flavour) -> None:
 def test_native_flavour_uses_the_native_backends() -> None:
     configs = {spec.name: _parse(spec.render()) for spec in repository(Flavour.native)}
     assert configs["recsys_scorer_torchscript"].backend == "pytorch"
-    assert configs["recsys_scorer_torchscript"].default_model_filename == export.TORCHSCRIPT_FILE
+    assert configs["recsys_scorer_torchscript"].default_model_filename == run_files.TORCHSCRIPT_FILE
     assert configs["recsys_scorer_onnx"].backend == "onnxruntime"
-    assert configs["recsys_scorer_onnx"].default_model_filename == export.ONNX_FILE
+    assert configs["recsys_scorer_onnx"].default_model_filename == run_files.ONNX_FILE
     local = {spec.name: _parse(spec.render()) for spec in repository(Flavour.local)}
     for name, config in configs.items():  # same tensors in both flavours
         assert list(config.input) == list(local[name].input)

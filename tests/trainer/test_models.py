@@ -182,3 +182,21 @@ def test_defaults_reach_the_quality_goals_on_hetrec(hetrec_split: Any, model_typ
     """Issue 2's goals: ALS >= 0.235 (implicit 0.225), BPR >= 0.18 (LightFM BPR 0.164) NDCG@10."""
     model = model_type().fit(hetrec_split.train)
     assert evaluate(model, hetrec_split.train, hetrec_split.test)["ndcg@10"] >= floor
+
+
+def test_torch_cg_path_matches_the_cpu_kernel(split: Any) -> None:
+    """The CUDA path (torch SDDMM + SpMM) is the same maths as the numba kernel: run both here on the CPU."""
+    from trainer.models._als_cpu import cg_solve
+    from trainer.models.als import _cg, _DeviceCsr, _gram
+    from trainer.weighting import confidence
+
+    matrix = confidence(split.train.to_csr(), "log1p")
+    conf = (1.0 + 2.0 * matrix.data).astype(np.float32)
+    gen = torch.Generator().manual_seed(0)
+    Y = torch.rand(matrix.shape[1], 16, generator=gen) * 0.1
+    X0 = torch.rand(matrix.shape[0], 16, generator=gen) * 0.1
+    gram = _gram(Y, 0.5)
+    via_torch = _cg(gram, _DeviceCsr.of(matrix, conf, torch.device("cpu")), Y, X0, 3)
+    via_numba = X0.clone()
+    cg_solve(matrix.indptr.astype(np.int64), matrix.indices, conf, Y.numpy(), gram.numpy(), via_numba.numpy(), 3)
+    torch.testing.assert_close(via_torch, via_numba, rtol=1e-3, atol=1e-4)

@@ -53,27 +53,39 @@ class ALSParams(_Params):
 
 
 @dataclass(frozen=True)
-class _Side:
-    """One half-sweep's confidence matrix as device CSR tensors (values ``c`` and ``c - 1``)."""
+class _DeviceCsr:
+    """A confidence matrix as torch CSR tensors, for the torch (CUDA) CG path only."""
 
     conf: torch.Tensor  # sparse CSR, values c
     weight: torch.Tensor  # dense values c - 1, in CSR order
     scratch: torch.Tensor  # sparse CSR with the same pattern, rewritten in place by every product
-    matrix: sp.csr_matrix  # kept for the exact solver's buckets and the CPU kernel
-    conf_values: npt.NDArray[np.float32]  # c, in CSR order (the CPU kernel's input)
 
     @classmethod
-    def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device) -> _Side:
+    def of(cls, matrix: sp.csr_matrix, conf_values: npt.NDArray[np.float32], device: torch.device) -> _DeviceCsr:
         crow = torch.from_numpy(matrix.indptr.astype(np.int64)).to(device)
         col = torch.from_numpy(matrix.indices.astype(np.int64)).to(device)
-        c = torch.from_numpy(1.0 + alpha * matrix.data.astype(np.float32)).to(device)
+        c = torch.from_numpy(conf_values).to(device)
         with warnings.catch_warnings():
             # torch flags its CSR layout as beta; the kernels used here (SpMM, SDDMM) are long-standing.
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             conf = torch.sparse_csr_tensor(crow, col, c, size=matrix.shape, check_invariants=False)
             scratch = torch.sparse_csr_tensor(crow, col, torch.zeros_like(c), size=matrix.shape, check_invariants=False)
+        return cls(conf=conf, weight=c - 1.0, scratch=scratch)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One half-sweep's confidence matrix: CSR on the host, plus device tensors where the torch kernels run."""
+
+    matrix: sp.csr_matrix
+    conf_values: npt.NDArray[np.float32]  # c = 1 + alpha * w, in CSR order
+    device_csr: _DeviceCsr | None
+
+    @classmethod
+    def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device, *, torch_kernels: bool) -> _Side:
         conf_values = (1.0 + alpha * matrix.data.astype(np.float32)).astype(np.float32)
-        return cls(conf=conf, weight=c - 1.0, scratch=scratch, matrix=matrix, conf_values=conf_values)
+        device_csr = _DeviceCsr.of(matrix, conf_values, device) if torch_kernels else None
+        return cls(matrix=matrix, conf_values=conf_values, device_csr=device_csr)
 
 
 # Rows are solved in buckets of similar length, padded to at most this many (row, nonzero) slots; this bounds
@@ -152,8 +164,10 @@ class ALS(FactorModel):
         plays = train.to_csr()
         self.corpus = CorpusStats.of(plays)
         weights = confidence(plays, p.weighting, k1=p.bm25_k1, b=p.bm25_b, stats=self.corpus)
-        users = _Side.of(weights, p.alpha, self.device)
-        items = _Side.of(weights.T.tocsr(), p.alpha, self.device)
+        # The CPU conjugate gradient runs in numba on host arrays; only CUDA needs torch's sparse tensors.
+        torch_kernels = p.solver == "cg" and self.device.type != "cpu"
+        users = _Side.of(weights, p.alpha, self.device, torch_kernels=torch_kernels)
+        items = _Side.of(weights.T.tocsr(), p.alpha, self.device, torch_kernels=torch_kernels)
         gen = torch.Generator(device="cpu").manual_seed(p.seed)
         self.user_factors = (torch.rand(train.n_users, p.factors, generator=gen) * p.init_scale).to(self.device)
         self.item_factors = (torch.rand(train.n_items, p.factors, generator=gen) * p.init_scale).to(self.device)
@@ -181,7 +195,8 @@ class ALS(FactorModel):
             )
             return out
         if self.params.solver == "cg":
-            return _cg(gram, side, Y, X, self.params.cg_steps)
+            assert side.device_csr is not None
+            return _cg(gram, side.device_csr, Y, X, self.params.cg_steps)
         Y_ext = torch.cat([Y, torch.zeros(1, Y.shape[1], device=Y.device, dtype=Y.dtype)])
         out = torch.empty_like(X)
         for bucket in _buckets(side.matrix, self.params.alpha, Y.device):
@@ -218,7 +233,7 @@ def _gram(Y: torch.Tensor, regularization: float) -> torch.Tensor:
     return Y.T @ Y + regularization * torch.eye(Y.shape[1], device=Y.device, dtype=Y.dtype)
 
 
-def _apply(gram: torch.Tensor, side: _Side, Y: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+def _apply(gram: torch.Tensor, side: _DeviceCsr, Y: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
     """``A P`` for all rows at once: ``P G + sum_i (c_i - 1) (y_i . p) y_i``.
 
     The per-pair dots are a sampled dense-dense product (SDDMM) on the sparsity pattern and the sum a sparse
@@ -230,7 +245,7 @@ def _apply(gram: torch.Tensor, side: _Side, Y: torch.Tensor, P: torch.Tensor) ->
     return torch.addmm(torch.sparse.mm(side.scratch, Y), P, gram)
 
 
-def _cg(gram: torch.Tensor, side: _Side, Y: torch.Tensor, X0: torch.Tensor, steps: int) -> torch.Tensor:
+def _cg(gram: torch.Tensor, side: _DeviceCsr, Y: torch.Tensor, X0: torch.Tensor, steps: int) -> torch.Tensor:
     """A few warm-started conjugate-gradient steps for every row's system at once (Takacs et al. 2011)."""
     X = X0.clone()
     r = torch.sparse.mm(side.conf, Y) - _apply(gram, side, Y, X)

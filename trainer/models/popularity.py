@@ -10,6 +10,7 @@ import numpy.typing as npt
 import torch
 
 from trainer.data.interactions import Interactions
+from trainer.errors import ArtifactError
 from trainer.models.base import Params, Recommender
 
 
@@ -40,4 +41,6 @@ class Popularity(Recommender):
         return {"item_counts": self.item_counts.cpu().numpy()}
 
     def _restore(self, arrays: dict[str, npt.NDArray[Any]]) -> None:
+        if "item_counts" not in arrays:
+            raise ArtifactError("saved popularity model lacks array 'item_counts'")
         self.item_counts = torch.from_numpy(arrays["item_counts"]).to(self.device)

@@ -13,7 +13,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from trainer.data.interactions import IdMap, Interactions
+from trainer.data.interactions import Events, IdMap, Interactions
 from trainer.errors import ConfigError, DataError
 
 
@@ -41,6 +41,13 @@ def compact(data: Interactions, mask: npt.NDArray[np.bool_]) -> Interactions:
     """Rows under ``mask``, with ids that no longer occur removed from both id maps."""
     users_kept, users = np.unique(data.users[mask], return_inverse=True)
     items_kept, items = np.unique(data.items[mask], return_inverse=True)
+    events = data.events_of_pairs(mask)
+    if events is not None:  # re-index the kept plays like the pairs
+        user_map = np.full(data.n_users, -1, dtype=np.int32)
+        user_map[users_kept] = np.arange(len(users_kept), dtype=np.int32)
+        item_map = np.full(data.n_items, -1, dtype=np.int32)
+        item_map[items_kept] = np.arange(len(items_kept), dtype=np.int32)
+        events = Events(user_map[events.users], item_map[events.items], events.timestamps)
     return Interactions(
         users=users.astype(np.int32),
         items=items.astype(np.int32),
@@ -49,6 +56,7 @@ def compact(data: Interactions, mask: npt.NDArray[np.bool_]) -> Interactions:
         item_ids=IdMap(data.item_ids.ids[items_kept]),
         timestamps=None if data.timestamps is None else data.timestamps[mask],
         item_names=None if data.item_names is None else data.item_names[items_kept],
+        events=events,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from trainer.data.interactions import from_frame
 from trainer.errors import ConfigError, DataError
-from trainer.splits import random_holdout, temporal, validation_split
+from trainer.splits import keep_active_users, random_holdout, temporal, validation_split
 
 
 def _pairs(split) -> set[tuple[int, int]]:  # type: ignore[no-untyped-def]
@@ -79,3 +79,20 @@ def test_bad_fraction(fraction: float) -> None:
     data, _ = from_frame(_frame())
     with pytest.raises(ConfigError):
         random_holdout(data, fraction=fraction)
+
+
+def test_splits_carry_each_pairs_plays_for_session_models(small_world) -> None:  # type: ignore[no-untyped-def]
+    """A sequence model fits on ``train.events``: exactly the plays of the training pairs, in time order."""
+    data = small_world.interactions
+    assert data.events is not None
+    for split in (random_holdout(data), temporal(data)):
+        train, test = split.train, split.test
+        assert train.events is not None and test.events is not None  # noqa: PT018
+        active = keep_active_users(data, 5).events
+        assert active is not None
+        assert len(train.events) + len(test.events) == len(active)
+        train_pairs = _pairs(train)
+        assert set(zip(train.events.users.tolist(), train.events.items.tolist(), strict=True)) == train_pairs
+        for user in range(0, train.n_users, 37):
+            times = train.events.timestamps[train.events.users == user]
+            assert (np.diff(times) >= 0).all()

@@ -148,8 +148,18 @@ class Interactions:
             item_ids=self.item_ids,
             timestamps=None if self.timestamps is None else self.timestamps[mask],
             item_names=self.item_names,
-            events=None,
+            events=self.events_of_pairs(mask),
         )
+
+    def events_of_pairs(self, mask: npt.NDArray[np.bool_]) -> Events | None:
+        """The plays of the pairs under ``mask``, in their original order (``None`` without events)."""
+        if self.events is None:
+            return None
+        kept = np.sort(self.users[mask].astype(np.int64) * self.n_items + self.items[mask])
+        keys = self.events.users.astype(np.int64) * self.n_items + self.events.items
+        pos = np.minimum(np.searchsorted(kept, keys), max(len(kept) - 1, 0))
+        inside = (kept[pos] == keys) if len(kept) else np.zeros(len(keys), dtype=bool)
+        return Events(self.events.users[inside], self.events.items[inside], self.events.timestamps[inside])
 
     def item_label(self, index: int) -> str:
         """Human-readable item: its name when known, else its external id."""

@@ -112,6 +112,7 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
     import socket
     import time
 
+    from recsys.stack.triton import TritonControl
     from recsys.triton_client import TritonRecommender
 
     args = ("--user-col", "listener", "--item-col", "artist", "--weight-col", "plays", "--model", "als")
@@ -132,17 +133,19 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
             ports.append(probe.getsockname()[1])
     http, grpc, metrics = (str(p) for p in ports)
     env = {**os.environ, "RECSYS_PROGRESS": "false", "COLUMNS": "200"}
+    console = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "recsys", "serve", "triton", "--repository", str(repository),
          "--http-port", http, "--grpc-port", grpc, "--metrics-port", metrics],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path, env=env, stdout=console, stderr=subprocess.STDOUT,
     )  # fmt: skip
+    control = TritonControl.at(f"127.0.0.1:{http}", timeout_s=5)
     try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 120
-        for line in server.stdout:
-            if "Triton ready" in line or time.monotonic() > deadline:
-                break
+        deadline = time.monotonic() + 180  # readiness is polled, never assumed after a sleep
+        while not (control.is_server_ready() and control.is_model_ready("recsys_b")):
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
         client = TritonRecommender(f"127.0.0.1:{grpc}")
         assert client.recommend("recsys_a", ["user-3"])[0].model_version == 1
         swapped = recsys(
@@ -156,9 +159,9 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)
-        if server.stdout is not None:
-            server.stdout.close()
-    assert code == 0
+        console.close()
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert "Triton ready" in (tmp_path / "serve.log").read_text()
 
 
 def test_serve_without_a_published_version_says_so(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from trainer.errors import ConfigError, RecsysError
 from trainer.models.base import FactorModel
 from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
+from trainer.serving_steps import padded_rows
 
 logger = logging.getLogger(__name__)
 
@@ -118,15 +119,14 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[An
 
 
 def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer[Any]], width: int) -> npt.NDArray[np.int64]:
-    """Rows of ``history`` as item indices padded with -1 to ``width`` (unknown users, -1, get none)."""
-    out = np.full((len(users), max(width, 1)), -1, dtype=np.int64)
-    for row, user in enumerate(np.asarray(users).tolist()):
-        if user >= 0:
-            items = history.indices[history.indptr[user] : history.indptr[user + 1]]
-            if len(items) > width:
-                raise ConfigError(f"user {user} has {len(items)} items, more than the exclusion width {width}")
-            out[row, : len(items)] = items
-    return out
+    """Rows of ``history`` as item indices padded with -1 to ``width`` (unknown users, -1, get none).
+
+    The same padding the served lookup step applies (``trainer.serving_steps.padded_rows``).
+    """
+    try:
+        return padded_rows(history.indptr, history.indices, users, width)
+    except ValueError as exc:
+        raise ConfigError(f"exclusion list too wide: {exc}") from exc
 
 
 def example_inputs(width: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,12 +27,10 @@ class UserLookup:
         with np.load(folder / HISTORY_FILE, allow_pickle=False) as npz:
             indptr = npz["indptr"].astype(np.int64)
             indices = npz["indices"].astype(np.int64)
-        lengths = np.diff(indptr)
-        self.width = max(int(lengths.max()) if len(lengths) else 1, 1)
-        self.unknown = len(lengths)
-        self.exclude = np.full((len(lengths) + 1, self.width), -1, dtype=np.int64)
-        rows = np.repeat(np.arange(len(lengths)), lengths)
-        self.exclude[rows, np.arange(len(indices)) - np.repeat(indptr[:-1], lengths)] = indices
+        self.unknown = len(indptr) - 1
+        self.width = max(int(np.diff(indptr).max()) if self.unknown else 1, 1)
+        rows = np.append(np.arange(self.unknown), -1)  # the last row: nobody, for unknown users
+        self.exclude = padded_rows(indptr, indices, rows, self.width)
 
     def __call__(self, keys: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """User indices (-1 when unknown) and their exclusion rows."""
@@ -51,6 +49,23 @@ class ItemIds:
 
     def __call__(self, items: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
         return self.ids[np.where(items >= 0, items, self.padding)]  # type: ignore[no-any-return]
+
+
+def padded_rows(
+    indptr: npt.NDArray[np.integer[Any]], indices: npt.NDArray[np.integer[Any]], rows: npt.ArrayLike, width: int
+) -> npt.NDArray[np.int64]:
+    """CSR rows ``rows`` as column indices padded with -1 to ``width``; row -1 is all padding."""
+    rows = np.asarray(rows, dtype=np.int64)
+    valid = rows >= 0
+    starts = np.where(valid, np.asarray(indptr)[np.maximum(rows, 0)], 0)
+    lengths = np.where(valid, np.asarray(indptr)[np.maximum(rows, 0) + 1] - starts, 0)
+    if len(lengths) and int(lengths.max()) > width:
+        raise ValueError(f"a row has {int(lengths.max())} entries, more than the width {width}")
+    slots = np.arange(max(width, 1))
+    inside = slots[None, :] < lengths[:, None]
+    flat = np.where(inside, starts[:, None] + slots[None, :], 0)
+    values = np.asarray(indices, dtype=np.int64)
+    return np.where(inside, values[flat] if len(values) else -1, -1).astype(np.int64)
 
 
 def decode_user_ids(raw: npt.NDArray[Any]) -> list[str]:

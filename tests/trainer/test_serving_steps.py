@@ -84,3 +84,17 @@ def test_onnx_serving_steps_never_load_torch(run_dir: Path, tmp_path: Path) -> N
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_padded_rows_pads_skips_unknown_and_refuses_overflow() -> None:
+    from trainer.serving_steps import padded_rows
+
+    indptr, indices = np.array([0, 2, 2, 5]), np.array([4, 1, 7, 8, 9])
+    assert padded_rows(indptr, indices, [0, 1, -1, 2], 3).tolist() == [
+        [4, 1, -1],
+        [-1, -1, -1],
+        [-1, -1, -1],
+        [7, 8, 9],
+    ]
+    with pytest.raises(ValueError, match="more than the width 2"):
+        padded_rows(indptr, indices, [2], 2)

@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -153,13 +153,24 @@ def _model_code(model: str) -> Path:
     return path
 
 
-def activate(control: ModelControl, version: int) -> None:
-    """Hot-swaps a running server (explicit model control) to ``version`` of every step, ensembles last."""
+def activate(control: ModelControl, version: int, *, retire: bool = True) -> None:
+    """Hot-swaps a running server (explicit model control) to ``version`` of every step, ensembles last.
+
+    With ``retire``, each model is then reloaded with only ``version`` under its policy, so the previous
+    version's scorers stop holding memory once nothing routes to them (Triton keeps serving a version while it
+    reloads it).
+    """
     for model in VERSIONED_MODELS:
         control.load_model(model)
     for ensemble, scorer in VARIANTS.items():
         pins = {model: version for model in STEP_MODELS}
         control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, scorer, pins)))
+    if not retire:
+        return
+    specs = {spec.name: spec for spec in repository()}
+    for model in VERSIONED_MODELS:
+        only = replace(specs[model], version_policy=f"specific {{ versions: [{version}] }}")
+        control.load_model(model, config=_as_json(only.render()))
 
 
 def load_all(control: ModelControl, repository_dir: Path) -> int:
@@ -171,7 +182,8 @@ def load_all(control: ModelControl, repository_dir: Path) -> int:
     available = versions(repository_dir)
     if not available:
         raise ArtifactError(f"{repository_dir}: no complete published version")
-    activate(control, available[-1])
+    # The policy keeps two versions: retire the older one at once, unless there is only one.
+    activate(control, available[-1], retire=len(available) > 1)
     return available[-1]
 
 

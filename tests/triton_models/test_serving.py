@@ -184,3 +184,4 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     assert {client.recommend(m, ["1"])[0].model_version for m in SERVED} == {2}
     client.close()
     assert all(server.is_model_ready(m, "2") for m in VERSIONED_MODELS)
+    assert not any(server.is_model_ready(m, "1") for m in VERSIONED_MODELS)  # v1 no longer holds memory

@@ -348,9 +348,13 @@ app.add_typer(serve_app, name="serve")
 def serve_triton(
     ctx: typer.Context,
     repository: RepositoryOpt = None,
-    http_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_HTTP_PORT]")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_GRPC_PORT]")] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="[RECSYS_TRITON_METRICS_PORT]")] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP/REST port: health, model control [RECSYS_TRITON_HTTP_PORT, 8000].")
+    ] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC inference port [RECSYS_TRITON_GRPC_PORT, 8001].")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus metrics port [RECSYS_TRITON_METRICS_PORT, 8002].")
+    ] = None,
 ) -> None:
     """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
     from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer, TritonServerError

@@ -7,6 +7,8 @@ Triton errors become :class:`TritonCallError` with Triton's status code kept, so
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +77,25 @@ def _chunks(user_ids: list[str]) -> list[list[str]]:
     return [user_ids[i : i + MAX_BATCH_SIZE] for i in range(0, len(user_ids), MAX_BATCH_SIZE)]
 
 
-def _error(exc: InferenceServerException) -> TritonCallError:
-    status = exc.status()
-    name = str(status).rsplit(".", 1)[-1] if status else None
-    return TritonCallError(exc.message() or str(exc), name)
+def _request(module: Any, model: str, chunk: list[str], top_k: int, timeout_s: float) -> dict[str, Any]:
+    """Keyword arguments of one ``infer`` call, the same for the blocking and the asyncio client."""
+    return {
+        "model_name": model,
+        "inputs": _inputs(module, chunk, top_k),
+        "outputs": _outputs(module),
+        "client_timeout": timeout_s,
+    }
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """tritonclient's exception becomes ours, keeping Triton's status name (e.g. INVALID_ARGUMENT)."""
+    try:
+        yield
+    except InferenceServerException as exc:
+        status = exc.status()
+        name = str(status).rsplit(".", 1)[-1] if status else None
+        raise TritonCallError(exc.message() or str(exc), name) from exc
 
 
 class TritonRecommender:
@@ -92,15 +109,8 @@ class TritonRecommender:
         """One call per ``MAX_BATCH_SIZE`` users (the ensembles' batch limit)."""
         out: list[Recommendation] = []
         for chunk in _chunks(user_ids):
-            try:
-                result = self._client.infer(
-                    model,
-                    _inputs(grpcclient, chunk, top_k),
-                    outputs=_outputs(grpcclient),
-                    client_timeout=self.timeout_s,
-                )
-            except InferenceServerException as exc:
-                raise _error(exc) from exc
+            with _translated_errors():
+                result = self._client.infer(**_request(grpcclient, model, chunk, top_k, self.timeout_s))
             out += _parse(result, chunk, model)
         return out
 
@@ -118,15 +128,8 @@ class AsyncTritonRecommender:
     async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
         out: list[Recommendation] = []
         for chunk in _chunks(user_ids):
-            try:
-                result = await self._client.infer(
-                    model,
-                    _inputs(grpcclient_aio, chunk, top_k),
-                    outputs=_outputs(grpcclient_aio),
-                    client_timeout=self.timeout_s,
-                )
-            except InferenceServerException as exc:
-                raise _error(exc) from exc
+            with _translated_errors():
+                result = await self._client.infer(**_request(grpcclient_aio, model, chunk, top_k, self.timeout_s))
             out += _parse(result, chunk, model)
         return out
 

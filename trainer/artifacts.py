@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from trainer.data.interactions import IdMap, Interactions
+from trainer.data.interactions import IdMap, Interactions, item_label
 from trainer.errors import ArtifactError
 from trainer.models.base import Recommender
 from trainer.run_files import HISTORY_FILE, IDS_FILE, METRICS_FILE, MODEL_FILE
@@ -35,9 +35,7 @@ class Run:
     metrics: dict[str, Any]
 
     def item_label(self, index: int) -> str:
-        if self.item_names is not None:
-            return str(self.item_names[index])
-        return str(self.item_ids.ids[index])
+        return item_label(self.item_ids, self.item_names, index)
 
 
 def _id_array(ids: IdMap) -> npt.NDArray[Any]:

@@ -28,6 +28,7 @@ class TrainResult:
     split: Split
     metrics: dict[str, Any]
     fitted_on: Interactions  # the split's train part, or all data after a refit
+    history: Interactions  # every known pair (train + test): what serving must never recommend back
 
 
 def build_model(name: str, params: dict[str, Any] | None = None, *, device: str = "cpu") -> Recommender:
@@ -72,11 +73,11 @@ def train_and_evaluate(
     scores = evaluate(model, parts.train, parts.test)
     baseline = evaluate(Popularity().fit(parts.train), parts.train, parts.test)
 
+    history = _union(parts)
     fitted_on = parts.train
     if refit:
-        full = _union(parts)
-        fit_timed(model, full, show_progress=show_progress)
-        fitted_on = full
+        fit_timed(model, history, show_progress=show_progress)
+        fitted_on = history
 
     metrics: dict[str, Any] = {
         **scores,
@@ -95,7 +96,7 @@ def train_and_evaluate(
         "baseline_popularity": baseline,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    return TrainResult(model=model, split=parts, metrics=metrics, fitted_on=fitted_on)
+    return TrainResult(model=model, split=parts, metrics=metrics, fitted_on=fitted_on, history=history)
 
 
 def _union(parts: Split) -> Interactions:
@@ -116,5 +117,4 @@ def _union(parts: Split) -> Interactions:
 
 
 def save_result(result: TrainResult, out: Path) -> None:
-    # Serving must never recommend what a listener already played, held-out part included.
-    save_run(out, result.model, result.fitted_on, result.metrics, history=_union(result.split))
+    save_run(out, result.model, result.fitted_on, result.metrics, history=result.history)

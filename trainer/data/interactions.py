@@ -89,11 +89,6 @@ class Events:
     def __len__(self) -> int:
         return len(self.users)
 
-    def sequences(self) -> list[IndexArray]:
-        """The item sequence of each user present, in user index order."""
-        bounds = np.flatnonzero(np.diff(self.users)) + 1
-        return list(np.split(self.items, bounds))
-
 
 @dataclass(frozen=True)
 class Interactions:
@@ -162,10 +157,14 @@ class Interactions:
         return Events(self.events.users[inside], self.events.items[inside], self.events.timestamps[inside])
 
     def item_label(self, index: int) -> str:
-        """Human-readable item: its name when known, else its external id."""
-        if self.item_names is not None:
-            return str(self.item_names[index])
-        return str(self.item_ids.ids[index])
+        return item_label(self.item_ids, self.item_names, index)
+
+
+def item_label(item_ids: IdMap, item_names: npt.NDArray[np.generic] | None, index: int) -> str:
+    """Human-readable item: its name when known, else its external id."""
+    if item_names is not None:
+        return str(item_names[index])
+    return str(item_ids.ids[index])
 
 
 def from_frame(

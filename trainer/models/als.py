@@ -75,17 +75,24 @@ class _DeviceCsr:
 
 @dataclass(frozen=True)
 class _Side:
-    """One half-sweep's confidence matrix: CSR on the host, plus device tensors where the torch kernels run."""
+    """One half-sweep's confidence matrix, prepared once per fit for the solver that will use it: CSR on the host
+    (numba CG), torch CSR tensors (CG on CUDA) or padded buckets (exact solves)."""
 
     matrix: sp.csr_matrix
     conf_values: npt.NDArray[np.float32]  # c = 1 + alpha * w, in CSR order
     device_csr: _DeviceCsr | None
+    buckets: list[_Bucket] | None
 
     @classmethod
-    def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device, *, torch_kernels: bool) -> _Side:
+    def of(cls, matrix: sp.csr_matrix, alpha: float, device: torch.device, *, solver: str) -> _Side:
         conf_values = (1.0 + alpha * matrix.data.astype(np.float32)).astype(np.float32)
-        device_csr = _DeviceCsr.of(matrix, conf_values, device) if torch_kernels else None
-        return cls(matrix=matrix, conf_values=conf_values, device_csr=device_csr)
+        torch_cg = solver == "cg" and device.type != "cpu"
+        return cls(
+            matrix=matrix,
+            conf_values=conf_values,
+            device_csr=_DeviceCsr.of(matrix, conf_values, device) if torch_cg else None,
+            buckets=_buckets(matrix, conf_values, device) if solver == "cholesky" else None,
+        )
 
 
 # Rows are solved in buckets of similar length, padded to at most this many (row, nonzero) slots; this bounds
@@ -104,10 +111,9 @@ class _Bucket:
     conf_minus_one: torch.Tensor  # (B, L): c - 1 on nonzeros, 0 on padding
 
 
-def _buckets(matrix: sp.csr_matrix, alpha: float, device: torch.device) -> list[_Bucket]:
-    """Splits the rows of a confidence matrix into padded buckets, once per fit (the sparsity never changes)."""
+def _buckets(matrix: sp.csr_matrix, conf: npt.NDArray[np.float32], device: torch.device) -> list[_Bucket]:
+    """Splits the rows of a confidence matrix (``conf`` = c per nonzero) into padded buckets of similar length."""
     indptr, indices = matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64)
-    conf = 1.0 + alpha * matrix.data.astype(np.float32)
     lengths = np.diff(indptr)
     order = np.argsort(lengths, kind="stable")
     sorted_len = lengths[order]
@@ -164,10 +170,8 @@ class ALS(FactorModel):
         plays = train.to_csr()
         self.corpus = CorpusStats.of(plays)
         weights = confidence(plays, p.weighting, k1=p.bm25_k1, b=p.bm25_b, stats=self.corpus)
-        # The CPU conjugate gradient runs in numba on host arrays; only CUDA needs torch's sparse tensors.
-        torch_kernels = p.solver == "cg" and self.device.type != "cpu"
-        users = _Side.of(weights, p.alpha, self.device, torch_kernels=torch_kernels)
-        items = _Side.of(weights.T.tocsr(), p.alpha, self.device, torch_kernels=torch_kernels)
+        users = _Side.of(weights, p.alpha, self.device, solver=p.solver)
+        items = _Side.of(weights.T.tocsr(), p.alpha, self.device, solver=p.solver)
         gen = torch.Generator(device="cpu").manual_seed(p.seed)
         self.user_factors = (torch.rand(train.n_users, p.factors, generator=gen) * p.init_scale).to(self.device)
         self.item_factors = (torch.rand(train.n_items, p.factors, generator=gen) * p.init_scale).to(self.device)
@@ -199,7 +203,8 @@ class ALS(FactorModel):
             return _cg(gram, side.device_csr, Y, X, self.params.cg_steps)
         Y_ext = torch.cat([Y, torch.zeros(1, Y.shape[1], device=Y.device, dtype=Y.dtype)])
         out = torch.empty_like(X)
-        for bucket in _buckets(side.matrix, self.params.alpha, Y.device):
+        assert side.buckets is not None
+        for bucket in side.buckets:
             out[bucket.rows] = _exact(gram, Y_ext[bucket.cols], bucket)
         return out
 
@@ -223,7 +228,8 @@ class ALS(FactorModel):
         row = confidence(row, p.weighting, k1=p.bm25_k1, b=p.bm25_b, stats=self.corpus)
         idx = row.indices.astype(np.int64)
         w = row.data.astype(np.float32)
-        bucket = _buckets(sp.csr_matrix((w, idx, [0, len(idx)]), shape=(1, self.n_items)), p.alpha, self.device)[0]
+        one_row = sp.csr_matrix((w, idx, [0, len(idx)]), shape=(1, self.n_items))
+        bucket = _buckets(one_row, (1.0 + p.alpha * w).astype(np.float32), self.device)[0]
         Y = self.item_factors
         Y_ext = torch.cat([Y, torch.zeros(1, Y.shape[1], device=Y.device, dtype=Y.dtype)])
         return _exact(_gram(Y, p.regularization), Y_ext[bucket.cols], bucket)[0].cpu().numpy()

@@ -383,6 +383,23 @@ def serve_triton(
             raise TritonServerError(f"tritonserver exited on its own; last lines of its log:\n{server.log_tail()}")
 
 
+@serve_app.command("gateway")
+def serve_gateway(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="REST port [RECSYS_GATEWAY_PORT, 8080].")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port [RECSYS_GATEWAY_GRPC_PORT, 50051].")] = None,
+    triton: Annotated[
+        str | None, typer.Option(help="Triton gRPC host:port [RECSYS_TRITON_URL, 127.0.0.1:8001].")
+    ] = None,
+) -> None:
+    """Start the gateway (REST + gRPC) in front of a running Triton; Ctrl-C or SIGTERM stops it."""
+    from gateway.main import run as run_gateway
+
+    updates: dict[str, Any] = {"gateway_port": port, "gateway_grpc_port": grpc_port, "triton_url": triton}
+    settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
+    run_gateway(settings)
+
+
 def run() -> None:
     """Console entry point: turns deliberate errors into one line on stderr and exit status 2."""
     try:

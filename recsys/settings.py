@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trainer.errors import ConfigError
@@ -29,6 +29,32 @@ class Settings(BaseSettings):
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
+    triton_url: str = Field("", description="Triton gRPC host:port the gateway calls; empty = triton_host:grpc port")
+    # gateway
+    gateway_host: str = Field("127.0.0.1", description="address the gateway binds (0.0.0.0 in containers)")
+    gateway_port: int = Field(8080, description="gateway REST port")
+    gateway_grpc_port: int = Field(50051, description="gateway gRPC port (service recsys.v1.Recommender)")
+    triton_timeout_ms: int = Field(500, gt=0, description="deadline of one Triton call from the gateway")
+    default_top_k: int = Field(10, ge=1)
+    max_top_k: int = Field(1000, ge=1, description="largest top_k accepted (the served models' limit)")
+    max_body_bytes: int = Field(16384, gt=0, description="largest request body the gateway reads")
+    experiment_file: Path = Field(Path("gateway/experiment.yaml"), description="A/B groups -> models and shares")
+    experiment: str = Field("", description="inline experiment config (YAML/JSON); wins over experiment_file")
+    # feedback writer
+    feedback_url: str = Field("http://127.0.0.1:8090", description="where the gateway sends impressions/feedback")
+    feedback_timeout_s: float = Field(2.0, gt=0, description="how long the gateway waits for the writer's ack")
+    feedback_host: str = "127.0.0.1"
+    feedback_port: int = 8090
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://recsys@127.0.0.1:5433/recsys"), description="PostgreSQL the writer and reports use"
+    )
+    spool_dir: Path = Field(Path(".cache/feedback-spool"), description="the writer's durable queue of accepted events")
+    write_batch_size: int = Field(2000, gt=0, description="events per database write")
+    write_interval_ms: int = Field(50, gt=0, description="longest wait before a partial batch is written")
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return self.triton_url or f"{self.triton_host}:{self.triton_grpc_port}"
 
 
 def get_settings() -> Settings:

@@ -118,12 +118,31 @@ class TritonRecommender:
         self._client.close()
 
 
+#: gRPC reconnects with exponential backoff up to 120 s by default; a gateway must notice a restarted Triton at once.
+RECONNECT_CHANNEL_ARGS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 class AsyncTritonRecommender:
     """asyncio client over one long-lived channel (what the gateway holds)."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
-        self._client = grpcclient_aio.InferenceServerClient(url)
+        self._client = grpcclient_aio.InferenceServerClient(url, channel_args=RECONNECT_CHANNEL_ARGS)
         self.timeout_s = timeout_s
+
+    async def ready(self, models: tuple[str, ...]) -> dict[str, bool]:
+        """Readiness of the server (key ``""``) and of each model; an unreachable server is simply not ready."""
+        try:
+            with _translated_errors():
+                state = {"": bool(await self._client.is_server_ready(client_timeout=self.timeout_s))}
+                for model in models:
+                    state[model] = bool(await self._client.is_model_ready(model, client_timeout=self.timeout_s))
+        except TritonCallError:
+            state = {"": False} | dict.fromkeys(models, False)
+        return state
 
     async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
         out: list[Recommendation] = []

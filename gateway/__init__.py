@@ -1,0 +1,1 @@
+"""The thin gateway: REST (FastAPI) and gRPC (grpc.aio) in front of Triton, from one service layer."""

@@ -1,0 +1,213 @@
+"""The one service layer behind both transports: REST (``gateway.rest``) and gRPC (``gateway.grpc_api``) only
+translate to and from these calls and map :class:`GatewayError` onto their status codes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
+from gateway.experiment import Experiment
+from gateway.metrics import GatewayMetrics
+from recsys.triton_client import AsyncTritonRecommender, TritonCallError
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 256
+MAX_SKIPPED_ITEMS = 1000
+
+
+class GatewayError(Exception):
+    """A request the gateway cannot answer; ``kind`` decides the HTTP and gRPC status."""
+
+    def __init__(self, kind: str, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "invalid" (400/INVALID_ARGUMENT) or "unavailable" (503/UNAVAILABLE)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def invalid(cls, message: str) -> GatewayError:
+        return cls("invalid", message)
+
+    @classmethod
+    def unavailable(cls, message: str, retry_after_s: int = 1) -> GatewayError:
+        return cls("unavailable", message, retry_after_s=retry_after_s)
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    item_ids: list[str]
+    scores: list[float]
+    group: str
+    model: str
+    model_version: str
+    request_id: str
+    inference_time_ms: float
+    fallback: bool
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    user_id: str
+    group: str
+    request_id: str
+    clicked_item: str | None
+    skipped_items: tuple[str, ...]
+    inference_time_ms: float | None = None
+    event_id: str | None = None
+
+
+def derived_event_id(event: FeedbackEvent) -> str:
+    """The idempotency key of an event that came without one: a retry of the same event maps to the same key."""
+    content = [event.user_id, event.group, event.request_id, event.clicked_item, list(event.skipped_items)]
+    return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value:
+        raise GatewayError.invalid(f"{name} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise GatewayError.invalid(f"{name} is longer than {MAX_ID_CHARS} characters")
+
+
+class GatewayService:
+    def __init__(
+        self,
+        *,
+        experiment: Experiment,
+        triton: AsyncTritonRecommender,
+        events: EventSink,
+        metrics: GatewayMetrics,
+        default_top_k: int = 10,
+        max_top_k: int = 1000,
+    ) -> None:
+        self.experiment = experiment
+        self.triton = triton
+        self.events = events
+        self.metrics = metrics
+        self.default_top_k = default_top_k
+        self.max_top_k = max_top_k
+
+    def group_for(self, key: str, header_group: str | None = None) -> str:
+        """The listener's group by the experiment's hash of ``key``.
+
+        A group header (NGINX's ``X-AB-Group``) naming no group of the experiment is refused; one that names another
+        group than the hash is counted in ``ab_group_mismatch_total`` and overridden: the config is the truth, so a
+        spoofed or stale header can never pick a variant.
+        """
+        computed = self.experiment.assign(key)
+        if header_group:
+            if header_group not in self.experiment.group_names:
+                known = ", ".join(self.experiment.group_names)
+                raise GatewayError.invalid(f"unknown group {header_group[:40]!r}: the experiment has {known}")
+            if header_group != computed:
+                self.metrics.group_mismatch.inc()
+        return computed
+
+    async def recommend(
+        self, user_id: str, top_k: int | None = None, *, group_key: str | None = None, header_group: str | None = None
+    ) -> RecommendResult:
+        _check_id("user_id", user_id)
+        k = top_k or self.default_top_k
+        if not 1 <= k <= self.max_top_k:
+            raise GatewayError.invalid(f"top_k must be between 1 and {self.max_top_k}, got {k}")
+        group = self.group_for(group_key or user_id, header_group)
+        model = self.experiment.model_of(group)
+        start = time.perf_counter()
+        try:
+            (rec,) = await self.triton.recommend(model, [user_id], k)
+        except TritonCallError as exc:
+            if exc.status == "INVALID_ARGUMENT":
+                raise GatewayError.invalid(str(exc)) from None
+            log.warning("Triton call to %s failed (%s): %s", model, exc.status, exc)
+            raise GatewayError.unavailable(f"recommendation model {model} is unavailable ({exc.status})") from None
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        self.metrics.inference_latency_ms.labels(group, model).observe(elapsed_ms)
+        self.metrics.impressions.labels(group).inc()
+        if rec.fallback:
+            self.metrics.fallbacks.labels(group).inc()
+        result = RecommendResult(
+            item_ids=rec.item_ids,
+            scores=rec.scores,
+            group=group,
+            model=model,
+            model_version=str(rec.model_version),
+            request_id=uuid.uuid4().hex,
+            inference_time_ms=round(elapsed_ms, 3),
+            fallback=rec.fallback,
+        )
+        self.events.record_impression(
+            {
+                "kind": "impression",
+                "request_id": result.request_id,
+                "ts": time.time(),
+                "user_id": user_id,
+                "group": group,
+                "model": model,
+                "model_version": rec.model_version,
+                "items": rec.item_ids,
+                "latency_ms": result.inference_time_ms,
+                "fallback": rec.fallback,
+            }
+        )
+        return result
+
+    async def feedback(self, event: FeedbackEvent) -> str:
+        """Forwards one event to the writer; returns its idempotency key once the writer has durably accepted it."""
+        for name in ("user_id", "request_id"):
+            _check_id(name, getattr(event, name))
+        if event.group not in self.experiment.group_names:
+            known = ", ".join(self.experiment.group_names)
+            raise GatewayError.invalid(f"unknown group {event.group[:40]!r}: the experiment has {known}")
+        if event.clicked_item is None and not event.skipped_items:
+            raise GatewayError.invalid("feedback needs a clicked_item or skipped_items")
+        if len(event.skipped_items) > MAX_SKIPPED_ITEMS:
+            raise GatewayError.invalid(f"at most {MAX_SKIPPED_ITEMS} skipped_items per event")
+        for item in (event.clicked_item, *event.skipped_items):
+            if item is not None:
+                _check_id("item id", item)
+        if event.event_id is not None:
+            _check_id("event_id", event.event_id)
+        if event.inference_time_ms is not None and not 0 <= event.inference_time_ms < 3.6e6:
+            raise GatewayError.invalid("inference_time_ms must be between 0 and one hour")
+        event_id = event.event_id or derived_event_id(event)
+        payload: dict[str, Any] = {
+            "kind": "feedback",
+            "event_id": event_id,
+            "ts": time.time(),
+            "user_id": event.user_id,
+            "group": event.group,
+            "request_id": event.request_id,
+            "clicked_item": event.clicked_item,
+            "skipped_items": list(event.skipped_items),
+            "inference_time_ms": event.inference_time_ms,
+        }
+        try:
+            await self.events.send_feedback(payload)
+        except WriterUnavailableError as exc:
+            raise GatewayError.unavailable(f"feedback is not accepted right now: {exc}") from None
+        except WriterRejectedError as exc:
+            raise GatewayError.invalid(str(exc)) from None
+        if event.clicked_item is not None:
+            self.metrics.clicks.labels(event.group).inc()
+        if event.skipped_items:
+            self.metrics.skips.labels(event.group).inc(len(event.skipped_items))
+        return event_id
+
+    async def readiness(self) -> dict[str, Any]:
+        """Triton up and every model of the experiment loaded = ready; the writer's state is reported beside it."""
+        state = await self.triton.ready(self.experiment.models)
+        models = {name: ok for name, ok in state.items() if name}
+        return {
+            "ready": all(state.values()),
+            "triton": state[""],
+            "models": models,
+            "feedback_writer": await self.events.writer_ready(),
+        }

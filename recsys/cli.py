@@ -400,6 +400,20 @@ def serve_gateway(
     run_gateway(settings)
 
 
+@serve_app.command("feedback")
+def serve_feedback(
+    ctx: typer.Context,
+    port: Annotated[int | None, typer.Option(help="HTTP port [RECSYS_FEEDBACK_PORT, 8090].")] = None,
+    spool_dir: Annotated[Path | None, typer.Option(help="Durable spool folder [RECSYS_SPOOL_DIR].")] = None,
+) -> None:
+    """Start the feedback writer (events -> fsync'd spool -> PostgreSQL at RECSYS_DATABASE_URL)."""
+    from feedback.main import run as run_writer
+
+    updates: dict[str, Any] = {"feedback_port": port, "spool_dir": spool_dir}
+    settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
+    run_writer(settings)
+
+
 def run() -> None:
     """Console entry point: turns deliberate errors into one line on stderr and exit status 2."""
     try:

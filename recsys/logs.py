@@ -11,5 +11,5 @@ from rich.logging import RichHandler
 def configure_logging(level: str = "INFO") -> None:
     handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]", handlers=[handler], force=True)
-    for noisy in ("optuna", "matplotlib", "urllib3", "onnx_ir", "onnxscript"):
+    for noisy in ("optuna", "matplotlib", "urllib3", "onnx_ir", "onnxscript", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,0 +1,82 @@
+"""The writer's HTTP intake: ``POST /events`` answers 202 only after the events are fsync'd into the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from pydantic import ValidationError
+
+from feedback.events import BATCH, EventBatch
+from feedback.metrics import WriterMetrics
+from feedback.spool import Spool
+from feedback.writer import DatabaseWriter
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json({"error": {"code": code, "message": message}}, status)
+
+
+def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        spool.open()
+        task = asyncio.create_task(writer.run(), name="database-writer")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await writer.close()
+        spool.close()
+
+    app = FastAPI(title="recsys feedback writer", version="1", lifespan=lifespan)
+
+    @app.post(
+        "/events",
+        status_code=202,
+        openapi_extra={"requestBody": {"content": {"application/json": {"schema": EventBatch.model_json_schema()}}}},
+    )
+    async def events(request: Request) -> Response:
+        """Impressions and feedback; 202 means on disk, to reach PostgreSQL even if it is down right now."""
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            batch = BATCH.validate_json(body)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:10]
+            )
+            metrics.rejected.labels("invalid").inc()
+            return _error(422, "invalid_event", problems)
+        await spool.append([orjson.dumps(e.model_dump()) for e in batch.events])
+        for event in batch.events:
+            metrics.received.labels(event.kind).inc()
+        return _json({"accepted": len(batch.events)}, 202)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Ready = the spool accepts events; the database may be down (events then wait in the spool)."""
+        return _json({"ready": True, "database": writer.db_up, "spooled": len(spool.pending)})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.spool_events.set(len(spool.pending))
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,45 @@
+"""Runs the feedback writer (``recsys serve feedback``): HTTP intake, spool and database writer in one process."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from feedback.app import create_app
+from feedback.metrics import WriterMetrics
+from feedback.spool import Spool
+from feedback.writer import DatabaseWriter
+from recsys.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings) -> FastAPI:
+    metrics = WriterMetrics()
+    spool = Spool(settings.spool_dir)
+    writer = DatabaseWriter(
+        spool,
+        settings.database_url.get_secret_value(),
+        metrics,
+        batch_size=settings.write_batch_size,
+        interval_s=settings.write_interval_ms / 1000.0,
+    )
+    return create_app(spool, writer, metrics)
+
+
+def run(settings: Settings) -> None:
+    import uvloop
+
+    config = uvicorn.Config(
+        build_app(settings),
+        host=settings.feedback_host,
+        port=settings.feedback_port,
+        loop="none",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+    log.info("feedback writer on %s:%d, spool %s", settings.feedback_host, settings.feedback_port, settings.spool_dir)
+    uvloop.run(uvicorn.Server(config).serve())

@@ -1,0 +1,119 @@
+"""Moves spooled events into PostgreSQL in batches, forever: waits out a database outage (events keep arriving
+in the spool meanwhile) and sets aside, in a dead-letter file, the rare event the database refuses as data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import asyncpg
+
+from feedback.metrics import WriterMetrics
+from feedback.migrate import migrate
+from feedback.spool import Record, Spool
+from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, write_batch
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseWriter:
+    def __init__(
+        self,
+        spool: Spool,
+        dsn: str,
+        metrics: WriterMetrics,
+        *,
+        batch_size: int = 2000,
+        interval_s: float = 0.05,
+        max_backoff_s: float = 2.0,
+    ) -> None:
+        self.spool = spool
+        self.dsn = dsn
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.max_backoff_s = max_backoff_s
+        self._conn: asyncpg.Connection | None = None
+        self.migrated = False
+        self.db_up = False  # the last write (or connection attempt) succeeded
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.dsn, timeout=5)
+            if not self.migrated:
+                await migrate(self._conn)
+                self.migrated = True
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.terminate()
+            self._conn = None
+
+    async def run(self) -> None:
+        backoff = self.interval_s
+        while True:
+            self.metrics.spool_events.set(len(self.spool.pending))
+            if not self.spool.pending:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.spool.new_records.wait(), 1.0)
+                continue
+            if len(self.spool.pending) < self.batch_size:  # let a batch fill up a little
+                await asyncio.sleep(self.interval_s)
+            batch = self.spool.take(self.batch_size)
+            try:
+                await self._write(batch)
+                backoff = self.interval_s
+                self.metrics.db_up.set(1)
+                self.db_up = True
+            except TRANSIENT_ERRORS as exc:
+                self.metrics.db_up.set(0)
+                self.db_up = False
+                log.warning("database unavailable (%s); %d events wait in the spool", exc, len(self.spool.pending))
+                await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+
+    async def _write(self, batch: list[Record]) -> None:
+        conn = await self._connection()
+        start = time.perf_counter()
+        payloads = [r.payload for r in batch]
+        try:
+            n_imp, n_fb = await write_batch(conn, payloads)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            n_imp, n_fb = await self._sort_out(conn, payloads, exc)
+        self.metrics.batch_seconds.observe(time.perf_counter() - start)
+        self.spool.commit(batch)
+        self.metrics.written.labels("impression").inc(n_imp)
+        self.metrics.written.labels("feedback").inc(n_fb)
+
+    async def _sort_out(self, conn: asyncpg.Connection, payloads: list[bytes], exc: Exception) -> tuple[int, int]:
+        """A batch the database refused as data: store events one by one, dead-letter those that still fail."""
+        log.error("batch of %d refused (%s); writing its events one by one", len(payloads), exc)
+        for payload in payloads:
+            try:
+                await insert_one_by_one(conn, [payload])
+            except asyncpg.PostgresError as one:
+                if isinstance(one, TRANSIENT_ERRORS):
+                    raise
+                self._dead_letter(payload, one)
+        return 0, 0  # counted as written only by the batch path; the dead letters are counted apart
+
+    def _dead_letter(self, payload: bytes, exc: Exception) -> None:
+        path: Path = self.spool.directory / "dead-letter.jsonl"
+        with path.open("ab") as f:
+            f.write(payload + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.metrics.rejected.labels("database").inc()
+        log.error("event dead-lettered to %s: %s", path, exc)
+
+    async def close(self) -> None:
+        await self._drop_connection()

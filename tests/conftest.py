@@ -33,3 +33,44 @@ def hetrec_split(hetrec_dir: Path):  # type: ignore[no-untyped-def]
     from trainer.splits import random_holdout
 
     return random_holdout(load_hetrec(hetrec_dir))
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ALS run on synthetic data: what the stack tests serve (fits in a second or two)."""
+    from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.pipeline import save_result, train_and_evaluate
+
+    world = generate(SyntheticConfig(n_users=300, n_items=400, n_genres=8, mean_sessions_per_user=6, seed=3))
+    run = tmp_path_factory.mktemp("served") / "als"
+    save_result(train_and_evaluate(world.interactions, "als", {"iterations": 4, "seed": 1}), run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The whole local stack on free ports: PostgreSQL, Triton, feedback writer, two gateways, NGINX.
+
+    Session-wide because it takes ~20 s to start; tests that stop a part (outage tests) start it again before they
+    end. The database is emptied once at the start.
+    """
+    import os
+
+    from recsys.stack.local import LocalStack, StackConfig, StackPorts
+    from trainer.publish import publish
+
+    repository = tmp_path_factory.mktemp("stack-repo")
+    publish(served_run, repository)
+    pg_dir = Path("/var/tmp/recsys-postgres-test") if os.geteuid() == 0 else Path(".cache/postgres-test").resolve()
+    config = StackConfig(
+        model_repository=repository,
+        workdir=tmp_path_factory.mktemp("stack"),
+        ports=StackPorts.free(),
+        postgres_dir=pg_dir,
+        gateways=2,
+    )
+    local = LocalStack(config)
+    local.postgres.start()
+    local.postgres.reset_database()
+    with local:
+        yield local

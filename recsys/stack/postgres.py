@@ -84,7 +84,7 @@ class LocalPostgres:
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
             f.write(
-                f"\n# recsys local stack\nlisten_addresses = '{self.host}'\nport = {self.port}\n"
+                f"\n# recsys local stack (address and port are given at start)\n"
                 f"unix_socket_directories = '{self.data_dir}'\nfsync = on\nsynchronous_commit = on\n"
             )
 
@@ -99,7 +99,10 @@ class LocalPostgres:
                 log.touch()
                 user = pwd.getpwnam("postgres")
                 os.chown(log, user.pw_uid, user.pw_gid)
-            self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-w", "-t", str(int(timeout_s)), "start")
+            options = f"-p {self.port} -c listen_addresses={self.host}"
+            self._run(
+                "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", options, "-w", "-t", str(int(timeout_s)), "start"
+            )  # fmt: skip
         self._wait_accepting(timeout_s)
         self._ensure_database()
         return self

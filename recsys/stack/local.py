@@ -1,0 +1,190 @@
+"""The whole local stack in one object: PostgreSQL, Triton, the feedback writer, the gateway(s) and NGINX
+(Prometheus too, when asked), each a real server on 127.0.0.1, started in dependency order and stopped in reverse.
+
+``recsys stack up`` and ``recsys demo`` run it; the integration tests start one on free ports and stop, kill and
+restart its parts to test outages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from gateway.experiment import Experiment, load_experiment
+from recsys.stack.nginx import LocalNginx
+from recsys.stack.postgres import LocalPostgres, default_data_dir
+from recsys.stack.process import ServiceProcess
+from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    nginx: int = 8088
+    gateway: int = 8080
+    gateway_grpc: int = 50051
+    feedback: int = 8090
+    postgres: int = 5433
+    triton_http: int = 8000
+    triton_grpc: int = 8001
+    triton_metrics: int = 8002
+    prometheus: int = 9090
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Free ports for every service (tests run beside a developer's stack without colliding)."""
+        return cls(**{f.name: free_port() for f in fields(cls)})
+
+
+@dataclass
+class StackConfig:
+    model_repository: Path
+    workdir: Path = Path(".cache/stack")
+    ports: StackPorts = field(default_factory=StackPorts)
+    experiment_file: Path = Path("gateway/experiment.yaml")
+    postgres_dir: Path | None = None  # default: recsys.stack.postgres.default_data_dir()
+    gateways: int = 1  # >1 puts several gateways behind NGINX (it retries the next one when one is down)
+    nginx_rate_per_s: int = 5000
+    nginx_burst: int = 2000
+    triton_timeout_ms: int = 500
+
+
+class LocalStack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        ports = config.ports
+        work = config.workdir.resolve()
+        self.experiment: Experiment = load_experiment(config.experiment_file)
+        self.postgres = LocalPostgres(config.postgres_dir or default_data_dir(), port=ports.postgres)
+        self.triton = TritonServer(
+            TritonConfig(
+                model_repository=config.model_repository,
+                ports=TritonPorts(ports.triton_http, ports.triton_grpc, ports.triton_metrics),
+                workdir=work / "triton",
+            )
+        )
+        python = [sys.executable, "-m", "recsys"]
+        self.writer = ServiceProcess(
+            name="feedback-writer",
+            command=[*python, "serve", "feedback"],
+            ready_url=f"http://127.0.0.1:{ports.feedback}/healthz",
+            log_path=work / "logs" / "feedback-writer.log",
+            env=self.env(),
+        )
+        self.gateways = [
+            ServiceProcess(
+                name=f"gateway-{n}",
+                command=[*python, "serve", "gateway"],
+                ready_url=f"http://127.0.0.1:{self.gateway_port(n)}/healthz",
+                log_path=work / "logs" / f"gateway-{n}.log",
+                env=self.env() | {
+                    "RECSYS_GATEWAY_PORT": str(self.gateway_port(n)),
+                    "RECSYS_GATEWAY_GRPC_PORT": str(ports.gateway_grpc + n if n else ports.gateway_grpc),
+                },
+            )
+            for n in range(config.gateways)
+        ]  # fmt: skip
+        self.nginx_site = LocalNginx(
+            prefix=work / "nginx",
+            port=ports.nginx,
+            upstreams=[f"127.0.0.1:{self.gateway_port(n)}" for n in range(config.gateways)],
+            experiment=self.experiment,
+            rate_per_s=config.nginx_rate_per_s,
+            burst=config.nginx_burst,
+        )
+        self.nginx: ServiceProcess | None = None
+
+    def gateway_port(self, n: int) -> int:
+        """Gateway n listens on the configured port + 100 n (n = 0 on the configured one)."""
+        return self.config.ports.gateway + 100 * n
+
+    def env(self) -> dict[str, str]:
+        """The environment of the stack's own processes: where everything else is."""
+        ports = self.config.ports
+        return dict(os.environ) | {
+            "RECSYS_TRITON_URL": f"127.0.0.1:{ports.triton_grpc}",
+            "RECSYS_TRITON_TIMEOUT_MS": str(self.config.triton_timeout_ms),
+            "RECSYS_GATEWAY_PORT": str(ports.gateway),
+            "RECSYS_GATEWAY_GRPC_PORT": str(ports.gateway_grpc),
+            "RECSYS_FEEDBACK_URL": self.feedback_url,
+            "RECSYS_FEEDBACK_PORT": str(ports.feedback),
+            "RECSYS_DATABASE_URL": self.postgres.url,
+            "RECSYS_SPOOL_DIR": str(self.config.workdir.resolve() / "spool"),
+            "RECSYS_EXPERIMENT_FILE": str(self.config.experiment_file.resolve()),
+            "RECSYS_LOG_LEVEL": os.environ.get("RECSYS_LOG_LEVEL", "INFO"),
+        }
+
+    @property
+    def nginx_url(self) -> str:
+        return self.nginx_site.url
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.ports.gateway}"
+
+    @property
+    def gateway_grpc(self) -> str:
+        return f"127.0.0.1:{self.config.ports.gateway_grpc}"
+
+    @property
+    def feedback_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.ports.feedback}"
+
+    @property
+    def database_url(self) -> str:
+        return self.postgres.url
+
+    def start(self) -> Self:
+        from trainer.publish import load_all
+
+        try:
+            log.info("starting PostgreSQL on 127.0.0.1:%d", self.config.ports.postgres)
+            self.postgres.start()
+            log.info("starting Triton (gRPC 127.0.0.1:%d)", self.config.ports.triton_grpc)
+            self.triton.start()
+            load_all(self.triton, self.config.model_repository)
+            log.info("starting the feedback writer on %s", self.feedback_url)
+            self.writer.start()
+            for gateway in self.gateways:
+                log.info("starting %s", gateway.name)
+                gateway.start()
+            log.info("starting NGINX on %s", self.nginx_url)
+            self.nginx = self.nginx_site.process().start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stops everything that runs, in reverse order; PostgreSQL last (the writer drains into it first)."""
+        for part in (self.nginx, *reversed(self.gateways), self.writer):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.stop()
+        with contextlib.suppress(Exception):
+            self.triton.stop()
+        with contextlib.suppress(Exception):
+            self.postgres.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -100,9 +100,8 @@ class LocalPostgres:
                 user = pwd.getpwnam("postgres")
                 os.chown(log, user.pw_uid, user.pw_gid)
             options = f"-p {self.port} -c listen_addresses={self.host}"
-            self._run(
-                "pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", options, "-w", "-t", str(int(timeout_s)), "start"
-            )  # fmt: skip
+            wait = ("-w", "-t", str(int(timeout_s)))
+            self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", options, *wait, "start")
         self._wait_accepting(timeout_s)
         self._ensure_database()
         return self

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse
@@ -214,5 +215,15 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
         """Prometheus metrics of this process."""
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    def openapi() -> dict[str, Any]:
+        """The generated document, plus what only the running config knows: the experiment's group names."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            group = schema["components"]["schemas"]["FeedbackRequest"]["properties"]["group"]
+            group["enum"] = list(service.experiment.group_names)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(EdgeMiddleware, service=service, max_body_bytes=max_body_bytes)
     return app

@@ -140,7 +140,7 @@ def test_health_readiness_and_openapi(stack: LocalStack) -> None:
 
 def test_grpc_recommend_and_feedback(stack: LocalStack) -> None:
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
-        stub = recsys_pb2_grpc.RecommenderStub(channel)
+        stub = recsys_pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
         answer = stub.Recommend(recsys_pb2.RecommendRequest(user_id="2", top_k=4), timeout=10)
         assert len(answer.recommended_items) == 4
         assert answer.group == stack.experiment.assign("2")

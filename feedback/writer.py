@@ -56,6 +56,13 @@ class DatabaseWriter:
             self._conn = None
 
     async def run(self) -> None:
+        try:  # migrate at start when the database is there; otherwise at the first successful write
+            await self._connection()
+            self.db_up = True
+            self.metrics.db_up.set(1)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("database not reachable at start (%s); events will wait in the spool", exc)
+            await self._drop_connection()
         backoff = self.interval_s
         while True:
             self.metrics.spool_events.set(len(self.spool.pending))

@@ -8,10 +8,13 @@ restart its parts to test outages.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -20,10 +23,18 @@ from typing import Self
 from gateway.experiment import Experiment, load_experiment
 from recsys.stack.nginx import LocalNginx
 from recsys.stack.postgres import LocalPostgres, default_data_dir
-from recsys.stack.process import ServiceProcess
+from recsys.stack.process import ServiceError, ServiceProcess
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 
 log = logging.getLogger(__name__)
+
+
+def _writer_database_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+            return bool(json.loads(response.read()).get("database"))
+    except (OSError, ValueError):
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -160,6 +171,7 @@ class LocalStack:
             load_all(self.triton, self.config.model_repository)
             log.info("starting the feedback writer on %s", self.feedback_url)
             self.writer.start()
+            self.wait_writer_database()
             for gateway in self.gateways:
                 log.info("starting %s", gateway.name)
                 gateway.start()
@@ -169,6 +181,14 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def wait_writer_database(self, timeout_s: float = 30.0) -> None:
+        """Until the writer has reached PostgreSQL (and applied the migrations)."""
+        deadline = time.monotonic() + timeout_s
+        while not _writer_database_up(self.feedback_url):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the feedback writer did not reach PostgreSQL in {timeout_s:.0f} s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Stops everything that runs, in reverse order; PostgreSQL last (the writer drains into it first)."""

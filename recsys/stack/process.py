@@ -53,6 +53,7 @@ class ServiceProcess:
         if self.is_running():
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._close_log()
         self._log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -102,6 +103,12 @@ class ServiceProcess:
         self._signal_group(signal.SIGKILL)
         if self.process is not None:
             self.process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         if self.process is None:
@@ -112,9 +119,7 @@ class ServiceProcess:
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         return self.process.returncode
 
     def __enter__(self) -> Self:

@@ -25,13 +25,14 @@ from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.triton_config import (
     ENSEMBLE_A,
     ENSEMBLE_B,
+    ENSEMBLES,
     FUSED,
     LOOKUP,
+    LOOKUP_POPULAR,
     SCORER_ONNX,
     SCORER_TORCHSCRIPT,
     STEP_MODELS,
     TOPK,
-    VARIANTS,
     VERSIONED_MODELS,
     Flavour,
     pinned_ensemble_config,
@@ -47,6 +48,7 @@ MANIFEST = "publish.json"
 # What each step model's version folder holds, besides model.py.
 _FILES = {
     LOOKUP: (IDS_FILE, HISTORY_FILE),
+    LOOKUP_POPULAR: (IDS_FILE, HISTORY_FILE),
     SCORER_TORCHSCRIPT: (TORCHSCRIPT_FILE,),
     SCORER_ONNX: (ONNX_FILE,),
     TOPK: (IDS_FILE,),
@@ -100,7 +102,7 @@ def render_repository(target: Path, flavour: Flavour | str = Flavour.local) -> l
 
 def _ensure_ensemble_versions(target: Path) -> None:
     # An ensemble has no files of its own, but Triton still wants one version folder under its policy.
-    for ensemble in VARIANTS:
+    for ensemble in ENSEMBLES:
         (target / ensemble / "1").mkdir(parents=True, exist_ok=True)
 
 
@@ -162,9 +164,9 @@ def activate(control: ModelControl, version: int, *, retire: bool = True) -> Non
     """
     for model in VERSIONED_MODELS:
         control.load_model(model)
-    for ensemble, scorer in VARIANTS.items():
+    for ensemble in ENSEMBLES:
         pins = {model: version for model in STEP_MODELS}
-        control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, scorer, pins)))
+        control.load_model(ensemble, config=_as_json(pinned_ensemble_config(ensemble, pins)))
     if not retire:
         return
     specs = {spec.name: spec for spec in repository()}

@@ -27,13 +27,23 @@ FALLBACK = "FALLBACK"
 MODEL_VERSION = "MODEL_VERSION"
 
 LOOKUP = "recsys_lookup"
+# The same lookup with personal scoring switched off: known listeners get the popularity ranking minus what they
+# have heard. It makes the baseline variant of a real A/B test (personal vs popular) from the same published run.
+LOOKUP_POPULAR = "recsys_lookup_popular"
 TOPK = "recsys_topk"
 SCORER_TORCHSCRIPT = "recsys_scorer_torchscript"
 SCORER_ONNX = "recsys_scorer_onnx"
 ENSEMBLE_A = "recsys_a"  # TorchScript variant
 ENSEMBLE_B = "recsys_b"  # ONNX variant
 VARIANTS = {ENSEMBLE_A: SCORER_TORCHSCRIPT, ENSEMBLE_B: SCORER_ONNX}
-STEP_MODELS = (LOOKUP, SCORER_TORCHSCRIPT, SCORER_ONNX, TOPK)
+ENSEMBLE_POPULAR = "recsys_popular"  # popularity baseline (unheard items first), for personal-vs-popular tests
+#: Every ensemble with its (lookup, scorer) steps.
+ENSEMBLES = {
+    ENSEMBLE_A: (LOOKUP, SCORER_TORCHSCRIPT),
+    ENSEMBLE_B: (LOOKUP, SCORER_ONNX),
+    ENSEMBLE_POPULAR: (LOOKUP_POPULAR, SCORER_ONNX),
+}
+STEP_MODELS = (LOOKUP, LOOKUP_POPULAR, SCORER_TORCHSCRIPT, SCORER_ONNX, TOPK)
 # The same path as recsys_b in one python model: the comparison the ensembles are measured against.
 FUSED = "recsys_fused"
 VERSIONED_MODELS = (*STEP_MODELS, FUSED)
@@ -136,17 +146,20 @@ def repository(flavour: Flavour | str = Flavour.local) -> list[ModelSpec]:
         flavour = Flavour(flavour)
     except ValueError:
         raise ConfigError(f"unknown flavour {flavour!r}; choose local or native") from None
-    lookup = ModelSpec(
-        LOOKUP,
-        inputs=(Tensor(USER_ID, "TYPE_STRING", (1,)), Tensor(TOP_K, "TYPE_INT64", (1,))),
-        outputs=(
-            Tensor(USER_INDEX, "TYPE_INT64", (1,)),
-            Tensor(EXCLUDE, "TYPE_INT64", (-1,)),
-            Tensor(FALLBACK, "TYPE_BOOL", (1,)),
-            Tensor(MODEL_VERSION, "TYPE_INT64", (1,)),
-        ),
-        parameters={"max_top_k": str(MAX_TOP_K)},
-    )
+    lookups = [
+        ModelSpec(
+            name,
+            inputs=(Tensor(USER_ID, "TYPE_STRING", (1,)), Tensor(TOP_K, "TYPE_INT64", (1,))),
+            outputs=(
+                Tensor(USER_INDEX, "TYPE_INT64", (1,)),
+                Tensor(EXCLUDE, "TYPE_INT64", (-1,)),
+                Tensor(FALLBACK, "TYPE_BOOL", (1,)),
+                Tensor(MODEL_VERSION, "TYPE_INT64", (1,)),
+            ),
+            parameters={"max_top_k": str(MAX_TOP_K), "personal": personal},
+        )
+        for name, personal in ((LOOKUP, "true"), (LOOKUP_POPULAR, "false"))
+    ]
     topk = ModelSpec(
         TOPK,
         inputs=(
@@ -156,17 +169,23 @@ def repository(flavour: Flavour | str = Flavour.local) -> list[ModelSpec]:
         ),
         outputs=(Tensor(ITEM_IDS, "TYPE_STRING", (-1,)), Tensor(SCORES, "TYPE_FP32", (-1,))),
     )
-    models = [lookup, _scorer(SCORER_TORCHSCRIPT, flavour, "torchscript"), _scorer(SCORER_ONNX, flavour, "onnx"), topk]
-    fused = ensemble_spec(FUSED, SCORER_ONNX)
+    models = [
+        *lookups,
+        _scorer(SCORER_TORCHSCRIPT, flavour, "torchscript"),
+        _scorer(SCORER_ONNX, flavour, "onnx"),
+        topk,
+    ]
+    fused = ensemble_spec(FUSED)
     models.append(
         ModelSpec(FUSED, fused.inputs, fused.outputs, parameters={"format": "onnx", "max_top_k": str(MAX_TOP_K)})
     )
-    for ensemble, scorer in VARIANTS.items():
-        models.append(ensemble_spec(ensemble, scorer))
+    models += [ensemble_spec(ensemble) for ensemble in ENSEMBLES]
     return models
 
 
-def ensemble_spec(name: str, scorer: str) -> ModelSpec:
+def ensemble_spec(name: str) -> ModelSpec:
+    """The ensemble ``name`` of :data:`ENSEMBLES` (the fused model shares recsys_b's interface)."""
+    lookup, scorer = ENSEMBLES[ENSEMBLE_B if name == FUSED else name]
     return ModelSpec(
         name,
         inputs=(Tensor(USER_ID, "TYPE_STRING", (1,)), Tensor(TOP_K, "TYPE_INT64", (1,))),
@@ -181,7 +200,7 @@ def ensemble_spec(name: str, scorer: str) -> ModelSpec:
         queue_delay_us=None,
         steps=(
             Step(
-                LOOKUP,
+                lookup,
                 inputs={USER_ID: USER_ID, TOP_K: TOP_K},
                 outputs={
                     USER_INDEX: "user_index",
@@ -204,9 +223,9 @@ def ensemble_spec(name: str, scorer: str) -> ModelSpec:
     )
 
 
-def pinned_ensemble_config(name: str, scorer: str, versions: dict[str, int]) -> str:
+def pinned_ensemble_config(name: str, versions: dict[str, int]) -> str:
     """The ensemble's config with every step pinned to ``versions``: loading it switches all steps at once."""
-    spec = ensemble_spec(name, scorer)
+    spec = ensemble_spec(name)
     text = spec.render()
     for step in spec.steps:
         text = text.replace(_render_step(step), _render_step(step, versions[step.model]))

@@ -13,9 +13,9 @@ from trainer import export, run_files
 from trainer.publish import SOURCE_REPOSITORY, _as_json, render_repository
 from trainer.triton_config import (
     ENSEMBLE_A,
+    ENSEMBLES,
     SCORER_TORCHSCRIPT,
     STEP_MODELS,
-    VARIANTS,
     Flavour,
     pinned_ensemble_config,
     repository,
@@ -54,11 +54,11 @@ def test_scorer_tensors_are_the_exported_graph_names() -> None:
 
 def test_ensembles_are_wired_step_to_step() -> None:
     models = {spec.name: _parse(spec.render()) for spec in repository()}
-    for ensemble, scorer in VARIANTS.items():
+    for ensemble, (lookup, scorer) in ENSEMBLES.items():
         config = models[ensemble]
         available = {t.name for t in config.input}
         steps = config.ensemble_scheduling.step
-        assert [s.model_name for s in steps][1] == scorer
+        assert [s.model_name for s in steps][:2] == [lookup, scorer]
         for step in steps:
             step_config = models[step.model_name]
             assert set(step.input_map) == {t.name for t in step_config.input}
@@ -81,7 +81,7 @@ def test_committed_repository_is_the_local_rendering(tmp_path: Path) -> None:
 
 def test_pinned_ensemble_switches_every_step() -> None:
     pins = dict.fromkeys(STEP_MODELS, 7)
-    config = json.loads(_as_json(pinned_ensemble_config(ENSEMBLE_A, SCORER_TORCHSCRIPT, pins)))
+    config = json.loads(_as_json(pinned_ensemble_config(ENSEMBLE_A, pins)))
     versions = {step["model_name"]: step["model_version"] for step in config["ensemble_scheduling"]["step"]}
     assert set(versions.values()) == {"7"}
     assert len(versions) == 3

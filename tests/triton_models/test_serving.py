@@ -19,7 +19,7 @@ from trainer.artifacts import load_run
 from trainer.export import ExportError
 from trainer.pipeline import save_result, train_and_evaluate
 from trainer.publish import activate, load_all, publish, versions
-from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, FUSED, VARIANTS, VERSIONED_MODELS
+from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_POPULAR, FUSED, VARIANTS, VERSIONED_MODELS
 
 SERVED = [*VARIANTS, FUSED]  # both ensembles and the fused model answer the same contract
 
@@ -77,6 +77,21 @@ def test_unknown_user_gets_the_flagged_fallback(client: TritonRecommender, runs:
         served = run.item_ids.indices(answer.item_ids)
         np.testing.assert_array_equal(listeners[served], top_counts)  # ties may come in any order
         assert answer.scores == sorted(answer.scores, reverse=True)
+
+
+def test_popular_variant_serves_the_fallback_ranking_minus_each_listeners_history(
+    client: TritonRecommender, runs: dict[str, Path]
+) -> None:
+    run = load_run(runs["v1"])
+    (ranking,) = client.recommend(ENSEMBLE_B, ["nobody-has-this-id"], top_k=1000)
+    for index in (0, 5, 50):
+        user = str(run.user_ids.ids[index])
+        heard = set(run.item_ids.ids[run.history[index].indices].astype(str).tolist())
+        (answer,) = client.recommend(ENSEMBLE_POPULAR, [user], top_k=10)
+        assert not answer.fallback  # a known listener, served the baseline on purpose
+        assert answer.item_ids == [i for i in ranking.item_ids if i not in heard][:10]
+        (personal,) = client.recommend(ENSEMBLE_A, [user], top_k=10)
+        assert personal.item_ids != answer.item_ids
 
 
 @pytest.mark.parametrize("model", SERVED)

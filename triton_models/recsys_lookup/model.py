@@ -1,5 +1,8 @@
 """Step 1 of both ensembles: external user id -> user index, the items to exclude, the fallback flag.
 
+With the parameter ``personal = false`` (model recsys_lookup_popular) every listener gets index -1, so the
+scorer serves the popularity ranking minus their history; ``FALLBACK`` still flags unknown listeners only.
+
 Data comes from this version's folder (written by ``recsys publish``): ``ids.npz`` and ``history.npz``. Unknown
 users get index -1 (the scorer serves them the popularity fallback) and ``FALLBACK = true``. Every request of a
 batch gets its own response; a bad one gets INVALID_ARG without failing the others.
@@ -22,6 +25,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.max_top_k = int(params.get("max_top_k", "1000"))
+        # personal = false serves the popularity ranking to everyone (the baseline variant), still minus history.
+        self.personal = params.get("personal", "true").lower() == "true"
         self.version = int(args["model_version"])
         self.lookup = UserLookup(Path(args["model_repository"]) / args["model_version"])
 
@@ -35,11 +40,14 @@ class TritonPythonModel:
         if problem is not None:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(problem, pb_utils.TritonError.INVALID_ARG))
         index, exclude = self.lookup(keys)
+        unknown = index < 0
+        if not self.personal:
+            index = np.full_like(index, -1)
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("USER_INDEX", index[:, None]),
                 pb_utils.Tensor("EXCLUDE", exclude),
-                pb_utils.Tensor("FALLBACK", (index < 0)[:, None]),
+                pb_utils.Tensor("FALLBACK", unknown[:, None]),
                 pb_utils.Tensor("MODEL_VERSION", np.full((len(index), 1), self.version, dtype=np.int64)),
             ]
         )

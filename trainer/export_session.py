@@ -1,0 +1,284 @@
+"""Export GRU4Rec's next-item scorer to TorchScript and ONNX, and prove both agree with the trainer.
+
+The exported graph is the scoring step of serving variant C: the listener's recent plays (item indices,
+oldest first, right-padded with -1 to a fixed length L) -> the GRU run over them -> scores against every
+item -> the plays themselves masked out -> top-k. A row without any play gets the popularity fallback.
+
+The GRU cell is written out with matrix products (the equations of ``torch.nn.GRUCell``) rather than calling
+the trainer's modules, so :func:`check_session_parity` really compares two implementations: the exports
+against :meth:`GRU4Rec.recommend_sequences`, scores within 1e-5 and identical top-k ids.
+
+ONNX needs L fixed (the loop over plays is unrolled at export); the batch and k stay dynamic. The TorchScript
+module also takes other lengths, but serve it with the same L.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from trainer.errors import ConfigError
+from trainer.export import ITEMS, SCORES, TOP_K, ExportError, ParityReport, _quiet_export, load_torchscript
+from trainer.models.gru4rec import GRU4Rec
+from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
+from trainer.sessions import PAD
+
+logger = logging.getLogger(__name__)
+
+# Tensor names for triton_models/*/config.pbtxt; TOP_K, SCORES and ITEMS are the factor scorer's.
+ITEM_SEQUENCE = "ITEM_SEQUENCE"  # int64 [B, L]: recent item indices, oldest first, right-padded with -1
+
+__all__ = [
+    "ITEMS",
+    "ITEM_SEQUENCE",
+    "SCORES",
+    "TOP_K",
+    "SessionExport",
+    "SessionScorer",
+    "build_session_scorer",
+    "check_session_parity",
+    "export_session_all",
+    "export_session_onnx",
+    "export_session_torchscript",
+    "parity_sequences",
+]
+
+
+class SessionScorer(torch.nn.Module):
+    """Recent plays -> GRU -> ``h . Wy^T + By`` (or the fallback for empty rows), plays masked, top-k.
+
+    Column ``n_items`` is a sink whose bias is ``-inf``: padding points there, so masking the plays is one
+    in-place scatter and the sink is never recommended. Items the model never trained on have bias ``-inf``.
+    """
+
+    def __init__(
+        self,
+        input_embedding: torch.Tensor,
+        cells: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+        out_weights: torch.Tensor,
+        out_bias: torch.Tensor,
+        known_items: torch.Tensor,
+        fallback_scores: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        n_items = out_weights.shape[0]
+        sink = torch.tensor([-math.inf])
+        # Plain tensor attributes (not buffers), as in trainer.export.FactorScorer: TorchScript keeps them.
+        self.embedding = input_embedding.detach().float().contiguous()
+        self.w_ih = [w.detach().float().T.contiguous() for w, _, _, _ in cells]
+        self.w_hh = [w.detach().float().T.contiguous() for _, w, _, _ in cells]
+        self.b_ih = [b.detach().float().contiguous() for _, _, b, _ in cells]
+        self.b_hh = [b.detach().float().contiguous() for _, _, _, b in cells]
+        self.sizes = [int(w.shape[1]) for _, w, _, _ in cells]
+        self.n_layers = len(cells)
+        items = torch.cat([out_weights.detach().float(), torch.zeros(1, out_weights.shape[1])])
+        self.items_t = items.T.contiguous()
+        bias = torch.where(known_items, out_bias.detach().float(), torch.full_like(out_bias, -math.inf).float())
+        self.bias = torch.cat([bias, sink]).contiguous()
+        self.fallback = torch.cat([fallback_scores.detach().float(), sink]).contiguous()
+        self.n_items = int(n_items)
+
+    def forward(self, item_sequence: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        valid = (item_sequence >= 0) & (item_sequence < self.n_items)
+        items = torch.where(valid, item_sequence, torch.zeros_like(item_sequence))
+        batch = item_sequence.shape[0]
+        hidden = [torch.zeros(batch, size) for size in self.sizes]
+        for t in range(item_sequence.shape[1]):
+            x = self.embedding[items[:, t]]
+            here = valid[:, t : t + 1]
+            updated: list[torch.Tensor] = []
+            for layer in range(self.n_layers):
+                h = hidden[layer]
+                gi = torch.addmm(self.b_ih[layer], x, self.w_ih[layer])
+                gh = torch.addmm(self.b_hh[layer], h, self.w_hh[layer])
+                i_r, i_z, i_n = gi.chunk(3, 1)
+                h_r, h_z, h_n = gh.chunk(3, 1)
+                r = torch.sigmoid(i_r + h_r)
+                z = torch.sigmoid(i_z + h_z)
+                n = torch.tanh(i_n + r * h_n)
+                x = (1.0 - z) * n + z * h
+                updated.append(torch.where(here, x, h))
+            hidden = updated
+        scores = torch.addmm(self.bias, hidden[self.n_layers - 1], self.items_t)
+        scores = torch.where(valid.any(dim=1, keepdim=True), scores, self.fallback)
+        columns = torch.where(valid, item_sequence, torch.full_like(item_sequence, self.n_items))
+        scores.scatter_(1, columns, -math.inf)
+        k_tensor = top_k.max().clamp(min=1, max=self.n_items)
+        if torch.jit.is_scripting():  # type: ignore[attr-defined]
+            k = int(k_tensor)
+        else:
+            # torch.export: k stays symbolic (an ONNX TopK input), with its valid range stated.
+            k = k_tensor.item()  # type: ignore[assignment]
+            torch._check(k >= 1)  # type: ignore[no-untyped-call]
+            torch._check(k <= self.n_items)  # type: ignore[no-untyped-call]
+        values, top = torch.topk(scores, k, dim=1)
+        top = torch.where(torch.isinf(values), torch.full_like(top, -1), top)
+        return values, top
+
+
+def build_session_scorer(model: GRU4Rec) -> SessionScorer:
+    """The scorer of a fitted GRU4Rec; refuses NaN/inf weights and says which array holds them."""
+    weights = model.weights()
+    for name, array in weights.items():
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise ExportError(f"{model.name} {name} has {bad} NaN/inf value(s); refusing to export")
+    tensors = {name: torch.from_numpy(array) for name, array in weights.items()}
+    n_layers = len(model.params.layers)
+    cells = [
+        (
+            tensors[f"G.{i}.weight_ih"],
+            tensors[f"G.{i}.weight_hh"],
+            tensors[f"G.{i}.bias_ih"],
+            tensors[f"G.{i}.bias_hh"],
+        )
+        for i in range(n_layers)
+    ]
+    embedding = tensors["Wy.weight"] if "E.weight" not in tensors else tensors["E.weight"]
+    return SessionScorer(  # no training-mode behaviour; eval() keeps the exporters quiet
+        embedding,
+        cells,
+        tensors["Wy.weight"],
+        tensors["By.weight"][:, 0],
+        model.known_items.cpu(),
+        model.fallback_scores.cpu(),
+    ).eval()
+
+
+def example_inputs(max_len: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    sequence = torch.full((batch, max_len), PAD, dtype=torch.int64)
+    sequence[:, 0] = 0
+    return sequence, torch.full((batch, 1), 10, dtype=torch.int64)
+
+
+def export_session_torchscript(scorer: SessionScorer, path: Path) -> Path:
+    with _quiet_export():
+        scripted = torch.jit.script(scorer)
+        scripted.save(str(path))  # type: ignore[no-untyped-call]
+    return path
+
+
+def export_session_onnx(scorer: SessionScorer, path: Path, max_len: int) -> Path:
+    """ONNX with dynamic batch and k; the sequence length is fixed at ``max_len`` (the loop is unrolled)."""
+    if max_len < 1:
+        raise ConfigError(f"max_len must be >= 1, got {max_len}")
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_export():
+        torch.onnx.export(
+            scorer,
+            example_inputs(max_len),
+            str(path),
+            dynamo=True,
+            input_names=[ITEM_SEQUENCE, TOP_K],
+            output_names=[SCORES, ITEMS],
+            dynamic_shapes={"item_sequence": {0: batch}, "top_k": {0: batch}},
+            verbose=False,
+            external_data=False,
+        )
+    return path
+
+
+def parity_sequences(model: GRU4Rec, max_len: int, *, sample: int = 200, seed: int = 0) -> npt.NDArray[np.int64]:
+    """Rows to check parity on: stored user sequences, random ones of every length, an empty row, odd ids."""
+    rng = np.random.default_rng(seed)
+    rows: list[npt.NDArray[np.int64]] = []
+    if model.n_users:
+        users = rng.choice(model.n_users, size=min(sample // 2, model.n_users), replace=False)
+        stored = model.user_sequences[np.sort(users)]
+        width = min(stored.shape[1], max_len)
+        padded = np.full((len(stored), max_len), PAD, dtype=np.int64)
+        # The last plays when the stored rows are wider than max_len.
+        for index, seq in enumerate(stored):
+            plays = seq[seq >= 0][-width:]
+            padded[index, : len(plays)] = plays
+        rows.extend(padded)
+    n_random = max(sample - len(rows), 4)
+    lengths = rng.integers(0, max_len + 1, size=n_random)
+    lengths[0] = 0  # the fallback row
+    lengths[1] = max_len
+    for length in lengths.tolist():
+        row = np.full(max_len, PAD, dtype=np.int64)
+        row[:length] = rng.integers(0, model.n_items, size=length)
+        rows.append(row)
+    out = np.stack(rows)
+    out[-1, 0] = model.n_items + 7  # an unknown id: skipped like padding
+    return out
+
+
+def check_session_parity(
+    model: GRU4Rec,
+    sequences: npt.NDArray[np.int64],
+    torchscript_path: Path,
+    onnx_path: Path,
+    *,
+    k: int = 10,
+) -> ParityReport:
+    """Both exports against :meth:`GRU4Rec.recommend_sequences`: scores within 1e-5 and the same ids."""
+    import onnxruntime as ort
+
+    k = min(k, model.n_items)
+    ref_items, ref_scores = model.recommend_sequences(sequences, k)
+    inputs = (np.ascontiguousarray(sequences, dtype=np.int64), np.full((len(sequences), 1), k, dtype=np.int64))
+    scripted = load_torchscript(torchscript_path)
+    with torch.inference_mode():
+        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip((ITEM_SEQUENCE, TOP_K), inputs, strict=True)))
+
+    diffs, same = {}, {}
+    finite = np.isfinite(ref_scores)
+    for name, scores, items in (("torchscript", ts_scores, ts_items), ("onnx", onnx_scores, onnx_items)):
+        agree = np.array_equal(np.isfinite(scores), finite)
+        diffs[name] = float(np.abs(scores[finite] - ref_scores[finite]).max()) if finite.any() and agree else math.inf
+        same[name] = bool(np.array_equal(items, ref_items))
+    return ParityReport(users_checked=len(sequences), max_abs_score_diff=diffs, ids_identical=same)
+
+
+@dataclass(frozen=True)
+class SessionExport:
+    torchscript: Path
+    onnx: Path
+    max_len: int
+    parity: ParityReport
+
+
+def export_session_all(
+    model: GRU4Rec,
+    directory: Path,
+    *,
+    max_len: int | None = None,
+    sequences: npt.NDArray[np.int64] | None = None,
+    k: int = 10,
+) -> SessionExport:
+    """Writes ``model.pt`` and ``model.onnx`` into ``directory``; ExportError unless parity holds.
+
+    ``max_len`` (default: the model's ``max_sequence_length``) is the fixed L of ``ITEM_SEQUENCE``; parity
+    is checked on ``sequences`` (default: :func:`parity_sequences`).
+    """
+    max_len = model.params.max_sequence_length if max_len is None else max_len
+    scorer = build_session_scorer(model)
+    if sequences is None:
+        sequences = parity_sequences(model, max_len)
+    if sequences.ndim != 2 or sequences.shape[1] != max_len:
+        raise ConfigError(f"parity sequences must be [batch, {max_len}], got shape {sequences.shape}")
+    directory.mkdir(parents=True, exist_ok=True)
+    ts_path = export_session_torchscript(scorer, directory / TORCHSCRIPT_FILE)
+    onnx_path = export_session_onnx(scorer, directory / ONNX_FILE, max_len)
+    report = check_session_parity(model, sequences, ts_path, onnx_path, k=k)
+    if not report.ok:
+        raise ExportError(
+            "session export parity failed: "
+            + ", ".join(
+                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, "
+                f"ids identical {report.ids_identical[fmt]}"
+                for fmt in report.ids_identical
+            )
+        )
+    logger.info("session scorer parity ok on %d sequences: %s", report.users_checked, report.max_abs_score_diff)
+    return SessionExport(torchscript=ts_path, onnx=onnx_path, max_len=max_len, parity=report)

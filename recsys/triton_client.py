@@ -18,8 +18,7 @@ import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException
 
 from trainer.errors import RecsysError
-from trainer.export import SCORES, TOP_K
-from trainer.triton_config import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, USER_ID
+from trainer.tensor_names import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, SCORES, TOP_K, USER_ID
 
 
 class TritonCallError(RecsysError):

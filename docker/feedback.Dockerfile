@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# The feedback writer: /events intake from the gateway on 8090, batched into PostgreSQL, with a local spool
+# (RECSYS_SPOOL_DIR) that holds accepted events while the database is away.
+# Build from the repository root: docker build -f docker/feedback.Dockerfile -t recsys-feedback:local .
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin recsys \
+    && mkdir -p /var/lib/recsys/spool \
+    && chown recsys:recsys /var/lib/recsys/spool
+
+WORKDIR /srv/recsys
+COPY docker/requirements/feedback.txt /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+
+COPY recsys/ recsys/
+COPY trainer/ trainer/
+COPY feedback/ feedback/
+
+USER 10001
+ENV PYTHONPATH=/srv/recsys \
+    RECSYS_PROGRESS=false \
+    RECSYS_FEEDBACK_HOST=0.0.0.0 \
+    RECSYS_FEEDBACK_PORT=8090 \
+    RECSYS_SPOOL_DIR=/var/lib/recsys/spool
+VOLUME ["/var/lib/recsys/spool"]
+EXPOSE 8090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8090/healthz', timeout=2)"]
+CMD ["python", "-m", "recsys", "serve", "feedback"]

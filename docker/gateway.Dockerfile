@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# The gateway: REST on 8080 (/recommend, /feedback, /healthz, /readyz, /metrics) and gRPC on 50051.
+# Build from the repository root: docker build -f docker/gateway.Dockerfile -t recsys-gateway:local .
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin recsys
+
+WORKDIR /srv/recsys
+COPY docker/requirements/gateway.txt /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+
+COPY recsys/ recsys/
+COPY trainer/ trainer/
+COPY gateway/ gateway/
+
+USER 10001
+ENV PYTHONPATH=/srv/recsys \
+    RECSYS_PROGRESS=false \
+    RECSYS_GATEWAY_HOST=0.0.0.0 \
+    RECSYS_GATEWAY_PORT=8080 \
+    RECSYS_GATEWAY_GRPC_PORT=50051
+EXPOSE 8080 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+CMD ["python", "-m", "recsys", "serve", "gateway"]

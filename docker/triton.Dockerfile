@@ -1,0 +1,75 @@
+# syntax=docker/dockerfile:1
+# Triton for the recommender. Two targets, one file:
+#   production (the default: last stage): NVIDIA's NGC tritonserver 24.10, whose native pytorch and onnxruntime
+#     backends run the scorers; the lookup and top-k steps stay python models, which import
+#     trainer.serving_steps (copied in) and need numpy < 2. The model repository is not baked in: it comes from
+#     RECSYS_MODEL_REPOSITORY (s3://... on EKS, read with the pod's IAM role; a mounted folder elsewhere).
+#   local: python:3.11 with the project and the tritonserver that nvidia-pytriton bundles (python backend only,
+#     the "local" flavour of the repository), started by `recsys serve triton`. A synthetic ALS model is trained
+#     and published into /models at build time, so the laptop stack answers without any setup; mount another
+#     published repository over /models to serve something else.
+# Build from the repository root:
+#   docker build -f docker/triton.Dockerfile --target local -t recsys-triton:local .
+#   docker build -f docker/triton.Dockerfile -t recsys-triton:prod .
+
+FROM python:3.11.11-slim-bookworm AS local
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/recsys --shell /usr/sbin/nologin recsys \
+    && mkdir -p /srv/recsys/.cache /models \
+    && chown recsys:recsys /srv/recsys/.cache /models
+
+# torch first, from PyTorch's CPU index: PyPI's wheel of the same version is the multi-GB CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+
+WORKDIR /srv/recsys
+COPY pyproject.toml README.md ./
+COPY recsys/ recsys/
+COPY trainer/ trainer/
+COPY triton_models/ triton_models/
+# Editable on purpose: publish copies each step's model.py from the checkout's triton_models/.
+RUN pip install -e .
+
+USER 10001
+ENV RECSYS_PROGRESS=false \
+    RECSYS_MODEL_REPOSITORY=/models \
+    RECSYS_TRITON_HOST=0.0.0.0 \
+    RECSYS_TRITON_HTTP_PORT=8000 \
+    RECSYS_TRITON_GRPC_PORT=8001 \
+    RECSYS_TRITON_METRICS_PORT=8002
+RUN recsys train --data synthetic --model als --refit --out /tmp/demo-als \
+    && recsys publish /tmp/demo-als --repository /models \
+    && rm -rf /tmp/demo-als
+
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+CMD ["recsys", "serve", "triton"]
+
+
+FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS production
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The image's Python (3.10) runs the python-backend steps: numpy < 2, or every output tensor comes back empty.
+RUN python3 -m pip install numpy==1.26.4
+
+# The only project code the served steps import (numpy and the standard library only; a test keeps it so).
+COPY trainer/__init__.py trainer/run_files.py trainer/serving_steps.py /opt/recsys/trainer/
+
+# 1000 is the image's own non-root user (triton-server).
+USER 1000
+ENV PYTHONPATH=/opt/recsys \
+    RECSYS_MODEL_REPOSITORY=/models
+EXPOSE 8000 8001 8002
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
+# Explicit model control: only the two A/B ensembles (and so their steps) are loaded; a version appears in a pod
+# when the pod starts (CD rolls the Deployment after publishing). The NGC entrypoint stays in front of this.
+CMD ["sh", "-c", "exec tritonserver --model-repository=\"$RECSYS_MODEL_REPOSITORY\" --model-control-mode=explicit --load-model=recsys_a --load-model=recsys_b --strict-readiness=true --exit-on-error=true --metrics-config=summary_latencies=true --http-port=8000 --grpc-port=8001 --metrics-port=8002"]

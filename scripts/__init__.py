@@ -1,0 +1,1 @@
+"""Project scripts; ``scripts.aws`` holds the AWS helpers (``python -m scripts.aws``)."""

@@ -1,0 +1,151 @@
+"""``python -m scripts.aws``: the AWS helpers as commands (run from the repository root).
+
+Deliberate failures print one line and exit with status 2. Credentials come from the usual AWS chain (an SSO
+profile on a laptop, the OIDC-assumed role in CD); nothing here reads or writes keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from scripts.aws import AwsError
+from scripts.aws.names import DEPLOY_ROLE, IMAGES, MANIFEST_PREFIX, REPOSITORY_PREFIX
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.aws",
+        description="AWS helpers of the recommender: ECR, the model repository on S3, EKS, IAM.",
+    )
+    parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    areas = parser.add_subparsers(dest="area", required=True)
+
+    ecr = areas.add_parser("ecr", help="ECR repositories").add_subparsers(dest="command", required=True)
+    create = ecr.add_parser("create", help=f"create the repositories {', '.join(IMAGES)} (idempotent)")
+    create.add_argument("--keep-images", type=int, default=50, help="images each repository keeps")
+
+    s3 = areas.add_parser("s3", help="the model repository on S3").add_subparsers(dest="command", required=True)
+    bucket = s3.add_parser("ensure-bucket", help="create the model bucket (private, encrypted, versioned)")
+    _location_args(bucket)
+    upload = s3.add_parser("upload", help="upload version N of a local model repository with its manifest")
+    upload.add_argument("repository", type=Path, help="a model repository written by `recsys publish`")
+    upload.add_argument("--version", type=int, required=True)
+    _location_args(upload)
+    publish = s3.add_parser("publish", help="publish a trained run as the bucket's next version and upload it")
+    publish.add_argument("run_dir", type=Path, help="a run written by `recsys train` (bpr or als)")
+    _location_args(publish)
+    verify = s3.add_parser("verify", help="read version N back and check it against its manifest")
+    verify.add_argument("--version", type=int, required=True)
+    _location_args(verify)
+    versions = s3.add_parser("versions", help="list the uploaded versions")
+    _location_args(versions)
+
+    eks = areas.add_parser("eks", help="the EKS cluster").add_subparsers(dest="command", required=True)
+    config = eks.add_parser("config", help="print the eksctl ClusterConfig")
+    config.add_argument("--cluster", default="recsys")
+    config.add_argument("--account", help="AWS account id (default: the caller's)")
+    config.add_argument("--bucket", required=True, help="the model bucket")
+    config.add_argument("--gpu-instance-type", default="g5.xlarge")
+
+    iam = areas.add_parser("iam", help="IAM policies and the deploy role").add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("policies", "print the policy documents (Triton read, deploy permissions, GitHub trust)"),
+        ("create-deploy-role", f"create the GitHub OIDC provider and the role {DEPLOY_ROLE} (idempotent)"),
+    ):
+        sub = iam.add_parser(name, help=text)
+        sub.add_argument("--account", help="AWS account id (default: the caller's)")
+        sub.add_argument("--bucket", required=True, help="the model bucket")
+        sub.add_argument("--cluster", default="recsys")
+        sub.add_argument("--github-repo", required=True, help="OWNER/NAME of the repository whose CD deploys")
+    return parser
+
+
+def _location_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", default=REPOSITORY_PREFIX, help="the Triton repository's prefix in the bucket")
+    parser.add_argument("--manifest-prefix", default=MANIFEST_PREFIX)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except AwsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    import boto3
+
+    session = boto3.session.Session(region_name=args.region)
+    region = session.region_name
+    if region is None:
+        raise AwsError("no AWS region: pass --region or configure one")
+
+    if args.area == "ecr":
+        from scripts.aws.ecr import ensure_repositories
+
+        for name, uri in ensure_repositories(session.client("ecr"), keep_images=args.keep_images).items():
+            print(f"{name}\t{uri}")
+        return
+
+    if args.area == "s3":
+        from scripts.aws import s3_models
+
+        s3 = session.client("s3")
+        where = s3_models.Location(args.bucket, args.prefix, args.manifest_prefix)
+        if args.command == "ensure-bucket":
+            s3_models.ensure_bucket(s3, args.bucket, region)
+            print(f"s3://{args.bucket} ready")
+        elif args.command == "upload":
+            manifest = s3_models.upload_version(s3, where, args.repository, args.version)
+            print(f"version {manifest.version}: {len(manifest.entries)} objects under {where.url}")
+        elif args.command == "publish":
+            with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
+                manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
+            print(f"published version {manifest.version}: {len(manifest.entries)} objects under {where.url}")
+        elif args.command == "verify":
+            problems = s3_models.verify_version(s3, where, args.version)
+            if problems:
+                raise AwsError(f"version {args.version} does not match its manifest: " + "; ".join(problems))
+            print(f"version {args.version} matches its manifest")
+        else:
+            print("\n".join(str(v) for v in s3_models.uploaded_versions(s3, where)))
+        return
+
+    account = args.account or session.client("sts").get_caller_identity()["Account"]
+    if args.area == "eks":
+        from scripts.aws.eks import ClusterSpec, cluster_config, render
+
+        spec = ClusterSpec(args.cluster, region, account, args.bucket)
+        spec = dataclasses.replace(spec, gpu=dataclasses.replace(spec.gpu, instance_type=args.gpu_instance_type))
+        print(render(cluster_config(spec)), end="")
+        return
+
+    from scripts.aws import iam
+
+    permissions = iam.deploy_policy(account_id=account, region=region, bucket=args.bucket, cluster=args.cluster)
+    trust = iam.github_trust_policy(account, args.github_repo)
+    if args.command == "policies":
+        documents = {
+            "triton_read": iam.triton_read_policy(args.bucket),
+            "deploy_permissions": permissions,
+            "deploy_trust": trust,
+        }
+        print(json.dumps(documents, indent=2))
+        return
+    client = session.client("iam")
+    iam.ensure_github_oidc_provider(client, account)
+    print(iam.ensure_deploy_role(client, role_name=DEPLOY_ROLE, trust=trust, permissions=permissions))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -206,6 +206,15 @@ def test_learns_a_predictable_sequence(loss: str) -> None:
     assert model.log.epoch_loss[-1] < model.log.epoch_loss[0]
 
 
+def test_logq_momentum_and_dropout_train_too() -> None:
+    """The shape of the official rsc15 cross-entropy setting (logQ 1, momentum, hidden dropout) still learns."""
+    params = GRU4RecParams(
+        layers=(32,), batch_size=32, n_sample=64, n_epochs=4, logq=1.0, momentum=0.2, dropout_p_hidden=0.2
+    )
+    model = GRU4Rec(params).fit_sessions(cyclic_sessions(400, 100, 10, seed=0))
+    assert evaluate_next_item(model, cyclic_sessions(40, 100, 10, seed=1))["recall@20"] > 0.9
+
+
 def test_beats_both_baselines_on_synthetic_listening(small_world) -> None:  # type: ignore[no-untyped-def]
     split = temporal_split(sessions_of(small_world.interactions), test_fraction=0.2)
     gru = evaluate_next_item(GRU4Rec(GRU4RecParams(n_epochs=3, n_sample=256)).fit_sessions(split.train), split.test)

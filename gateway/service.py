@@ -210,4 +210,5 @@ class GatewayService:
             "triton": state[""],
             "models": models,
             "feedback_writer": await self.events.writer_ready(),
+            "impressions_pending": self.events.pending,
         }

@@ -12,8 +12,9 @@ import json
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +23,9 @@ from rich.table import Table
 from recsys.logs import configure_logging
 from recsys.settings import Settings, get_settings
 from trainer.errors import ConfigError, RecsysError
+
+if TYPE_CHECKING:
+    from gateway.experiment import Experiment
 
 app = typer.Typer(
     name="recsys",
@@ -231,7 +235,10 @@ def demo(
     ctx: typer.Context,
     out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's runs go.")] = Path("runs/demo"),
     users: Annotated[int, typer.Option(help="Show recommendations for this many users.")] = 3,
-    serve: Annotated[bool, typer.Option(help="Publish ALS to a model repository and answer through Triton.")] = True,
+    serve: Annotated[
+        bool, typer.Option(help="Publish ALS, start the local stack, answer through it and run a simulated A/B test.")
+    ] = True,
+    listeners: Annotated[int, typer.Option(help="Simulated listeners of the demo's A/B test.")] = 400,
 ) -> None:
     """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend, serve."""
     from trainer.artifacts import load_run
@@ -261,39 +268,70 @@ def demo(
         out.print(recommendation_table(run, external, items[0], scores[0]))
     out.print(f"runs written to {out_dir}")
     if serve:
-        _demo_serving(out_dir, [str(u) for u in run.user_ids.ids[:users].tolist()])
+        _demo_serving(out_dir, [str(u) for u in run.user_ids.ids[:users].tolist()], world, listeners)
 
 
-def _demo_serving(out_dir: Path, user_ids: list[str]) -> None:
-    """Publishes the demo's ALS run into its own repository and asks the real Triton over gRPC."""
+def _demo_serving(out_dir: Path, user_ids: list[str], world: Any, listeners: int) -> None:
+    """Publishes the demo's ALS run, starts the whole local stack (PostgreSQL, Triton, writer, gateway, NGINX) on
+    free ports, answers through Triton over gRPC and through NGINX over REST, runs a short simulated
+    personal-vs-popular experiment and prints its A/B report; stops everything at the end."""
+    import asyncio
     import shutil
 
-    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+    import httpx
+
+    from recsys.simulate import simulate
+    from recsys.stack.local import LocalStack, StackConfig, StackPorts
+    from recsys.stack.postgres import default_data_dir
     from recsys.triton_client import TritonRecommender
-    from trainer.publish import load_all
     from trainer.publish import publish as run_publish
-    from trainer.triton_config import VARIANTS
+    from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B
 
     repository = out_dir / "triton_models"
     shutil.rmtree(repository, ignore_errors=True)
     published = run_publish(out_dir / "als", repository)
     out.print(f"published ALS as version {published.version} into {repository} (TorchScript and ONNX, parity ok)")
-    config = TritonConfig(model_repository=repository, ports=TritonPorts.auto())
-    with TritonServer(config) as server:
-        load_all(server, repository)
-        client = TritonRecommender(server.urls.grpc)
+    experiment_file = Path(__file__).resolve().parents[1] / "gateway" / "experiments" / "personal-vs-popular.yaml"
+    config = StackConfig(
+        model_repository=repository,
+        workdir=out_dir / "stack",
+        ports=StackPorts.free(),
+        experiment_file=experiment_file,
+        postgres_dir=default_data_dir().with_name(default_data_dir().name + "-demo"),
+    )
+    stack = LocalStack(config)
+    stack.postgres.start()
+    stack.postgres.reset_database()  # the demo's own database: each demo reports on its own traffic only
+    started = datetime.now(UTC)
+    with stack:
+        out.print(f"stack up: NGINX {stack.nginx_url} -> gateway {stack.gateway_url} -> Triton, writer -> PostgreSQL")
+        client = TritonRecommender(f"127.0.0.1:{config.ports.triton_grpc}")
         try:
-            asked = [*user_ids[:1], "listener-nobody-knows"]
-            for model in VARIANTS:
-                for answer in client.recommend(model, asked, top_k=10):
+            for model in (ENSEMBLE_A, ENSEMBLE_B):
+                for answer in client.recommend(model, [*user_ids[:1], "listener-nobody-knows"], top_k=10):
                     kind = "popularity fallback" if answer.fallback else "personal"
                     out.print(
-                        f"Triton {model} v{answer.model_version} over gRPC {server.urls.grpc}: user {answer.user_id} "
-                        f"({kind}) -> {', '.join(answer.item_ids)}"
+                        f"Triton {model} v{answer.model_version} over gRPC: user {answer.user_id} ({kind}) -> "
+                        f"{', '.join(answer.item_ids)}"
                     )
         finally:
             client.close()
-    out.print("Triton stopped")
+        user = user_ids[0]
+        body = httpx.post(
+            f"{stack.nginx_url}/recommend", json={"user_id": user, "top_k": 5}, headers={"X-User-Id": user}
+        ).json()
+        out.print(f"REST through NGINX: POST /recommend {{user_id: {user}, top_k: 5}} ->")
+        out.print_json(data=body)
+        out.print(f"simulating {listeners} listeners x 5 requests (clicks and skips by their true tastes) ...")
+        summary = asyncio.run(simulate(stack.nginx_url, world, listeners=listeners, requests_per_listener=5))
+        if summary.errors:
+            raise ConfigError(f"simulation saw errors: {dict(summary.errors)}")
+        stack.wait_drained()
+        print_ab_report(
+            stack.database_url, stack.experiment, started, datetime.now(UTC), planned_users=2 * listeners,
+            json_out=out_dir / "ab-report.json", plot=out_dir / "ab-report.png",
+        )  # fmt: skip
+    out.print("stack stopped")
 
 
 RepositoryOpt = Annotated[
@@ -412,6 +450,136 @@ def serve_feedback(
     updates: dict[str, Any] = {"feedback_port": port, "spool_dir": spool_dir}
     settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
     run_writer(settings)
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    url: Annotated[str, typer.Option(help="NGINX (or a gateway) of a running stack.")] = "http://127.0.0.1:8088",
+    listeners: Annotated[int, typer.Option(help="Distinct simulated listeners.")] = 400,
+    requests: Annotated[int, typer.Option(help="Recommendation requests per listener.")] = 5,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the listeners' choices.")] = 0,
+) -> None:
+    """Drive a running stack with synthetic listeners of the demo's world; they click or skip by their true tastes
+    (the world must be the one the served model was trained on: `recsys demo` trains on the default one)."""
+    import asyncio
+
+    from recsys.simulate import simulate as run_simulation
+    from trainer.data.synthetic import SyntheticConfig, generate
+
+    world = generate(SyntheticConfig())
+    summary = asyncio.run(
+        run_simulation(url, world, listeners=listeners, requests_per_listener=requests, concurrency=concurrency,
+                       seed=seed)
+    )  # fmt: skip
+    for group in sorted(summary.impressions):
+        out.print(f"group {group}: {summary.impressions[group]} lists, {summary.clicks[group]} clicks, "
+                  f"CTR {summary.ctr(group):.3f}")  # fmt: skip
+    if summary.errors:
+        raise ConfigError(f"{sum(summary.errors.values())} failed calls: {dict(summary.errors)}")
+
+
+stack_app = typer.Typer(help="The local stack: PostgreSQL, Triton, writer, gateway, NGINX.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+
+@stack_app.command("up")
+def stack_up(
+    ctx: typer.Context,
+    repository: RepositoryOpt = None,
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment config [RECSYS_EXPERIMENT_FILE, gateway/experiment.yaml].")
+    ] = None,
+    gateways: Annotated[int, typer.Option(help="Gateways behind NGINX.")] = 1,
+) -> None:
+    """Start every server on its default port (NGINX 8088, gateway 8080/50051, writer 8090, PostgreSQL 5433,
+    Triton 8000-8002), serving the newest published version; Ctrl-C or SIGTERM stops them all."""
+    from recsys.stack.local import LocalStack, StackConfig
+
+    settings = _settings(ctx)
+    config = StackConfig(
+        model_repository=repository or settings.model_repository,
+        experiment_file=experiment or settings.experiment_file,
+        gateways=gateways,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+    with LocalStack(config) as stack:
+        out.print(f"stack up: NGINX {stack.nginx_url}, gateway {stack.gateway_url} (gRPC {stack.gateway_grpc}), "
+                  f"writer {stack.feedback_url}, PostgreSQL {stack.database_url}; Ctrl-C stops it")  # fmt: skip
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stopping.wait(0.5):
+                pass
+
+
+@app.command("ab-report")
+def ab_report(
+    ctx: typer.Context,
+    since: Annotated[
+        datetime | None, typer.Option(help="Start of the window (UTC) [default: 30 days before --until].")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="End of the window (UTC) [default: now].")] = None,
+    control: Annotated[str, typer.Option(help="The control group every other group is compared with.")] = "A",
+    alpha: Annotated[float, typer.Option(help="1 - confidence of the intervals.")] = 0.05,
+    planned_users: Annotated[
+        int, typer.Option(help="Users the experiment plans to reach (tunes the always-valid interval; fix it first).")
+    ] = 10_000,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw CTR over time with intervals into this PNG.")] = None,
+) -> None:
+    """A/B report from PostgreSQL [RECSYS_DATABASE_URL]: per group CTR, skips, latency; differences with
+    intervals and p-values; sample-ratio-mismatch check; always-valid (sequential) interval."""
+    from gateway.main import experiment_of
+
+    settings = _settings(ctx)
+    end = (until or datetime.now(UTC)).replace(tzinfo=(until.tzinfo if until and until.tzinfo else UTC))
+    start = (since or end - timedelta(days=30)).replace(tzinfo=(since.tzinfo if since and since.tzinfo else UTC))
+    print_ab_report(
+        settings.database_url.get_secret_value(), experiment_of(settings), start, end,
+        control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot,
+    )  # fmt: skip
+
+
+def print_ab_report(
+    database_url: str,
+    experiment: Experiment,
+    start: datetime,
+    end: datetime,
+    *,
+    control: str = "A",
+    alpha: float = 0.05,
+    planned_users: int = 10_000,
+    json_out: Path | None = None,
+    plot: Path | None = None,
+) -> None:
+    """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked)."""
+    import asyncio
+
+    from feedback.queries import load_report_input
+    from feedback.report import ReportError, build_report, plot_ctr, to_json, to_table
+
+    shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
+    try:
+        data, flagged = asyncio.run(load_report_input(database_url, start, end))
+    except OSError as exc:
+        raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
+    try:
+        report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
+    except ReportError as exc:
+        raise ConfigError(f"no report: {exc}") from None
+    out.print(to_table(report))
+    out.print(
+        f"feedback left out as flagged: {flagged.orphan} without an impression, {flagged.click_not_shown} clicks on "
+        f"items not shown, {flagged.mismatch} with another user or group than the impression"
+    )
+    if json_out is not None:
+        payload = to_json(report) | {"flagged_feedback": dataclasses.asdict(flagged)}
+        json_out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        out.print(f"JSON written to {json_out}")
+    if plot is not None:
+        plot_ctr(report, plot)
+        out.print(f"plot written to {plot}")
 
 
 def run() -> None:

@@ -190,6 +190,27 @@ class LocalStack:
                 raise ServiceError(f"the feedback writer did not reach PostgreSQL in {timeout_s:.0f} s")
             time.sleep(0.05)
 
+    def wait_drained(self, timeout_s: float = 60.0) -> None:
+        """Until every impression the gateways hold and every spooled event is in PostgreSQL."""
+        deadline = time.monotonic() + timeout_s
+        while not self._drained():
+            if time.monotonic() > deadline:
+                raise ServiceError(f"events still on their way to PostgreSQL after {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def _drained(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.feedback_url + "/readyz", timeout=2) as response:
+                writer = json.loads(response.read())
+            pending = 0.0
+            for n in range(self.config.gateways):
+                url = f"http://127.0.0.1:{self.gateway_port(n)}/readyz"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    pending += json.loads(response.read()).get("impressions_pending", 0)
+        except (OSError, ValueError):
+            return False
+        return bool(writer.get("database")) and writer.get("spooled") == 0 and pending == 0
+
     def stop(self) -> None:
         """Stops everything that runs, in reverse order; PostgreSQL last (the writer drains into it first)."""
         for part in (self.nginx, *reversed(self.gateways), self.writer):

@@ -1,0 +1,63 @@
+"""What the A/B report reads from PostgreSQL: per (day, group, user) counts and per-impression latencies.
+
+Only clean feedback counts: an event flagged by ``feedback_checked`` (no matching impression, a click on an item
+that was not shown, or a user/group that disagrees with the impression) is left out and counted in
+:class:`Flagged`, which the report prints beside the figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import pandas as pd
+
+from feedback.report import DAILY_COLUMNS, LATENCY_COLUMNS, ReportInput
+
+DAILY_SQL = """
+SELECT (i.ts AT TIME ZONE 'UTC')::date AS day, i.ab_group AS "group", i.user_id,
+       count(*) AS impressions,
+       count(*) FILTER (WHERE f.clicked) AS clicks,
+       count(*) FILTER (WHERE f.skipped) AS skips
+FROM impressions i
+LEFT JOIN (
+    SELECT request_id, bool_or(clicked_item IS NOT NULL) AS clicked, bool_or(cardinality(skipped_items) > 0) AS skipped
+    FROM feedback_checked
+    WHERE NOT (orphan OR click_not_shown OR mismatch)
+    GROUP BY request_id
+) f ON f.request_id = i.request_id
+WHERE i.ts >= $1 AND i.ts < $2
+GROUP BY 1, 2, 3
+"""
+LATENCY_SQL = 'SELECT ab_group AS "group", latency_ms FROM impressions WHERE ts >= $1 AND ts < $2'
+FLAGGED_SQL = """
+SELECT count(*) FILTER (WHERE orphan) AS orphan,
+       count(*) FILTER (WHERE click_not_shown) AS click_not_shown,
+       count(*) FILTER (WHERE mismatch) AS mismatch
+FROM feedback_checked WHERE ts >= $1 AND ts < $2
+"""
+
+
+@dataclass(frozen=True)
+class Flagged:
+    orphan: int
+    click_not_shown: int
+    mismatch: int
+
+
+async def load_report_input(dsn: str, since: datetime, until: datetime) -> tuple[ReportInput, Flagged]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        daily = await conn.fetch(DAILY_SQL, since, until)
+        latency = await conn.fetch(LATENCY_SQL, since, until)
+        flagged = await conn.fetchrow(FLAGGED_SQL, since, until)
+    finally:
+        await conn.close()
+    return (
+        ReportInput(
+            daily=pd.DataFrame([tuple(r) for r in daily], columns=list(DAILY_COLUMNS)),
+            latency=pd.DataFrame([tuple(r) for r in latency], columns=list(LATENCY_COLUMNS)),
+        ),
+        Flagged(**dict(flagged)) if flagged is not None else Flagged(0, 0, 0),
+    )

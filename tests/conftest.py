@@ -49,7 +49,7 @@ def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The whole local stack on free ports: PostgreSQL, Triton, feedback writer, two gateways, NGINX.
+    """The whole local stack on free ports: PostgreSQL, Triton, feedback writer, two gateways, NGINX, Prometheus.
 
     Session-wide because it takes ~20 s to start; tests that stop a part (outage tests) start it again before they
     end. The database is emptied once at the start.
@@ -68,6 +68,8 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
         ports=StackPorts.free(),
         postgres_dir=pg_dir,
         gateways=2,
+        prometheus=True,
+        scrape_interval="1s",
     )
     local = LocalStack(config)
     local.postgres.start()

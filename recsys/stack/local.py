@@ -24,6 +24,7 @@ from gateway.experiment import Experiment, load_experiment
 from recsys.stack.nginx import LocalNginx
 from recsys.stack.postgres import LocalPostgres, default_data_dir
 from recsys.stack.process import ServiceError, ServiceProcess
+from recsys.stack.prometheus import LocalPrometheus
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class StackConfig:
     nginx_rate_per_s: int = 5000
     nginx_burst: int = 2000
     triton_timeout_ms: int = 500
+    prometheus: bool = False  # also run Prometheus, scraping the gateways, the writer and Triton
+    scrape_interval: str = "5s"
 
 
 class LocalStack:
@@ -119,6 +122,17 @@ class LocalStack:
             burst=config.nginx_burst,
         )
         self.nginx: ServiceProcess | None = None
+        self.prometheus_site = LocalPrometheus(
+            workdir=work / "prometheus",
+            port=ports.prometheus,
+            targets={
+                "gateway": [f"127.0.0.1:{self.gateway_port(n)}" for n in range(config.gateways)],
+                "feedback": [f"127.0.0.1:{ports.feedback}"],
+                "triton": [f"127.0.0.1:{ports.triton_metrics}"],
+            },
+            scrape_interval=config.scrape_interval,
+        )
+        self.prometheus: ServiceProcess | None = None
 
     def gateway_port(self, n: int) -> int:
         """Gateway n listens on the configured port + 100 n (n = 0 on the configured one)."""
@@ -177,6 +191,9 @@ class LocalStack:
                 gateway.start()
             log.info("starting NGINX on %s", self.nginx_url)
             self.nginx = self.nginx_site.process().start()
+            if self.config.prometheus:
+                log.info("starting Prometheus on %s", self.prometheus_site.url)
+                self.prometheus = self.prometheus_site.process().start()
         except BaseException:
             self.stop()
             raise
@@ -213,7 +230,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stops everything that runs, in reverse order; PostgreSQL last (the writer drains into it first)."""
-        for part in (self.nginx, *reversed(self.gateways), self.writer):
+        for part in (self.prometheus, self.nginx, *reversed(self.gateways), self.writer):
             if part is not None:
                 with contextlib.suppress(Exception):
                     part.stop()

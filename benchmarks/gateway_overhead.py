@@ -122,15 +122,14 @@ def main(argv: list[str] | None = None) -> int:
                 analyzer, "recsys_b", f"127.0.0.1:{ports.triton_grpc}", concurrency=LEVELS,
                 work_dir=work / "perf", input_data=inputs["by_id"], measurement=measurement,
             )  # fmt: skip
-            for row in direct.rows:
-                results.append(Figures("Triton gRPC direct (perf_analyzer)", row.concurrency, row.throughput,
-                                       row.p50_ms, row.p99_ms, 0))  # fmt: skip
+            results += [
+                Figures("Triton gRPC direct (perf_analyzer)", r.concurrency, r.throughput, r.p50_ms, r.p99_ms, 0)
+                for r in direct.rows
+            ]
             for level in LEVELS:
                 results.append(run_wrk(stack.gateway_url, script, level, seconds, "REST -> gateway -> Triton (wrk)"))
                 results.append(run_wrk(stack.nginx_url, script, level, seconds, "REST -> NGINX -> gateway (wrk)"))
             time.sleep(0.5)
-    by = {(f.path.split(" ")[0] + f.path.split(" ")[2], f.concurrency): f for f in results}
-    triton1, gateway1 = by[("Tritondirect", 1)], by[("REST->", 1)] if ("REST->", 1) in by else None
     rows = [[f.path, str(f.concurrency), f"{f.throughput:,.0f}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", str(f.errors)]
             for f in sorted(results, key=lambda f: (f.concurrency, f.path))]  # fmt: skip
     direct_ = {f.concurrency: f for f in results if f.path.startswith("Triton")}
@@ -139,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     added_p50 = gateway[1].p50_ms - direct_[1].p50_ms
     kept = gateway[16].throughput / direct_[16].throughput
     nginx_added = nginx[1].p50_ms - gateway[1].p50_ms
-    del triton1, gateway1
     markdown = "\n".join([
         f"# Gateway and NGINX overhead ({now_utc()})", "",
         f"Catalog {catalog.users:,} users x {catalog.items:,} items, 64 factors, top 10, every request to recsys_b; "

@@ -40,7 +40,12 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> 
         await writer.close()
         spool.close()
 
-    app = FastAPI(title="recsys feedback writer", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="recsys feedback writer",
+        version="1",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},  # metrics go to Prometheus
+    )
 
     @app.post(
         "/events",

@@ -1,4 +1,7 @@
-"""What the A/B report reads from PostgreSQL: per (day, group, user) counts and per-impression latencies.
+"""What the A/B report reads from PostgreSQL: per (period, group, user) counts and per-impression latencies.
+
+The period is the impression's time truncated in UTC to the report's bucket (minute, hour or day); the bucket is
+a bound parameter of ``date_trunc``, checked against :data:`feedback.report.BUCKETS` before any query runs.
 
 Only clean feedback counts: an event flagged by ``feedback_checked`` (no matching impression, a click on an item
 that was not shown, or a user/group that disagrees with the impression) is left out and counted in
@@ -13,10 +16,10 @@ from datetime import datetime
 import asyncpg
 import pandas as pd
 
-from feedback.report import DAILY_COLUMNS, LATENCY_COLUMNS, ReportInput
+from feedback.report import LATENCY_COLUMNS, SERIES_COLUMNS, Bucket, ReportInput, parse_bucket
 
-DAILY_SQL = """
-SELECT (i.ts AT TIME ZONE 'UTC')::date AS day, i.ab_group AS "group", i.user_id,
+SERIES_SQL = """
+SELECT date_trunc($3::text, i.ts AT TIME ZONE 'UTC') AS period, i.ab_group AS "group", i.user_id,
        count(*) AS impressions,
        count(*) FILTER (WHERE f.clicked) AS clicks,
        count(*) FILTER (WHERE f.skipped) AS skips
@@ -46,18 +49,23 @@ class Flagged:
     mismatch: int
 
 
-async def load_report_input(dsn: str, since: datetime, until: datetime) -> tuple[ReportInput, Flagged]:
+async def load_report_input(
+    dsn: str, since: datetime, until: datetime, *, bucket: Bucket = "day"
+) -> tuple[ReportInput, Flagged]:
+    """The window [since, until) bucketed by ``bucket``; raises :class:`feedback.report.ReportError` on a bad one."""
+    bucket = parse_bucket(bucket)
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
-        daily = await conn.fetch(DAILY_SQL, since, until)
+        series = await conn.fetch(SERIES_SQL, since, until, bucket)
         latency = await conn.fetch(LATENCY_SQL, since, until)
         flagged = await conn.fetchrow(FLAGGED_SQL, since, until)
     finally:
         await conn.close()
     return (
         ReportInput(
-            daily=pd.DataFrame([tuple(r) for r in daily], columns=list(DAILY_COLUMNS)),
+            series=pd.DataFrame([tuple(r) for r in series], columns=list(SERIES_COLUMNS)),
             latency=pd.DataFrame([tuple(r) for r in latency], columns=list(LATENCY_COLUMNS)),
+            bucket=bucket,
         ),
         Flagged(**dict(flagged)) if flagged is not None else Flagged(0, 0, 0),
     )

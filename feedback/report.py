@@ -1,9 +1,12 @@
-"""The A/B report: per-group summaries, comparisons with the control, SRM, and the daily series; three renderers.
+"""The A/B report: per-group summaries, comparisons with the control, SRM, and the series over time; three renderers.
 
 ``build_report(ReportInput) -> Report`` is pure (DataFrames in, frozen dataclasses out); the SQL that fills
 ``ReportInput`` lives with the writer, and the renderers (``to_table``, ``to_json``, ``plot_ctr``) only read a
-``Report``. Users are the unit of analysis throughout (see ``feedback.stats``): a user's rows over days and
+``Report``. Users are the unit of analysis throughout (see ``feedback.stats``): a user's rows over periods and
 requests are summed before any variance is taken.
+
+The series is cumulative per time bucket (:data:`BUCKETS`: a minute, an hour or a UTC day), so that a one-minute
+demo and a month-long experiment both get a readable curve; ``period`` is always the bucket's start in UTC.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from matplotlib import dates as mdates
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
@@ -35,8 +40,17 @@ from feedback.stats import (
     srm_test,
 )
 
-DAILY_COLUMNS = ("day", "group", "user_id", "impressions", "clicks", "skips")
-"""One row per (day, group, user): that user's impressions on that day, how many were clicked, how many skipped."""
+Bucket = Literal["minute", "hour", "day"]
+BUCKETS: tuple[Bucket, ...] = ("minute", "hour", "day")
+"""The time buckets of the series, as PostgreSQL's ``date_trunc`` names them."""
+BUCKET_WIDTH: dict[Bucket, dt.timedelta] = {
+    "minute": dt.timedelta(minutes=1),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+}
+SERIES_COLUMNS = ("period", "group", "user_id", "impressions", "clicks", "skips")
+"""One row per (period, group, user): that user's impressions in that bucket, how many were clicked, how many
+skipped."""
 LATENCY_COLUMNS = ("group", "latency_ms")
 """One row per impression: the group and the inference latency the gateway recorded (NULLs are dropped)."""
 COUNT_COLUMNS = ("impressions", "clicks", "skips")
@@ -53,16 +67,17 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class ReportInput:
-    """What the report reads from PostgreSQL, as two DataFrames.
+    """What the report reads from PostgreSQL, as two DataFrames and the time bucket of the series.
 
-    ``daily`` has :data:`DAILY_COLUMNS`. ``day`` is a date (or a timestamp, normalized to its day; tz-aware
-    timestamps are taken in UTC); ``clicks`` counts impressions with a click and ``skips`` impressions with a
-    skip, so CTR and skip rate are per impression. Several rows for one (day, group, user) are summed.
-    ``latency`` has :data:`LATENCY_COLUMNS`.
+    ``series`` has :data:`SERIES_COLUMNS`. ``period`` is a date or a timestamp (tz-aware ones are taken in UTC,
+    naive ones are UTC), floored to ``bucket``, so raw timestamps work as well as the SQL's truncated ones;
+    ``clicks`` counts impressions with a click and ``skips`` impressions with a skip, so CTR and skip rate are
+    per impression. Several rows for one (period, group, user) are summed. ``latency`` has :data:`LATENCY_COLUMNS`.
     """
 
-    daily: pd.DataFrame
+    series: pd.DataFrame
     latency: pd.DataFrame
+    bucket: Bucket = "day"
 
 
 @dataclass(frozen=True)
@@ -128,10 +143,10 @@ class SRMCheck:
 
 
 @dataclass(frozen=True)
-class DailyGroupPoint:
-    """Cumulative CTR per impression of one group up to and including ``day``."""
+class SeriesGroupPoint:
+    """Cumulative CTR per impression of one group up to the end of the bucket starting at ``period`` (UTC)."""
 
-    day: dt.date
+    period: dt.datetime
     group: str
     users: int
     impressions: int
@@ -140,10 +155,11 @@ class DailyGroupPoint:
 
 
 @dataclass(frozen=True)
-class DailyDifferencePoint:
-    """Cumulative CTR difference (treatment - control) up to ``day``, fixed-horizon and always-valid."""
+class SeriesDifferencePoint:
+    """Cumulative CTR difference (treatment - control) up to the end of the bucket starting at ``period`` (UTC),
+    fixed-horizon and always-valid."""
 
-    day: dt.date
+    period: dt.datetime
     treatment: str
     users: int
     difference: Interval
@@ -159,8 +175,9 @@ class Report:
     groups: tuple[GroupSummary, ...]
     comparisons: tuple[Comparison, ...]
     srm: SRMCheck | None
-    daily_groups: tuple[DailyGroupPoint, ...]
-    daily_differences: tuple[DailyDifferencePoint, ...]
+    bucket: Bucket
+    series_groups: tuple[SeriesGroupPoint, ...]
+    series_differences: tuple[SeriesDifferencePoint, ...]
     warnings: tuple[str, ...]
 
     def group(self, name: str) -> GroupSummary:
@@ -196,33 +213,44 @@ def _counts(series: pd.Series, name: str) -> np.ndarray[Any, np.dtype[np.int64]]
     return values.astype(np.int64)
 
 
-def _days(series: pd.Series) -> pd.Series:
+def parse_bucket(value: str) -> Bucket:
+    """``value`` as a :data:`Bucket`; the one check every path (CLI, SQL, report) goes through."""
+    if value not in BUCKETS:
+        raise ReportError(f"bucket must be one of {', '.join(BUCKETS)}; got {value!r}")
+    return value
+
+
+_FLOOR: dict[Bucket, str] = {"minute": "min", "hour": "h", "day": "D"}
+
+
+def _periods(series: pd.Series, bucket: Bucket) -> pd.Series:
+    """Naive UTC timestamps floored to the bucket."""
     try:
-        days = pd.to_datetime(series)
+        periods = pd.to_datetime(series)
     except (TypeError, ValueError) as exc:
-        raise ReportError("column 'day' must hold dates or timestamps") from exc
-    if days.isna().any():
-        raise ReportError("column 'day' has missing values")
-    if days.dt.tz is not None:
-        days = days.dt.tz_convert("UTC").dt.tz_localize(None)
-    return days.dt.normalize()
+        raise ReportError("column 'period' must hold dates or timestamps") from exc
+    if periods.isna().any():
+        raise ReportError("column 'period' has missing values")
+    if periods.dt.tz is not None:
+        periods = periods.dt.tz_convert("UTC").dt.tz_localize(None)
+    return periods.dt.floor(_FLOOR[bucket])
 
 
-def _clean_daily(daily: pd.DataFrame) -> pd.DataFrame:
-    _require_columns(daily, DAILY_COLUMNS, "daily input")
-    if daily.empty:
-        raise ReportError("no impressions: the daily input is empty")
-    if daily["group"].isna().any() or daily["user_id"].isna().any():
+def _clean_series(series: pd.DataFrame, bucket: Bucket) -> pd.DataFrame:
+    _require_columns(series, SERIES_COLUMNS, "series input")
+    if series.empty:
+        raise ReportError("no impressions: the series input is empty")
+    if series["group"].isna().any() or series["user_id"].isna().any():
         raise ReportError("columns 'group' and 'user_id' must not be missing")
     out = pd.DataFrame(
         {
-            "day": _days(daily["day"]).to_numpy(),
-            "group": daily["group"].astype(str).to_numpy(),
-            "user_id": daily["user_id"].astype(str).to_numpy(),
+            "period": _periods(series["period"], bucket).to_numpy(),
+            "group": series["group"].astype(str).to_numpy(),
+            "user_id": series["user_id"].astype(str).to_numpy(),
         }
     )
     for col in COUNT_COLUMNS:
-        out[col] = _counts(daily[col], col)
+        out[col] = _counts(series[col], col)
     return out
 
 
@@ -233,8 +261,8 @@ def _clean_latency(latency: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"group": latency["group"].astype(str).to_numpy()[keep], "latency_ms": values[keep]})
 
 
-def _group_names(daily: pd.DataFrame, latency: pd.DataFrame, expected_shares: Mapping[str, float] | None) -> list[str]:
-    seen = set(daily["group"].unique())
+def _group_names(series: pd.DataFrame, latency: pd.DataFrame, expected_shares: Mapping[str, float] | None) -> list[str]:
+    seen = set(series["group"].unique())
     if expected_shares is None:
         groups = sorted(seen)
     else:
@@ -290,14 +318,14 @@ def _why_not_estimable(g: GroupSummary, metric: str) -> str | None:
     return None
 
 
-def _cumulative_ctr_moments(daily: pd.DataFrame, groups: list[str], days: pd.DatetimeIndex) -> dict[str, Moments]:
-    """Per group, the moments of users' cumulative (impressions, clicks) at the end of each day, in O(rows).
+def _cumulative_ctr_moments(series: pd.DataFrame, groups: list[str], periods: pd.DatetimeIndex) -> dict[str, Moments]:
+    """Per group, the moments of users' cumulative (impressions, clicks) at the end of each period, in O(rows).
 
     When a user's running totals move from (px, py) to (cx, cy), the sums of squares move by cx^2 - px^2 and so
-    on, and the user count moves by one on the user's first day; summing these increments per day and taking a
-    running total gives the moments of everyone's totals so far.
+    on, and the user count moves by one in the user's first period; summing these increments per period and taking
+    a running total gives the moments of everyone's totals so far.
     """
-    per = daily.groupby(["group", "user_id", "day"], sort=True)[["impressions", "clicks"]].sum().reset_index()
+    per = series.groupby(["group", "user_id", "period"], sort=True)[["impressions", "clicks"]].sum().reset_index()
     by_user = per.groupby(["group", "user_id"], sort=False)
     x = per["impressions"].to_numpy(dtype=np.float64)
     y = per["clicks"].to_numpy(dtype=np.float64)
@@ -307,7 +335,7 @@ def _cumulative_ctr_moments(daily: pd.DataFrame, groups: list[str], days: pd.Dat
     inc = pd.DataFrame(
         {
             "group": per["group"].to_numpy(),
-            "day": per["day"].to_numpy(),
+            "period": per["period"].to_numpy(),
             "n": (by_user.cumcount() == 0).to_numpy(dtype=np.float64),
             "sx": x,
             "sy": y,
@@ -316,15 +344,15 @@ def _cumulative_ctr_moments(daily: pd.DataFrame, groups: list[str], days: pd.Dat
             "sxy": cx * cy - px * py,
         }
     )
-    totals = inc.groupby(["group", "day"]).sum()
+    totals = inc.groupby(["group", "period"]).sum()
     fields = ("n", "sx", "sy", "sxx", "syy", "sxy")
     out: dict[str, Moments] = {}
     for g in groups:
         if g in totals.index.get_level_values("group"):
-            per_day = totals.xs(g, level="group").reindex(days, fill_value=0.0)
-            cols = [np.cumsum(per_day[f].to_numpy(dtype=np.float64)) for f in fields]
+            per_period = totals.xs(g, level="group").reindex(periods, fill_value=0.0)
+            cols = [np.cumsum(per_period[f].to_numpy(dtype=np.float64)) for f in fields]
         else:
-            cols = [np.zeros(len(days)) for _ in fields]
+            cols = [np.zeros(len(periods)) for _ in fields]
         out[g] = Moments(*cols)
     return out
 
@@ -338,7 +366,8 @@ def build_report(
     planned_users: int = DEFAULT_PLANNED_USERS,
     srm_threshold: float = SRM_THRESHOLD,
 ) -> Report:
-    """Summaries per group, every group compared with ``control``, the SRM check and the daily series.
+    """Summaries per group, every group compared with ``control``, the SRM check and the cumulative series per
+    ``data.bucket``.
 
     ``expected_shares`` (group -> share, normalized) names the experiment's groups; a group there with no data is
     reported with zero users (and trips the SRM check). Without it, the groups are those in the data, with equal
@@ -349,14 +378,15 @@ def build_report(
         raise ReportError(f"alpha must be in (0, 1), got {alpha}")
     if planned_users <= 0:
         raise ReportError(f"planned_users must be positive, got {planned_users}")
-    daily = _clean_daily(data.daily)
+    bucket = parse_bucket(data.bucket)
+    series = _clean_series(data.series, bucket)
     latency = _clean_latency(data.latency)
-    groups = _group_names(daily, latency, expected_shares)
+    groups = _group_names(series, latency, expected_shares)
     if control not in groups:
         raise ReportError(f"control group {control!r} is not among the groups {groups}")
     warnings: list[str] = []
 
-    users = daily.groupby(["group", "user_id"], sort=True)[list(COUNT_COLUMNS)].sum().reset_index()
+    users = series.groupby(["group", "user_id"], sort=True)[list(COUNT_COLUMNS)].sum().reset_index()
     multi = int((users.groupby("user_id")["group"].nunique() > 1).sum())
     if multi:
         warnings.append(f"{multi} users appear in more than one group; each (group, user) pair counts as one unit")
@@ -442,17 +472,17 @@ def build_report(
                 "do not trust the comparisons until the assignment is explained"
             )
 
-    days = pd.DatetimeIndex(sorted(daily["day"].unique()))
-    cum = _cumulative_ctr_moments(daily, groups, days)
-    day_list = [d.date() for d in days]
-    daily_groups: list[DailyGroupPoint] = []
+    periods = pd.DatetimeIndex(sorted(series["period"].unique()))
+    cum = _cumulative_ctr_moments(series, groups, periods)
+    starts = [p.to_pydatetime().replace(tzinfo=dt.UTC) for p in periods]
+    series_groups: list[SeriesGroupPoint] = []
     cum_est = {g: ratio_estimate(cum[g]) for g in groups}
     for g in groups:
         low, high = cum_est[g].interval(alpha)
-        for i, day in enumerate(day_list):
-            daily_groups.append(
-                DailyGroupPoint(
-                    day=day,
+        for i, start in enumerate(starts):
+            series_groups.append(
+                SeriesGroupPoint(
+                    period=start,
                     group=g,
                     users=int(cum[g].n[i]),
                     impressions=int(cum[g].sx[i]),
@@ -460,16 +490,16 @@ def build_report(
                     ctr=Interval(float(cum_est[g].value[i]), float(low[i]), float(high[i])),
                 )
             )
-    daily_differences: list[DailyDifferencePoint] = []
+    series_differences: list[SeriesDifferencePoint] = []
     for t in groups:
         if t == control:
             continue
         d = compare(cum_est[control], cum_est[t], alpha)
         cs = always_valid_interval(d.estimate, d.se**2, d.n, alpha=alpha, planned_n=planned_users)
-        for i, day in enumerate(day_list):
-            daily_differences.append(
-                DailyDifferencePoint(
-                    day=day,
+        for i, start in enumerate(starts):
+            series_differences.append(
+                SeriesDifferencePoint(
+                    period=start,
                     treatment=t,
                     users=int(d.n[i]),
                     difference=Interval(float(d.estimate[i]), float(d.ci_low[i]), float(d.ci_high[i])),
@@ -485,8 +515,9 @@ def build_report(
         groups=tuple(summaries),
         comparisons=tuple(comparisons),
         srm=srm,
-        daily_groups=tuple(daily_groups),
-        daily_differences=tuple(daily_differences),
+        bucket=bucket,
+        series_groups=tuple(series_groups),
+        series_differences=tuple(series_differences),
         warnings=tuple(warnings),
     )
 
@@ -504,7 +535,13 @@ def _interval_json(i: Interval) -> dict[str, float | None]:
 
 
 def to_json(report: Report) -> dict[str, Any]:
-    """A JSON-serialisable dict with stable keys; NaN becomes ``null`` (``json.dumps(..., allow_nan=False)`` works)."""
+    """A JSON-serialisable dict with stable keys; NaN becomes ``null`` (``json.dumps(..., allow_nan=False)`` works).
+
+    Top-level keys: ``control``, ``alpha``, ``sequential``, ``groups``, ``comparisons``, ``srm``, ``series``,
+    ``warnings``. ``series`` is ``{"bucket": "minute" | "hour" | "day", "groups": [...], "differences": [...]}``;
+    each point's ``period`` is the start of its bucket in ISO 8601 UTC (``2026-03-01T12:03:00+00:00``), whatever
+    the bucket, and its figures are cumulative up to the end of that bucket.
+    """
     return {
         "control": report.control,
         "alpha": report.alpha,
@@ -557,27 +594,28 @@ def to_json(report: Report) -> dict[str, Any]:
             "flagged": report.srm.flagged,
             "threshold": report.srm.threshold,
         },
-        "daily": {
+        "series": {
+            "bucket": report.bucket,
             "groups": [
                 {
-                    "day": p.day.isoformat(),
+                    "period": p.period.isoformat(),
                     "group": p.group,
                     "users": p.users,
                     "impressions": p.impressions,
                     "clicks": p.clicks,
                     "ctr": _interval_json(p.ctr),
                 }
-                for p in report.daily_groups
+                for p in report.series_groups
             ],
             "differences": [
                 {
-                    "day": p.day.isoformat(),
+                    "period": p.period.isoformat(),
                     "treatment": p.treatment,
                     "users": p.users,
                     "difference": _interval_json(p.difference),
                     "always_valid": _interval_json(p.always_valid),
                 }
-                for p in report.daily_differences
+                for p in report.series_differences
             ],
         },
         "warnings": list(report.warnings),
@@ -682,77 +720,134 @@ def to_table(report: Report) -> Table:
     return grid
 
 
-def plot_ctr(report: Report, path: str | Path) -> Path:
-    """PNG of cumulative CTR per group by day with its interval band (top) and, per treatment, the CTR difference
-    with its fixed-horizon interval (dashed) and the always-valid band (shaded) around zero (bottom)."""
-    out = Path(path)
+def _point_with_bar(ax: Axes, x: dt.datetime, i: Interval, **style: Any) -> None:
+    """One estimate with its interval as an error bar: with a single bucket a band has no width to show."""
+    if not math.isfinite(i.value):
+        return
+    yerr = None
+    if math.isfinite(i.low) and math.isfinite(i.high):
+        yerr = [[100 * max(i.value - i.low, 0.0)], [100 * max(i.high - i.value, 0.0)]]
+    ax.errorbar(np.array([x]), [100 * i.value], yerr=yerr, fmt="o", capsize=5, **style)
+
+
+def ctr_figure(report: Report) -> Figure:
+    """Cumulative CTR per group by bucket with its interval (top) and, per treatment, the CTR difference with its
+    fixed-horizon interval and the always-valid interval around zero (bottom); Agg canvas, no pyplot state.
+
+    Over several buckets the intervals are bands (the fixed-horizon one of the difference dashed); with one bucket
+    they are error bars (the always-valid one wide and pale), the groups side by side. The x-axis spans the data
+    padded by one bucket, with ticks no finer than the bucket.
+    """
     fig = Figure(figsize=(9.0, 7.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True)
     level = round(100 * (1 - report.alpha))
-    for g in report.groups:
-        gpts = [p for p in report.daily_groups if p.group == g.group]
-        days = [p.day for p in gpts]
+    width = BUCKET_WIDTH[report.bucket]
+    periods = sorted({p.period for p in report.series_groups})
+    single = len(periods) == 1
+    colors = {g.group: f"C{k}" for k, g in enumerate(report.groups)}  # a difference takes its treatment's colour
+
+    def dodge(k: int, n: int) -> dt.timedelta:
+        return width * 0.1 * (k - (n - 1) / 2) if single else dt.timedelta(0)
+
+    for k, g in enumerate(report.groups):
+        gpts = [p for p in report.series_groups if p.group == g.group]
+        color = colors[g.group]
+        if single:
+            _point_with_bar(top, gpts[0].period + dodge(k, len(report.groups)), gpts[0].ctr, color=color, label=g.group)
+            continue
+        x = [p.period for p in gpts]
         value = np.array([p.ctr.value for p in gpts])
-        line = top.plot(days, 100 * value, marker="o", markersize=3, label=g.group)[0]
+        top.plot(x, 100 * value, marker="o", markersize=3, color=color, label=g.group)
         low, high = np.array([p.ctr.low for p in gpts]), np.array([p.ctr.high for p in gpts])
-        top.fill_between(days, 100 * low, 100 * high, color=line.get_color(), alpha=0.2, linewidth=0)
+        top.fill_between(x, 100 * low, 100 * high, color=color, alpha=0.2, linewidth=0)
     top.set_ylabel("cumulative CTR per impression (%)")
-    top.set_title(f"CTR by day with {level}% intervals (users as the unit)")
-    top.legend(loc="best")
-    if report.daily_differences:
-        for t in dict.fromkeys(p.treatment for p in report.daily_differences):
-            pts = [p for p in report.daily_differences if p.treatment == t]
-            days = [p.day for p in pts]
+    top.set_title(f"cumulative CTR per {report.bucket} with {level}% intervals (users as the unit)")
+    if top.get_legend_handles_labels()[0]:  # with one bucket, a group with no estimate draws nothing
+        top.legend(loc="best")
+    if report.series_differences:
+        treatments = list(dict.fromkeys(p.treatment for p in report.series_differences))
+        for k, t in enumerate(treatments):
+            pts = [p for p in report.series_differences if p.treatment == t]
+            color = colors[t]
+            label = f"{t} - {report.control}"
+            if single:
+                x0 = pts[0].period + dodge(k, len(treatments))
+                av = pts[0].always_valid
+                if math.isfinite(av.low) and math.isfinite(av.high):
+                    bottom.vlines(x0, 100 * av.low, 100 * av.high, color=color, alpha=0.25, linewidth=12)
+                _point_with_bar(bottom, x0, pts[0].difference, color=color, label=label)
+                continue
+            x = [p.period for p in pts]
             diff = np.array([p.difference.value for p in pts])
-            line = bottom.plot(days, 100 * diff, marker="o", markersize=3, label=f"{t} - {report.control}")[0]
-            color = line.get_color()
+            bottom.plot(x, 100 * diff, marker="o", markersize=3, color=color, label=label)
             av_low = np.array([p.always_valid.low for p in pts])
             av_high = np.array([p.always_valid.high for p in pts])
-            bottom.fill_between(days, 100 * av_low, 100 * av_high, color=color, alpha=0.2, linewidth=0)
+            bottom.fill_between(x, 100 * av_low, 100 * av_high, color=color, alpha=0.2, linewidth=0)
             for bound in ([p.difference.low for p in pts], [p.difference.high for p in pts]):
-                bottom.plot(days, 100 * np.array(bound), color=color, linestyle="--", linewidth=0.8)
+                bottom.plot(x, 100 * np.array(bound), color=color, linestyle="--", linewidth=0.8)
         bottom.axhline(0.0, color="black", linewidth=0.8)
-        # The first days' always-valid band is very wide by design; frame the later two thirds of the series.
-        all_days = sorted({p.day for p in report.daily_differences})
-        cut = all_days[len(all_days) // 3]
+        # The first buckets' always-valid band is very wide by design; frame the later two thirds of the series.
+        cut = periods[len(periods) // 3]
         bounds = [
-            abs(b) for p in report.daily_differences if p.day >= cut for b in (p.always_valid.low, p.always_valid.high)
+            abs(b)
+            for p in report.series_differences
+            if p.period >= cut
+            for b in (p.always_valid.low, p.always_valid.high, p.difference.value)
         ]
         finite = [b for b in bounds if math.isfinite(b)]
-        if finite:
+        if finite and max(finite) > 0:
             limit = 100 * 1.15 * max(finite)
             bottom.set_ylim(-limit, limit)
-        bottom.legend(loc="best")
-        bottom.set_title("difference: always-valid band (shaded) and fixed-horizon interval (dashed)")
+        if bottom.get_legend_handles_labels()[0]:
+            bottom.legend(loc="best")
+        how = "wide pale bar) and fixed-horizon interval (error bar" if single else "shaded) and fixed-horizon (dashed"
+        bottom.set_title(f"difference: always-valid interval ({how}), {level}%")
     else:
         bottom.text(0.5, 0.5, "no comparison (one group)", ha="center", va="center", transform=bottom.transAxes)
     bottom.set_ylabel("CTR difference (points)")
-    bottom.set_xlabel("day")
-    for label in bottom.get_xticklabels():
-        label.set_rotation(30)
-        label.set_horizontalalignment("right")
+    bottom.set_xlabel(f"{report.bucket} (UTC, start of the bucket)")
+    bottom.set_xlim(periods[0] - width, periods[-1] + width)
+    # Padded by a bucket the axis spans at least two, so two ticks at least keep the ticks at the bucket or coarser.
+    locator = mdates.AutoDateLocator(tz=dt.UTC, minticks=2, maxticks=10)  # type: ignore[no-untyped-call]
+    bottom.xaxis.set_major_locator(locator)
+    # Concise labels (the date or year once, in the corner), but days as "Mar 01" rather than a bare "01".
+    formats = ["%Y", "%b", "%b %d", "%H:%M", "%H:%M", "%S.%f"]
+    zero_formats = ["", "%Y", "%b %d", "%b %d", "%H:%M", "%H:%M"]
+    formatter = mdates.ConciseDateFormatter(locator, tz=dt.UTC, formats=formats, zero_formats=zero_formats)  # type: ignore[no-untyped-call]
+    bottom.xaxis.set_major_formatter(formatter)
+    return fig
+
+
+def plot_ctr(report: Report, path: str | Path) -> Path:
+    """Writes :func:`ctr_figure` as a PNG at ``path`` (parents created) and returns the path."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    ctr_figure(report).savefig(out, format="png")
     return out
 
 
 __all__ = [
-    "DAILY_COLUMNS",
+    "BUCKETS",
+    "BUCKET_WIDTH",
     "DEFAULT_PLANNED_USERS",
     "LATENCY_COLUMNS",
     "METRICS",
+    "SERIES_COLUMNS",
+    "Bucket",
     "Comparison",
-    "DailyDifferencePoint",
-    "DailyGroupPoint",
     "GroupSummary",
     "Interval",
     "Report",
     "ReportError",
     "ReportInput",
     "SRMCheck",
+    "SeriesDifferencePoint",
+    "SeriesGroupPoint",
     "build_report",
     "comparison_table",
+    "ctr_figure",
+    "parse_bucket",
     "plot_ctr",
     "summary_table",
     "to_json",

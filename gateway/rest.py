@@ -130,6 +130,9 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
         version="1",
         summary="Music recommendations over REST, answered by Triton; A/B groups and feedback.",
         lifespan=lifespan,
+        # Metrics go to Prometheus (gateway.metrics); FastAPI's own OpenTelemetry hooks would only cost time on
+        # every request (an environment and provider check each).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(GatewayError)

@@ -329,7 +329,7 @@ def _demo_serving(out_dir: Path, user_ids: list[str], world: Any, listeners: int
         stack.wait_drained()
         print_ab_report(
             stack.database_url, stack.experiment, started, datetime.now(UTC), planned_users=2 * listeners,
-            json_out=out_dir / "ab-report.json", plot=out_dir / "ab-report.png",
+            json_out=out_dir / "ab-report.json", plot=out_dir / "ab-report.png", bucket="minute",
         )  # fmt: skip
     out.print("stack stopped")
 
@@ -527,6 +527,9 @@ def ab_report(
     ] = 10_000,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw CTR over time with intervals into this PNG.")] = None,
+    bucket: Annotated[
+        str, typer.Option(help="Time bucket of the series over time (JSON, PNG): minute, hour or day (UTC).")
+    ] = "day",
 ) -> None:
     """A/B report from PostgreSQL [RECSYS_DATABASE_URL]: per group CTR, skips, latency; differences with
     intervals and p-values; sample-ratio-mismatch check; always-valid (sequential) interval."""
@@ -537,7 +540,7 @@ def ab_report(
     start = (since or end - timedelta(days=30)).replace(tzinfo=(since.tzinfo if since and since.tzinfo else UTC))
     print_ab_report(
         settings.database_url.get_secret_value(), experiment_of(settings), start, end,
-        control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot,
+        control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
 
 
@@ -552,16 +555,22 @@ def print_ab_report(
     planned_users: int = 10_000,
     json_out: Path | None = None,
     plot: Path | None = None,
+    bucket: str = "day",
 ) -> None:
-    """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked)."""
+    """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked); the series over
+    time is cumulative per ``bucket`` (minute, hour or day, in UTC)."""
     import asyncio
 
     from feedback.queries import load_report_input
-    from feedback.report import ReportError, build_report, plot_ctr, to_json, to_table
+    from feedback.report import ReportError, build_report, parse_bucket, plot_ctr, to_json, to_table
 
+    try:
+        checked = parse_bucket(bucket)
+    except ReportError as exc:
+        raise ConfigError(f"--bucket: {exc}") from None
     shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
     try:
-        data, flagged = asyncio.run(load_report_input(database_url, start, end))
+        data, flagged = asyncio.run(load_report_input(database_url, start, end, bucket=checked))
     except OSError as exc:
         raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
     try:

@@ -9,6 +9,7 @@ import logging
 import grpc
 import uvicorn
 
+from gateway.coalesce import Coalescer
 from gateway.events import EventSink
 from gateway.experiment import Experiment, load_experiment
 from gateway.grpc_api import add_to_server
@@ -28,9 +29,11 @@ def experiment_of(settings: Settings) -> Experiment:
 def build_service(settings: Settings, experiment: Experiment | None = None) -> GatewayService:
     """Call inside the event loop that will serve (the gRPC channel binds to it)."""
     metrics = GatewayMetrics()
+    triton = AsyncTritonRecommender(settings.triton_grpc_url, timeout_s=settings.triton_timeout_ms / 1000.0)
     return GatewayService(
         experiment=experiment or experiment_of(settings),
-        triton=AsyncTritonRecommender(settings.triton_grpc_url, timeout_s=settings.triton_timeout_ms / 1000.0),
+        triton=triton,
+        coalescer=Coalescer(triton, max_in_flight=settings.triton_max_in_flight, timeout_s=triton.timeout_s),
         events=EventSink(settings.feedback_url, timeout_s=settings.feedback_timeout_s, metrics=metrics),
         metrics=metrics,
         default_top_k=settings.default_top_k,

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.coalesce import Coalescer
 from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
 from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
@@ -84,12 +85,14 @@ class GatewayService:
         experiment: Experiment,
         triton: AsyncTritonRecommender,
         events: EventSink,
+        coalescer: Coalescer | None = None,
         metrics: GatewayMetrics,
         default_top_k: int = 10,
         max_top_k: int = 1000,
     ) -> None:
         self.experiment = experiment
         self.triton = triton
+        self.coalescer = coalescer or Coalescer(triton, timeout_s=triton.timeout_s)
         self.events = events
         self.metrics = metrics
         self.default_top_k = default_top_k
@@ -122,7 +125,7 @@ class GatewayService:
         model = self.experiment.model_of(group)
         start = time.perf_counter()
         try:
-            (rec,) = await self.triton.recommend(model, [user_id], k)
+            rec = await self.coalescer.recommend(model, user_id, k)
         except TritonCallError as exc:
             if exc.status == "INVALID_ARGUMENT":
                 raise GatewayError.invalid(str(exc)) from None

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8080, description="gateway REST port")
     gateway_grpc_port: int = Field(50051, description="gateway gRPC port (service recsys.v1.Recommender)")
     triton_timeout_ms: int = Field(500, gt=0, description="deadline of one Triton call from the gateway")
+    triton_max_in_flight: int = Field(
+        2, ge=1, description="Triton calls a gateway keeps in flight; requests arriving meanwhile share the next call"
+    )
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(1000, ge=1, description="largest top_k accepted (the served models' limit)")
     max_body_bytes: int = Field(16384, gt=0, description="largest request body the gateway reads")

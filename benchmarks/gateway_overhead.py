@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = "\n".join([
         f"# Gateway and NGINX overhead ({now_utc()})", "",
         f"Catalog {catalog.users:,} users x {catalog.items:,} items, 64 factors, top 10, every request to recsys_b; "
-        f"{seconds} s wrk windows, perf_analyzer count windows; load generators share the 2 cores with the servers.",
+        f"{seconds} s wrk windows, perf_analyzer count windows; load generators share the 2 cores with the servers. "
+        "The gateway coalesces requests that arrive while its Triton calls are in flight (gateway/coalesce.py).",
         "", markdown_table(["path", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"], rows), "",
         f"- gateway adds **{added_p50:.2f} ms** at p50, concurrency 1 (goal <= 1.5 ms: "
         f"**{'met' if added_p50 <= 1.5 else 'NOT met'}**); NGINX adds {nginx_added:.2f} ms more.",

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+Id = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]  # PostgreSQL text has no NUL
 Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=4e9)]
 Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=3.6e6)]
 
@@ -20,7 +20,7 @@ class Impression(_Event):
     request_id: Id
     ts: Seconds
     user_id: Id
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
     model: Id
     model_version: Annotated[StrictInt, Field(ge=0)]
     items: Annotated[list[Id], Field(max_length=1000)]
@@ -34,7 +34,7 @@ class Feedback(_Event):
     ts: Seconds
     request_id: Id
     user_id: Id
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
     clicked_item: Id | None = None
     skipped_items: Annotated[list[Id], Field(max_length=1000)] = []
     inference_time_ms: Millis | None = None

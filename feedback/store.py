@@ -19,6 +19,7 @@ FEEDBACK_COLUMNS = (
 #: Errors after which the same batch may succeed later (the database is down, restarting or unreachable).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
+    TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,

@@ -39,11 +39,18 @@ class DatabaseWriter:
         self.max_backoff_s = max_backoff_s
         self._conn: asyncpg.Connection | None = None
         self.migrated = False
-        self.db_up = False  # the last write (or connection attempt) succeeded
+        self._last_ok = False  # the last write (or connection attempt) succeeded
+        self._last_ok_at = 0.0  # monotonic time of the last successful write
+
+    @property
+    def db_up(self) -> bool:
+        """The database takes our writes: the last attempt succeeded, and with events waiting, recently."""
+        recent = time.monotonic() - self._last_ok_at < 5.0
+        return self._last_ok and (not self.spool.pending or recent)
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn, timeout=5)
+            self._conn = await asyncpg.connect(self.dsn, timeout=5, command_timeout=30)
             if not self.migrated:
                 await migrate(self._conn)
                 self.migrated = True
@@ -58,8 +65,7 @@ class DatabaseWriter:
     async def run(self) -> None:
         try:  # migrate at start when the database is there; otherwise at the first successful write
             await self._connection()
-            self.db_up = True
-            self.metrics.db_up.set(1)
+            self._succeeded()
         except TRANSIENT_ERRORS as exc:
             log.warning("database not reachable at start (%s); events will wait in the spool", exc)
             await self._drop_connection()
@@ -76,15 +82,21 @@ class DatabaseWriter:
             try:
                 await self._write(batch)
                 backoff = self.interval_s
-                self.metrics.db_up.set(1)
-                self.db_up = True
-            except TRANSIENT_ERRORS as exc:
+                self._succeeded()
+            except Exception as exc:  # the loop must outlive any failure: events wait in the spool
+                self._last_ok = False
                 self.metrics.db_up.set(0)
-                self.db_up = False
-                log.warning("database unavailable (%s); %d events wait in the spool", exc, len(self.spool.pending))
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    log.warning("database unavailable (%s); %d events wait in the spool", exc, len(self.spool.pending))
+                else:
+                    log.exception("failure writing a batch; retrying (%d events wait)", len(self.spool.pending))
                 await self._drop_connection()
                 await asyncio.sleep(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
+
+    def _succeeded(self) -> None:
+        self._last_ok, self._last_ok_at = True, time.monotonic()
+        self.metrics.db_up.set(1)
 
     async def _write(self, batch: list[Record]) -> None:
         conn = await self._connection()

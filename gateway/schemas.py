@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from gateway.service import MAX_ID_CHARS, MAX_SKIPPED_ITEMS
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+# No NUL: PostgreSQL text cannot store it, so it is refused here rather than lost later.
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00]+$")]
 UserId = Annotated[StrictInt | Id, Field(description="listener id, an integer or a string (compared as text)")]
 
 
@@ -38,7 +39,7 @@ class RecommendResponse(_Body):
 
 class FeedbackRequest(_Body):
     user_id: UserId
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
     request_id: Id
     clicked_item: Id | None = None
     skipped_items: list[Id] = Field(default_factory=list, max_length=MAX_SKIPPED_ITEMS)

@@ -76,6 +76,8 @@ def _check_id(name: str, value: str) -> None:
         raise GatewayError.invalid(f"{name} must not be empty")
     if len(value) > MAX_ID_CHARS:
         raise GatewayError.invalid(f"{name} is longer than {MAX_ID_CHARS} characters")
+    if "\x00" in value:
+        raise GatewayError.invalid(f"{name} must not contain NUL characters")
 
 
 class GatewayService:

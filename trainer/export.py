@@ -110,6 +110,17 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[An
             raise ExportError(f"{model.name} {name} has {bad} NaN/inf value(s); refusing to export")
     if len(fallback_scores) != items.shape[0]:
         raise ExportError(f"fallback has {len(fallback_scores)} scores for {items.shape[0]} items")
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        raise ExportError(
+            f"{model.name} user_factors {users.shape} and item_factors {items.shape} do not share a factor dimension"
+        )
+    if items.shape[0] != model.n_items or users.shape[0] != model.n_users:
+        raise ExportError(
+            f"{model.name} has {model.n_users} users x {model.n_items} items but user_factors {users.shape} and "
+            f"item_factors {items.shape}"
+        )
+    if bias is not None and bias.shape != (items.shape[0],):
+        raise ExportError(f"{model.name} item_bias {bias.shape} does not match item_factors {items.shape}")
     return FactorScorer(  # buffers only, no training-mode behaviour; eval() keeps the exporters quiet
         torch.from_numpy(users),
         torch.from_numpy(items),

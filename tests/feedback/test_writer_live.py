@@ -105,6 +105,7 @@ def test_feedback_that_does_not_match_what_was_served_is_stored_with_a_flag(stac
         {"user_id": "1", "group": "A", "request_id": "r", "clicked_item": 5},  # wrong type
         {"user_id": "1", "group": "A", "request_id": "r", "skipped_items": "i"},  # not a list
         {"user_id": "1", "group": "A", "request_id": "r", "clicked_item": "i", "inference_time_ms": -1},
+        {"user_id": "1", "group": "A", "request_id": "r", "skipped_items": ["ok", "n\x00ul"]},
     ],
 )
 def test_bad_feedback_gets_a_4xx_and_reaches_no_table(stack: LocalStack, body: dict[str, Any]) -> None:

@@ -61,6 +61,7 @@ def test_unknown_listener_gets_the_flagged_fallback(stack: LocalStack) -> None:
         ({"user_id": True}, 422, "user_id"),
         ({"user_id": ""}, 422, "user_id"),
         ({"user_id": "x" * 300}, 422, "user_id"),
+        ({"user_id": "a\x00b"}, 422, "user_id"),  # PostgreSQL text cannot hold NUL: refused at the edge
         ({"top_k": 3}, 422, "user_id"),
         ({"user_id": "1", "extra": 1}, 422, "extra"),
         ([1, 2], 422, "body"),

@@ -1,0 +1,256 @@
+"""The whole local stack under sustained load, then faults under load: the figures issue 7 asks for.
+
+1. Find the highest sustainable rate: wrk through NGINX with a realistic mix (every recommendation is followed
+   by its feedback: a click or skips), 10 s at each concurrency; the best throughput with no error and p99 under
+   250 ms wins.
+2. Hold it for ``--minutes`` (default 5): requests/s, p50/p99, errors, and the resident memory of every process
+   of the stack at the start and at the end (growth per process).
+3. Faults, each under load at the same concurrency: Triton SIGKILLed and restarted (answers during the outage,
+   the slowest answer, time to recover); PostgreSQL stopped for 30 s (events spooled meanwhile, time to drain,
+   acknowledged events missing afterwards); a gateway restarted behind NGINX (answers other than 200).
+
+    .venv/bin/python -m benchmarks.soak                # 5 min: results/soak.{md,json}
+    .venv/bin/python -m benchmarks.soak --minutes 1    # results/soak-1min.{md,json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
+from benchmarks.gateway_overhead import _duration_ms
+from recsys.stack.local import LocalStack, StackConfig, StackPorts
+from trainer.publish import load_all
+
+MIX_LUA = """
+-- Every recommendation is followed by its feedback (a click on the first item every third time, else skips).
+-- The feedback names the thread's last user, which may belong to another connection's request: the writer then
+-- stores it flagged as a mismatch (it still travels the whole path, which is what the soak measures).
+local n = 0
+local pending = nil
+local users = 2000
+request = function()
+  if pending then
+    local body = pending
+    pending = nil
+    return wrk.format("POST", "/feedback", {["Content-Type"] = "application/json"}, body)
+  end
+  n = n + 1
+  local id = tostring((n * 7919) % users + 1)
+  last_user = id
+  return wrk.format("POST", "/recommend", {["Content-Type"] = "application/json", ["X-User-Id"] = id},
+                    '{"user_id":"' .. id .. '","top_k":10}')
+end
+response = function(status, headers, body)
+  if status == 200 and body then
+    local rid = body:match('"request_id":"(%x+)"')
+    local group = body:match('"group":"(%w+)"')
+    local first = body:match('"item_id":"([^"]+)"')
+    if rid and group and first then
+      local click = (n % 3 == 0) and ('"clicked_item":"' .. first .. '"') or ('"skipped_items":["' .. first .. '"]')
+      pending = '{"user_id":"' .. last_user .. '","group":"' .. group .. '","request_id":"' .. rid .. '",'
+        .. click .. '}'
+    end
+  end
+end
+"""
+
+
+def wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    command = [binary, f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency",
+               "--timeout", "5s", "-s", str(script), url]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.MULTILINE))
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if rate is None or total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    errors = (int(non2xx[1]) if non2xx else 0) + (sum(int(x) for x in sockets.groups()) if sockets else 0)
+    return {"rps": float(rate[1]), "requests": float(total[1]), "p50_ms": _duration_ms(latency["50"]),
+            "p99_ms": _duration_ms(latency["99"]), "errors": float(errors)}  # fmt: skip
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def process_tree(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        children = Path(f"/proc/{pid}/task/{pid}/children")
+        if children.exists():
+            todo += [int(c) for c in children.read_text().split()]
+    return out
+
+
+def stack_memory(stack: LocalStack) -> dict[str, int]:
+    """Resident KiB per process of the stack, named by role (a server's children summed with it)."""
+    roots: dict[str, int | None] = {"triton (server + python stubs)": stack.triton.pid,
+                                    "feedback writer": stack.writer.pid}  # fmt: skip
+    roots |= {g.name: g.pid for g in stack.gateways}
+    roots["nginx (master + workers)"] = stack.nginx.pid if stack.nginx is not None else None
+    pg = stack.postgres.data_dir / "postmaster.pid"
+    roots["postgresql (all backends)"] = int(pg.read_text().split()[0]) if pg.exists() else None
+    return {name: sum(rss_kib(p) or 0 for p in process_tree(pid)) for name, pid in roots.items() if pid}
+
+
+async def count_feedback(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM feedback"))
+    finally:
+        await conn.close()
+
+
+def writer_state(stack: LocalStack) -> dict[str, Any]:
+    result: dict[str, Any] = httpx.get(stack.feedback_url + "/readyz", timeout=5).json()
+    return result
+
+
+def run_in_background(url: str, script: Path, concurrency: int, seconds: float) -> tuple[Any, list[dict[str, float]]]:
+    import threading
+
+    box: list[dict[str, float]] = []
+    thread = threading.Thread(target=lambda: box.append(wrk(url, script, concurrency, seconds)), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    from benchmarks.triton_perf import build_and_publish
+
+    catalog = argparse.Namespace(users=20_000, items=50_000, sessions=5.0, session_length=10.0, factors=64,
+                                 als_iterations=2, random_factors=False, seed=0)  # fmt: skip
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        work = Path(tmp)
+        build_and_publish(catalog, work, work / "publish.log")
+        script = work / "mix.lua"
+        script.write_text(MIX_LUA)
+        config = StackConfig(model_repository=work / "repository", workdir=work / "stack", ports=StackPorts.free(),
+                             gateways=2, postgres_dir=Path(str(work / "pg")) if os.geteuid() else None)  # fmt: skip
+        if os.geteuid() == 0:
+            config.postgres_dir = Path("/var/tmp/recsys-postgres-soak")
+        stack = LocalStack(config)
+        stack.postgres.start()
+        stack.postgres.reset_database()
+        with stack:
+            url = stack.nginx_url
+            print("sweeping concurrency ...", flush=True)
+            sweep = {c: wrk(url, script, c, 10) for c in (4, 8, 16, 32)}
+            good = {c: r for c, r in sweep.items() if r["errors"] == 0 and r["p99_ms"] < 250}
+            best = max(good or sweep, key=lambda c: (good or sweep)[c]["rps"])
+            print(f"sustaining concurrency {best} for {args.minutes} min ...", flush=True)
+            wrk(url, script, best, 5)  # warm
+            memory_start = stack_memory(stack)
+            soak = wrk(url, script, best, args.minutes * 60)
+            stack.wait_drained(120)
+            memory_end = stack_memory(stack)
+            faults: dict[str, Any] = {}
+
+            print("fault: Triton killed under load ...", flush=True)
+            thread, box = run_in_background(url, script, best, 30)
+            time.sleep(5)
+            killed_at = time.monotonic()
+            os.killpg(stack.triton.pid or 0, signal.SIGKILL)
+            stack.triton.stop()
+            stack.triton.start()
+            load_all(stack.triton, stack.config.model_repository)
+            back = time.monotonic()
+            while httpx.post(stack.gateway_url + "/recommend", json={"user_id": "1"}).status_code != 200:
+                time.sleep(0.05)
+            faults["triton_killed"] = {"seconds_down_until_ready": back - killed_at,
+                                       "seconds_until_first_200_after_ready": time.monotonic() - back}  # fmt: skip
+            thread.join()
+            faults["triton_killed"] |= box[0]
+
+            print("fault: PostgreSQL stopped 30 s under load ...", flush=True)
+            thread, box = run_in_background(url, script, best, 40)
+            time.sleep(5)
+            stack.postgres.stop()
+            time.sleep(30)
+            spooled = writer_state(stack)["spooled"]
+            stack.postgres.start()
+            restarted = time.monotonic()
+            thread.join()
+            stack.wait_drained(300)
+            drained = time.monotonic() - restarted
+            faults["postgres_down_30s"] = box[0] | {"spooled_at_restart": spooled, "drained_s_after_restart": drained}
+
+            print("fault: a gateway restarted behind NGINX ...", flush=True)
+            thread, box = run_in_background(url, script, best, 20)
+            time.sleep(5)
+            stack.gateways[0].stop()
+            time.sleep(5)
+            stack.gateways[0].start()
+            thread.join()
+            faults["gateway_restarted"] = box[0]
+            stored = asyncio.run(count_feedback(stack.database_url))
+
+    growth = {name: (memory_end[name] - memory_start[name]) / memory_start[name] for name in memory_start}
+    rows = [[name, f"{memory_start[name] / 1024:.0f}", f"{memory_end.get(name, 0) / 1024:.0f}", f"{growth[name]:+.1%}"]
+            for name in memory_start]  # fmt: skip
+    sweep_rows = [[str(c), f"{r['rps']:,.0f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['errors']:.0f}"]
+                  for c, r in sweep.items()]  # fmt: skip
+    fault_rows = [[name, f"{f['rps']:,.0f}", f"{f['p99_ms']:.1f}", f"{f['errors']:.0f}",
+                   "; ".join(f"{k} {v:.1f}" for k, v in f.items() if k not in {"rps", "p50_ms", "p99_ms", "errors",
+                                                                              "requests"})]
+                  for name, f in faults.items()]  # fmt: skip
+    markdown = "\n".join([
+        f"# Soak and faults ({now_utc()})", "",
+        "Whole local stack: NGINX -> 2 gateways -> Triton (ALS, 20,000 users x 50,000 items, 64 factors), "
+        "feedback -> writer -> PostgreSQL; wrk through NGINX, every recommendation followed by its feedback.", "",
+        "## Finding the sustainable rate (10 s each)", "",
+        markdown_table(["concurrency", "req/s", "p50 ms", "p99 ms", "errors"], sweep_rows), "",
+        f"## Sustained: concurrency {best} for {args.minutes:g} min", "",
+        f"**{soak['rps']:,.0f} req/s** ({soak['requests']:,.0f} requests), p50 {soak['p50_ms']:.1f} ms, "
+        f"p99 {soak['p99_ms']:.1f} ms, **{soak['errors']:.0f} errors**; {stored:,} feedback rows stored in all.", "",
+        markdown_table(["process", "RSS start MiB", "RSS end MiB", "growth"], rows), "",
+        f"Largest growth: {max(growth.values()):+.1%} (goal < 5%).", "",
+        "## Faults under load (same concurrency)", "",
+        markdown_table(["fault", "req/s", "p99 ms", "non-2xx", "details"], fault_rows), "",
+        "During the Triton outage the gateway answers 503 (JSON, Retry-After) within its 500 ms deadline; those are "
+        "the non-2xx of that row. Feedback keeps being acknowledged while PostgreSQL is down (spooled, then drained).",
+        "", f"Machine: {machine()['cpu']}, {machine()['cores']} cores; load average before {load_before}.", "",
+    ])  # fmt: skip
+    stem = "soak" if args.minutes == 5 else f"soak-{args.minutes:g}min"
+    write_results(args.out, stem, markdown, {"sweep": sweep, "best_concurrency": best, "soak": soak,
+                  "memory_start_kib": memory_start, "memory_end_kib": memory_end, "growth": growth,
+                  "faults": faults, "feedback_rows": stored, "machine": machine()})  # fmt: skip
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

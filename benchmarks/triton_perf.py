@@ -196,6 +196,7 @@ class Requests:
 
     user_ids: list[str]
     user_index: npt.NDArray[np.int64]
+    user_vector: npt.NDArray[np.float32]  # the lookup's rows for them (USER_VECTOR), [n, D + 1]
     exclude: npt.NDArray[np.int64]  # (n, H), -1 padded
     top_k: int
 
@@ -215,7 +216,14 @@ def sample_requests(repository: Path, version: int, n: int, top_k: int, seed: in
     for row, user in enumerate(chosen.tolist()):
         items = indices[indptr[user] : indptr[user + 1]]
         exclude[row, : len(items)] = items
-    return Requests(user_ids=[str(u) for u in users[chosen].tolist()], user_index=chosen, exclude=exclude, top_k=top_k)
+    vectors = np.load(folder / "users.npy", allow_pickle=False)[chosen]
+    return Requests(
+        user_ids=[str(u) for u in users[chosen].tolist()],
+        user_index=chosen,
+        user_vector=vectors,
+        exclude=exclude,
+        top_k=top_k,
+    )
 
 
 def write_input_data(requests: Requests, folder: Path) -> dict[str, Path]:
@@ -226,11 +234,11 @@ def write_input_data(requests: Requests, folder: Path) -> dict[str, Path]:
     by_index = {
         "data": [
             {
-                "USER_INDEX": [int(index)],
+                "USER_VECTOR": {"content": vector.tolist(), "shape": [len(vector)]},
                 "EXCLUDE": {"content": row.tolist(), "shape": [width]},
                 "TOP_K": [requests.top_k],
             }
-            for index, row in zip(requests.user_index.tolist(), requests.exclude, strict=True)
+            for vector, row in zip(requests.user_vector, requests.exclude, strict=True)
         ]
     }
     paths = {"by_id": folder / "requests_by_user_id.json", "by_index": folder / "requests_by_user_index.json"}
@@ -275,7 +283,7 @@ def in_process_floors(repository: Path, version: int, requests: Requests, querie
     n = min(queries, len(requests.user_ids))
     inputs = [
         (
-            requests.user_index[i : i + 1, None],
+            requests.user_vector[i : i + 1],
             requests.exclude[i : i + 1],
             np.full((1, 1), requests.top_k, dtype=np.int64),
         )
@@ -304,7 +312,7 @@ def in_process_floors(repository: Path, version: int, requests: Requests, querie
     session = ort.InferenceSession(
         str(repository / SCORER_ONNX / str(version) / "model.onnx"), options, providers=["CPUExecutionProvider"]
     )
-    names = ("USER_INDEX", "EXCLUDE", "TOP_K")
+    names = ("USER_VECTOR", "EXCLUDE", "TOP_K")
     seconds = []
     for batch in inputs[:10]:
         session.run(["SCORES", "ITEMS"], dict(zip(names, batch, strict=True)))

@@ -24,13 +24,13 @@ import torch
 
 from trainer.errors import ConfigError, RecsysError
 from trainer.models.base import FactorModel
-from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
+from trainer.run_files import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
 from trainer.serving_steps import padded_rows
 from trainer.tensor_names import EXCLUDE as EXCLUDE  # re-exported: export.X names the scorer's tensors
 from trainer.tensor_names import ITEMS as ITEMS
 from trainer.tensor_names import SCORES as SCORES
 from trainer.tensor_names import TOP_K as TOP_K
-from trainer.tensor_names import USER_INDEX as USER_INDEX
+from trainer.tensor_names import USER_VECTOR as USER_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -42,47 +42,39 @@ class ExportError(RecsysError):
 
 
 class FactorScorer(torch.nn.Module):
-    """``scores = U[u] . V^T + b`` (or the fallback row for unknown users), masked, then top-k.
+    """``scores = user_vector . V^T + b``, masked, then top-k: one matrix product and one top-k pass per batch.
 
-    Laid out so that one request costs one matrix product and one top-k pass over the catalogue:
+    The user side is an input, not a table inside the module: the lookup step sends each user's row of
+    :func:`user_table` (a trained vector, a vector folded in live from the listener's latest plays, or the fallback
+    pseudo-user), so a new listener needs no new export. Layout:
 
-    * row ``n_users`` of the user table is a pseudo-user for unknown ids; it reads only an extra factor column
-      that holds ``fallback - bias``, so its scores are the fallback scores and no ``where`` pass is needed;
+    * the factor dimension has one extra column: the items hold ``fallback - bias`` there, users hold 0, and the
+      pseudo-user for unknown ids is ``(0, ..., 0, 1)``, so its scores are the fallback scores with no ``where``;
     * column ``n_items`` is a sink whose bias is ``-inf``: padding in EXCLUDE points there, so the mask is an
       in-place scatter on the product itself (no concatenated copy), and the sink is never recommended.
     """
 
     def __init__(
         self,
-        user_factors: torch.Tensor,
         item_factors: torch.Tensor,
         item_bias: torch.Tensor | None,
         fallback_scores: torch.Tensor,
     ) -> None:
         super().__init__()
-        n_users, dim = user_factors.shape
-        n_items = item_factors.shape[0]
+        n_items, dim = item_factors.shape
         bias = torch.zeros(n_items) if item_bias is None else item_bias.detach().float().cpu()
-        users = torch.zeros(n_users + 1, dim + 1)
-        users[:n_users, :dim] = user_factors.detach().float().cpu()
-        users[n_users, dim] = 1.0
         items = torch.zeros(n_items + 1, dim + 1)
         items[:n_items, :dim] = item_factors.detach().float().cpu()
         items[:n_items, dim] = fallback_scores.detach().float().cpu() - bias
         # Plain tensor attributes (not buffers): TorchScript keeps them, and their types stay visible to mypy.
-        self.users = users.contiguous()
         self.items_t = items.T.contiguous()
         self.bias = torch.cat([bias, torch.tensor([-math.inf])]).contiguous()
-        self.n_users = int(n_users)
         self.n_items = int(n_items)
 
     def forward(
-        self, user_index: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor
+        self, user_vector: torch.Tensor, exclude: torch.Tensor, top_k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        users = user_index.reshape(-1)
-        known = (users >= 0) & (users < self.n_users)
-        rows = torch.where(known, users, torch.full_like(users, self.n_users))
-        scores = torch.addmm(self.bias, self.users[rows], self.items_t)
+        scores = torch.addmm(self.bias, user_vector, self.items_t)
         columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, self.n_items))
         scores.scatter_(1, columns, -math.inf)
         k_tensor = top_k.max().clamp(min=1, max=self.n_items)
@@ -96,6 +88,38 @@ class FactorScorer(torch.nn.Module):
         values, items = torch.topk(scores, k, dim=1)
         items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
         return values, items
+
+
+def user_table(model: FactorModel) -> npt.NDArray[np.float32]:
+    """The rows the lookup serves: ``[n_users + 1, D + 1]``, each user's factors then 0; the last row is the
+    fallback pseudo-user ``(0, ..., 0, 1)`` (see :class:`FactorScorer`)."""
+    users = model.factors()[0]
+    table = np.zeros((users.shape[0] + 1, users.shape[1] + 1), dtype=np.float32)
+    table[:-1, :-1] = users
+    table[-1, -1] = 1.0
+    return table
+
+
+def fold_in_arrays(model: FactorModel) -> dict[str, npt.NDArray[Any]] | None:
+    """What the lookup needs to fold a listener in live (the ALS closed-form user step), or ``None`` when the
+    model has no closed-form fold-in (BPR)."""
+    params = getattr(model, "params", None)
+    if model.name != "als" or params is None:
+        return None
+    corpus = getattr(model, "corpus", None)
+    items = model.factors()[1].astype(np.float64)
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "item_factors": items.astype(np.float32),
+        "gram": items.T @ items + params.regularization * np.eye(items.shape[1]),
+        "alpha": np.array(params.alpha, dtype=np.float64),
+        "weighting": np.array(str(params.weighting)),
+        "bm25_k1": np.array(params.bm25_k1, dtype=np.float64),
+        "bm25_b": np.array(params.bm25_b, dtype=np.float64),
+    }
+    if corpus is not None:
+        arrays["item_idf"] = corpus.item_idf.astype(np.float64)
+        arrays["mean_user_total"] = np.array(corpus.mean_user_total, dtype=np.float64)
+    return arrays
 
 
 def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[Any]]) -> FactorScorer:
@@ -122,7 +146,6 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[An
     if bias is not None and bias.shape != (items.shape[0],):
         raise ExportError(f"{model.name} item_bias {bias.shape} does not match item_factors {items.shape}")
     return FactorScorer(  # buffers only, no training-mode behaviour; eval() keeps the exporters quiet
-        torch.from_numpy(users),
         torch.from_numpy(items),
         None if bias is None else torch.from_numpy(bias),
         torch.from_numpy(np.asarray(fallback_scores, dtype=np.float32)),
@@ -140,9 +163,9 @@ def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer[Any]
         raise ConfigError(f"exclusion list too wide: {exc}") from exc
 
 
-def example_inputs(width: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(width: int, dim: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (
-        torch.zeros(batch, 1, dtype=torch.int64),
+        torch.zeros(batch, dim + 1, dtype=torch.float32),
         torch.full((batch, max(width, 1)), -1, dtype=torch.int64),
         torch.full((batch, 1), 10, dtype=torch.int64),
     )
@@ -203,12 +226,12 @@ def _onnx_export(scorer: FactorScorer, path: Path, width: int) -> None:
     history = torch.export.Dim("history", min=1)
     torch.onnx.export(
         scorer,
-        example_inputs(width),
+        example_inputs(width, scorer.items_t.shape[0] - 1),
         str(path),
         dynamo=True,
-        input_names=[USER_INDEX, EXCLUDE, TOP_K],
+        input_names=[USER_VECTOR, EXCLUDE, TOP_K],
         output_names=[SCORES, ITEMS],
-        dynamic_shapes={"user_index": {0: batch}, "exclude": {0: batch, 1: history}, "top_k": {0: batch}},
+        dynamic_shapes={"user_vector": {0: batch}, "exclude": {0: batch, 1: history}, "top_k": {0: batch}},
         verbose=False,
         external_data=False,
     )
@@ -244,7 +267,7 @@ def check_parity(
     users = np.sort(rng.choice(model.n_users, size=min(sample, model.n_users), replace=False))
     ref_items, ref_scores = model.recommend(users, k, exclude=history)
     inputs = (
-        users[:, None].astype(np.int64),
+        user_table(model)[users],
         padded_exclusions(history, users, width),
         np.full((len(users), 1), k, dtype=np.int64),
     )
@@ -252,7 +275,9 @@ def check_parity(
     with torch.inference_mode():
         ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip((USER_INDEX, EXCLUDE, TOP_K), inputs, strict=True)))
+    onnx_scores, onnx_items = session.run(
+        [SCORES, ITEMS], dict(zip((USER_VECTOR, EXCLUDE, TOP_K), inputs, strict=True))
+    )
 
     diffs, same = {}, {}
     for name, scores, items in (("torchscript", ts_scores, ts_items), ("onnx", onnx_scores, onnx_items)):
@@ -269,7 +294,8 @@ def export_all(
     *,
     fallback_scores: npt.NDArray[np.floating[Any]] | None = None,
 ) -> ParityReport:
-    """Writes ``model.pt`` and ``model.onnx`` into ``directory`` and refuses (ExportError) unless parity holds."""
+    """Writes ``model.pt``, ``model.onnx``, the lookup's user table and (ALS) its fold-in data into ``directory``;
+    refuses (ExportError) unless parity holds."""
     if not isinstance(model, FactorModel):
         raise ExportError(f"{model.name} is not a factor model; only BPR and ALS export to the factor scorer")
     width = max_history(history)
@@ -290,6 +316,10 @@ def export_all(
             )
         )
     logger.info("parity ok on %d users: %s", report.users_checked, report.max_abs_score_diff)
+    np.save(directory / USERS_FILE, user_table(model))
+    fold_in = fold_in_arrays(model)
+    if fold_in is not None:
+        np.savez(directory / FOLD_IN_FILE, **fold_in)
     return report
 
 

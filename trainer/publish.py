@@ -21,7 +21,7 @@ from trainer.artifacts import HISTORY_FILE, IDS_FILE, METRICS_FILE, load_run
 from trainer.errors import ArtifactError
 from trainer.export import ExportError, ParityReport, export_all
 from trainer.models.base import FactorModel
-from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
+from trainer.run_files import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
 from trainer.triton_config import (
     ENSEMBLE_A,
     ENSEMBLE_B,
@@ -47,12 +47,12 @@ MANIFEST = "publish.json"
 
 # What each step model's version folder holds, besides model.py.
 _FILES = {
-    LOOKUP: (IDS_FILE, HISTORY_FILE),
-    LOOKUP_POPULAR: (IDS_FILE, HISTORY_FILE),
+    LOOKUP: (IDS_FILE, HISTORY_FILE, USERS_FILE, FOLD_IN_FILE),
+    LOOKUP_POPULAR: (IDS_FILE, HISTORY_FILE, USERS_FILE),
     SCORER_TORCHSCRIPT: (TORCHSCRIPT_FILE,),
     SCORER_ONNX: (ONNX_FILE,),
     TOPK: (IDS_FILE,),
-    FUSED: (IDS_FILE, HISTORY_FILE, ONNX_FILE),
+    FUSED: (IDS_FILE, HISTORY_FILE, USERS_FILE, ONNX_FILE),
 }
 
 
@@ -133,13 +133,14 @@ def publish(run_dir: Path, repository_dir: Path, *, version: int | None = None) 
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         sources = {IDS_FILE: run_dir / IDS_FILE, HISTORY_FILE: run_dir / HISTORY_FILE}
-        sources |= {TORCHSCRIPT_FILE: staging / "export" / TORCHSCRIPT_FILE, ONNX_FILE: staging / "export" / ONNX_FILE}
+        sources |= {name: staging / "export" / name for name in (TORCHSCRIPT_FILE, ONNX_FILE, USERS_FILE, FOLD_IN_FILE)}
         for model, files in _FILES.items():
             folder = staging / model
             folder.mkdir()
             shutil.copy2(_model_code(model), folder / "model.py")
             for name in files:
-                shutil.copy2(sources[name], folder / name)
+                if sources[name].exists() or name != FOLD_IN_FILE:  # no fold-in data for BPR: not live-foldable
+                    shutil.copy2(sources[name], folder / name)
             (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy2(run_dir / METRICS_FILE, staging / LOOKUP / METRICS_FILE)
         for model in _FILES:

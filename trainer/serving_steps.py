@@ -14,28 +14,129 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.run_files import HISTORY_FILE, IDS_FILE, ONNX_FILE, TORCHSCRIPT_FILE
+from trainer.run_files import HISTORY_FILE, IDS_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
+from trainer.weights_core import weigh
+
+
+class FoldIn:
+    """The ALS closed-form user step against the published item factors, in numpy: a listener's vector from their
+    plays, ``x = (G + Y_u^T (C_u - I) Y_u)^-1 Y_u^T c_u`` with ``G = Y^T Y + lambda I`` and the confidences of the
+    training weighting (``trainer.weights_core``), exactly what ``ALS.fold_in`` computes with torch."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as npz:
+            self.items = npz["item_factors"].astype(np.float64)
+            self.gram = npz["gram"].astype(np.float64)
+            self.alpha = float(npz["alpha"])
+            self.weighting = str(npz["weighting"])
+            self.k1, self.b = float(npz["bm25_k1"]), float(npz["bm25_b"])
+            self.item_idf = npz.get("item_idf")
+            self.mean_user_total = float(npz["mean_user_total"]) if "mean_user_total" in npz else 1.0
+
+    def vector(self, items: npt.NDArray[np.int64], plays: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """The served row (factors, then 0) of a listener who played ``items`` ``plays`` times each (no repeats)."""
+        weights = weigh(
+            plays, self.weighting, item_idf=None if self.item_idf is None else self.item_idf[items],
+            mean_user_total=self.mean_user_total, k1=self.k1, b=self.b,
+        )  # fmt: skip
+        keep = weights > 0
+        ys, confidence = self.items[items[keep]], 1.0 + self.alpha * weights[keep].astype(np.float64)
+        a = self.gram + (ys.T * (confidence - 1.0)) @ ys
+        x = np.linalg.solve(a, ys.T @ confidence)
+        return np.append(x, 0.0).astype(np.float32)
+
+
+class LivePlays:
+    """Plays that reached PostgreSQL after the model was trained, per listener, with their folded-in vectors.
+
+    Written by one poller thread (:meth:`add`), read by the request path (:meth:`get`): each listener's entry is
+    replaced whole, so a reader sees the old or the new vector, never a half-built one.
+    """
+
+    def __init__(self, fold_in: FoldIn, history: dict[str, dict[int, float]], max_items: int) -> None:
+        self.fold_in = fold_in
+        self.history = history  # known listeners' training plays, item index -> plays (for refolding them)
+        self.max_items = max_items
+        self._plays: dict[str, dict[int, float]] = {}
+        self._served: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
+
+    def add(self, events: list[tuple[str, int]]) -> set[str]:
+        """(listener, item index) plays; refolds each listener touched and returns them."""
+        touched = set()
+        for user, item in events:
+            plays = self._plays.setdefault(user, {})
+            plays[item] = plays.get(item, 0.0) + 1.0
+            touched.add(user)
+        for user in touched:
+            merged = dict(self.history.get(user, {}))
+            for item, count in self._plays[user].items():
+                merged[item] = merged.get(item, 0.0) + count
+            items = np.fromiter(merged, dtype=np.int64, count=len(merged))
+            plays_ = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
+            recent = np.fromiter(self._plays[user], dtype=np.int64)[-self.max_items :]
+            self._served[user] = (self.fold_in.vector(items, plays_), recent)
+        return touched
+
+    def get(self, user: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
+        """(vector, live items to exclude) of a listener with live plays, else ``None``."""
+        return self._served.get(user)
 
 
 class UserLookup:
-    """External user id -> index, plus every user's heard items padded with -1 (one extra all-padding row)."""
+    """External user id -> the row the scorer multiplies (see ``trainer.export.user_table``) and the items to
+    exclude (heard items padded with -1); unknown users get the fallback pseudo-user and no exclusions.
+
+    With :attr:`live` set, a listener with plays newer than the model is served their folded-in vector, and their
+    live plays are excluded too (they replace the oldest exclusions when the row is full).
+    """
 
     def __init__(self, folder: Path) -> None:
         with np.load(folder / IDS_FILE, allow_pickle=False) as npz:
             users = npz["user_ids"]
         self.index = {str(u): i for i, u in enumerate(users.tolist())}
+        self.table = np.load(folder / USERS_FILE, allow_pickle=False)
         with np.load(folder / HISTORY_FILE, allow_pickle=False) as npz:
-            indptr = npz["indptr"].astype(np.int64)
-            indices = npz["indices"].astype(np.int64)
-        self.unknown = len(indptr) - 1
-        self.width = max(int(np.diff(indptr).max()) if self.unknown else 1, 1)
+            self.indptr = npz["indptr"].astype(np.int64)
+            self.indices = npz["indices"].astype(np.int64)
+            self.data = npz["data"].astype(np.float64)
+        self.unknown = len(self.indptr) - 1
+        self.width = max(int(np.diff(self.indptr).max()) if self.unknown else 1, 1)
         rows = np.append(np.arange(self.unknown), -1)  # the last row: nobody, for unknown users
-        self.exclude = padded_rows(indptr, indices, rows, self.width)
+        self.exclude = padded_rows(self.indptr, self.indices, rows, self.width)
+        self.live: LivePlays | None = None
 
-    def __call__(self, keys: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """User indices (-1 when unknown) and their exclusion rows."""
+    def training_plays(self) -> dict[str, dict[int, float]]:
+        """Every known listener's training plays (item index -> plays), what a live refold starts from."""
+        out = {}
+        for user, i in self.index.items():
+            lo, hi = self.indptr[i], self.indptr[i + 1]
+            out[user] = dict(zip(self.indices[lo:hi].tolist(), self.data[lo:hi].tolist(), strict=True))
+        return out
+
+    def __call__(self, keys: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """User vectors ``[B, D + 1]``, exclusion rows ``[B, H]``, and which users are unknown (the fallback)."""
         index = np.array([self.index.get(key, -1) for key in keys], dtype=np.int64)
-        return index, self.exclude[np.where(index >= 0, index, self.unknown)]
+        rows = np.where(index >= 0, index, self.unknown)
+        vectors, exclude = self.table[rows], self.exclude[rows]
+        unknown = index < 0
+        if self.live is not None:
+            for n, key in enumerate(keys):
+                served = self.live.get(key)
+                if served is not None:
+                    vector, recent = served
+                    vectors[n], unknown[n] = vector, False
+                    exclude[n] = _with_recent(exclude[n], recent)
+        return vectors, exclude, unknown
+
+
+def _with_recent(row: npt.NDArray[np.int64], recent: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """An exclusion row with ``recent`` items added (kept in the free slots, else over the oldest entries)."""
+    new = recent[~np.isin(recent, row)]
+    if not new.size:
+        return row
+    kept = row[row >= 0]
+    merged = np.concatenate([kept, new])[-len(row) :]
+    return np.pad(merged, (0, len(row) - len(merged)), constant_values=-1)
 
 
 class ItemIds:
@@ -108,9 +209,9 @@ class Scorer:
             raise ValueError(f"unknown scorer format {fmt!r} (torchscript or onnx)")
 
     def __call__(
-        self, users: npt.NDArray[np.int64], exclude: npt.NDArray[np.int64], top_k: npt.NDArray[np.int64]
+        self, users: npt.NDArray[np.float32], exclude: npt.NDArray[np.int64], top_k: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """Inputs shaped [B, 1], [B, H], [B, 1]; returns scores and item indices [B, max(top_k)]."""
+        """Inputs shaped [B, D + 1] (user vectors), [B, H], [B, 1]; returns scores and item indices [B, max(top_k)]."""
         if self.format == "torchscript":
             torch = self._torch
             with torch.inference_mode():
@@ -119,7 +220,7 @@ class Scorer:
                 )
             return scores.numpy(), items.numpy()
         scores, items = self._session.run(
-            ["SCORES", "ITEMS"], {"USER_INDEX": users, "EXCLUDE": exclude, "TOP_K": top_k}
+            ["SCORES", "ITEMS"], {"USER_VECTOR": users, "EXCLUDE": exclude, "TOP_K": top_k}
         )
         return scores, items
 

@@ -4,7 +4,7 @@ Dependency-free on purpose: the gateway image imports it without torch, scipy or
 """
 
 # Scorer step (exported TorchScript / ONNX module).
-USER_INDEX = "USER_INDEX"  # int64 [B, 1]; -1 = unknown user
+USER_VECTOR = "USER_VECTOR"  # float32 [B, D + 1]; from the lookup: a user's row, a live fold-in, or the fallback
 EXCLUDE = "EXCLUDE"  # int64 [B, H]; item indices to leave out, padded with -1
 TOP_K = "TOP_K"  # int64 [B, 1]; the batch returns max(TOP_K) items per row
 SCORES = "SCORES"  # float32 [B, K]

@@ -29,7 +29,7 @@ from trainer.tensor_names import (
     SCORES,
     TOP_K,
     USER_ID,
-    USER_INDEX,
+    USER_VECTOR,
 )
 
 LOOKUP = "recsys_lookup"
@@ -131,7 +131,7 @@ def _render_step(step: Step, version: int = -1) -> str:
 
 def _scorer(name: str, flavour: Flavour, fmt: Literal["torchscript", "onnx"]) -> ModelSpec:
     inputs = (
-        Tensor(USER_INDEX, "TYPE_INT64", (1,)),
+        Tensor(USER_VECTOR, "TYPE_FP32", (-1,)),
         Tensor(EXCLUDE, "TYPE_INT64", (-1,)),
         Tensor(TOP_K, "TYPE_INT64", (1,)),
     )
@@ -154,7 +154,7 @@ def repository(flavour: Flavour | str = Flavour.local) -> list[ModelSpec]:
             name,
             inputs=(Tensor(USER_ID, "TYPE_STRING", (1,)), Tensor(TOP_K, "TYPE_INT64", (1,))),
             outputs=(
-                Tensor(USER_INDEX, "TYPE_INT64", (1,)),
+                Tensor(USER_VECTOR, "TYPE_FP32", (-1,)),
                 Tensor(EXCLUDE, "TYPE_INT64", (-1,)),
                 Tensor(FALLBACK, "TYPE_BOOL", (1,)),
                 Tensor(MODEL_VERSION, "TYPE_INT64", (1,)),
@@ -206,7 +206,7 @@ def ensemble_spec(name: str) -> ModelSpec:
                 lookup,
                 inputs={USER_ID: USER_ID, TOP_K: TOP_K},
                 outputs={
-                    USER_INDEX: "user_index",
+                    USER_VECTOR: "user_vector",
                     EXCLUDE: "exclude",
                     FALLBACK: FALLBACK,
                     MODEL_VERSION: MODEL_VERSION,
@@ -214,7 +214,7 @@ def ensemble_spec(name: str) -> ModelSpec:
             ),
             Step(
                 scorer,
-                inputs={USER_INDEX: "user_index", EXCLUDE: "exclude", TOP_K: TOP_K},
+                inputs={USER_VECTOR: "user_vector", EXCLUDE: "exclude", TOP_K: TOP_K},
                 outputs={SCORES: "candidate_scores", ITEMS: "candidate_items"},
             ),
             Step(

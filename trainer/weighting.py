@@ -15,6 +15,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from trainer.errors import ConfigError
+from trainer.weights_core import bm25_values
 
 
 class Weighting(StrEnum):
@@ -68,9 +69,9 @@ def confidence(
         return out
     stats = stats or CorpusStats.of(matrix)
     row_totals = np.asarray(out.sum(axis=1), dtype=np.float64).ravel()
-    length_norm = (1.0 - b) + b * np.repeat(row_totals, np.diff(out.indptr)) / stats.mean_user_total
-    data = out.data.astype(np.float64)
-    weighted = data * (k1 + 1.0) / (k1 * length_norm + data) * stats.item_idf[out.indices]
-    out.data = np.maximum(weighted, 0.0).astype(np.float32)
+    out.data = bm25_values(
+        out.data, np.repeat(row_totals, np.diff(out.indptr)), stats.item_idf[out.indices], stats.mean_user_total,
+        k1=k1, b=b,
+    )  # fmt: skip
     out.eliminate_zeros()
     return out

@@ -90,6 +90,7 @@ class LocalStack:
                 model_repository=config.model_repository,
                 ports=TritonPorts(ports.triton_http, ports.triton_grpc, ports.triton_metrics),
                 workdir=work / "triton",
+                env=(("RECSYS_DATABASE_URL", self.postgres.url),),  # the lookup's live fold-in reads new clicks
             )
         )
         python = [sys.executable, "-m", "recsys"]

@@ -125,6 +125,9 @@ class TritonConfig:
     model_timeout_s: float = 120.0
     #: appended last, e.g. ``("--repository-poll-secs=2",)``
     extra_args: tuple[str, ...] = ()
+    #: extra environment of the server and its python stubs, e.g. ``(("RECSYS_DATABASE_URL", url),)`` for the
+    #: lookup's live fold-in
+    env: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.model_control not in ("explicit", "none", "poll"):
@@ -479,7 +482,7 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
-                env=self.install.env(),
+                env=self.install.env() | dict(self.config.env),
                 start_new_session=True,  # its own process group: stop() can reach the stubs too
             )
         except OSError as exc:

@@ -15,7 +15,7 @@ from trainer.export import (
     ITEMS,
     SCORES,
     TOP_K,
-    USER_INDEX,
+    USER_VECTOR,
     ExportError,
     export_all,
     load_torchscript,
@@ -41,6 +41,13 @@ def exported(split: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any,
     return model, directory
 
 
+def _vectors(directory: Path, users: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The rows the lookup would send for ``users`` (-1: the fallback pseudo-user)."""
+    table: np.ndarray[Any, Any] = np.load(directory / "users.npy")
+    rows: np.ndarray[Any, Any] = table[np.where(users >= 0, users, len(table) - 1)]
+    return rows
+
+
 def _run_both(
     directory: Path, inputs: tuple[np.ndarray[Any, Any], ...]
 ) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
@@ -48,7 +55,7 @@ def _run_both(
     with torch.inference_mode():
         ts = [t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs))]
     session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx = session.run([SCORES, ITEMS], dict(zip((USER_INDEX, EXCLUDE, TOP_K), inputs, strict=True)))
+    onnx = session.run([SCORES, ITEMS], dict(zip((USER_VECTOR, EXCLUDE, TOP_K), inputs, strict=True)))
     return [(ts[0], ts[1]), (onnx[0], onnx[1])]
 
 
@@ -60,7 +67,7 @@ def test_dynamic_batch_k_and_width_match_the_trainer(
     history = split.train.to_csr()
     users = np.arange(batch, dtype=np.int64)
     width = max_history(history) + extra_width
-    inputs = (users[:, None], padded_exclusions(history, users, width), np.full((batch, 1), k))
+    inputs = (_vectors(directory, users), padded_exclusions(history, users, width), np.full((batch, 1), k))
     ref_items, ref_scores = model.recommend(users, k, exclude=history)
     for scores, items in _run_both(directory, inputs):
         assert items.shape == (batch, k)
@@ -72,7 +79,7 @@ def test_batch_takes_the_largest_k(exported: Any, split: Any) -> None:
     _, directory = exported
     history = split.train.to_csr()
     users = np.array([0, 1], dtype=np.int64)
-    inputs = (users[:, None], padded_exclusions(history, users, max_history(history)), np.array([[3], [8]]))
+    inputs = (_vectors(directory, users), padded_exclusions(history, users, max_history(history)), np.array([[3], [8]]))
     for _, items in _run_both(directory, inputs):
         assert items.shape == (2, 8)
 
@@ -80,7 +87,7 @@ def test_batch_takes_the_largest_k(exported: Any, split: Any) -> None:
 def test_unknown_user_gets_the_popularity_fallback(exported: Any, split: Any) -> None:
     _, directory = exported
     width = max_history(split.train.to_csr())
-    inputs = (np.array([[-1]]), np.full((1, width), -1, dtype=np.int64), np.array([[10]]))
+    inputs = (_vectors(directory, np.array([-1])), np.full((1, width), -1, dtype=np.int64), np.array([[10]]))
     expected, _ = Popularity().fit(split.train).recommend([0], 10)
     for scores, items in _run_both(directory, inputs):
         counts = np.bincount(split.train.items, minlength=split.train.n_items)
@@ -93,7 +100,11 @@ def test_excluded_items_never_come_back(exported: Any, split: Any) -> None:
     history = split.train.to_csr()
     users = np.arange(20, dtype=np.int64)
     n_items = split.train.n_items
-    inputs = (users[:, None], padded_exclusions(history, users, max_history(history)), np.full((20, 1), n_items))
+    inputs = (
+        _vectors(directory, users),
+        padded_exclusions(history, users, max_history(history)),
+        np.full((20, 1), n_items),
+    )
     for _, items in _run_both(directory, inputs):
         for row, user in enumerate(users):
             heard = set(history[user].indices.tolist())
@@ -113,3 +124,12 @@ def test_nan_weights_are_refused_and_named(split: Any, tmp_path: Path) -> None:
 def test_only_factor_models_export(split: Any, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="not a factor model"):
         export_all(Popularity().fit(split.train), split.train.to_csr(), tmp_path)  # type: ignore[arg-type]
+
+
+def test_bpr_export_has_no_fold_in_data_and_als_has_it(exported: Any, split: Any, tmp_path: Path) -> None:
+    _, directory = exported
+    assert (directory / "users.npy").exists()
+    assert not (directory / "fold_in.npz").exists()  # BPR has no closed-form user step
+    als = ALS(ALSParams(iterations=2)).fit(split.train)
+    export_all(als, split.train.to_csr(), tmp_path)
+    assert (tmp_path / "fold_in.npz").exists()

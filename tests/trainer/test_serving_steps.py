@@ -16,8 +16,11 @@ from trainer.serving_steps import ItemIds, Scorer, UserLookup, check_request, de
 
 @pytest.fixture(scope="module")
 def run_dir(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ALS run with its exports beside it: what a published lookup / scorer version folder holds."""
     directory = tmp_path_factory.mktemp("run")
     save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 3}), directory)
+    run = load_run(directory)
+    export_all(run.model, run.history, directory)  # type: ignore[arg-type]
     return directory
 
 
@@ -25,8 +28,12 @@ def test_lookup_maps_ids_and_pads_history(run_dir: Path) -> None:
     run = load_run(run_dir)
     lookup = UserLookup(run_dir)
     first = str(run.user_ids.ids[0])
-    index, exclude = lookup([first, "stranger"])
-    assert index.tolist() == [0, -1]
+    vectors, exclude, unknown = lookup([first, "stranger"])
+    assert unknown.tolist() == [False, True]
+    users = run.model.factors()[0]  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(vectors[0, :-1], users[0])
+    assert vectors[0, -1] == 0.0
+    assert vectors[1].tolist() == [0.0] * users.shape[1] + [1.0]  # the fallback pseudo-user
     heard = run.history[0].indices
     assert exclude[0, : len(heard)].tolist() == heard.tolist()
     assert (exclude[0, len(heard) :] == -1).all()
@@ -43,10 +50,9 @@ def test_item_ids_map_padding_to_empty(run_dir: Path) -> None:
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_scorer_runs_the_published_exports(run_dir: Path, tmp_path: Path, fmt: str) -> None:
     run = load_run(run_dir)
-    export_all(run.model, run.history, tmp_path)  # type: ignore[arg-type]
-    index, exclude = UserLookup(run_dir)(["1", "2"])
-    scores, items = Scorer(tmp_path, fmt)(index[:, None], exclude, np.array([[5], [3]]))
-    expected, _ = run.model.recommend(index, 5, exclude=run.history)
+    vectors, exclude, _ = UserLookup(run_dir)(["1", "2"])
+    scores, items = Scorer(run_dir, fmt)(vectors, exclude, np.array([[5], [3]]))
+    expected, _ = run.model.recommend(run.user_ids.indices(["1", "2"]), 5, exclude=run.history)
     np.testing.assert_array_equal(items, expected)
     assert scores.shape == (2, 5)
 
@@ -63,22 +69,18 @@ def test_exclusion_blocks_are_padded_to_the_widest() -> None:
     assert out.tolist() == [[1, 2, -1], [3, 4, 5]]
 
 
-def test_onnx_serving_steps_never_load_torch(run_dir: Path, tmp_path: Path) -> None:
+def test_onnx_serving_steps_never_load_torch(run_dir: Path) -> None:
     """The lookup, top-k and ONNX scorer processes stay small: none of them may import torch, scipy or pandas."""
     import subprocess
     import sys
 
-    run = load_run(run_dir)
-    export_all(run.model, run.history, tmp_path)  # type: ignore[arg-type]
-    for name in ("ids.npz", "history.npz"):
-        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
     code = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
         "from trainer.serving_steps import ItemIds, Scorer, UserLookup\n"
-        f"folder = Path({str(tmp_path)!r})\n"
-        "index, exclude = UserLookup(folder)(['1'])\n"
-        "scores, items = Scorer(folder, 'onnx')(index[:, None], exclude, np.array([[3]]))\n"
+        f"folder = Path({str(run_dir)!r})\n"
+        "vectors, exclude, _ = UserLookup(folder)(['1'])\n"
+        "scores, items = Scorer(folder, 'onnx')(vectors, exclude, np.array([[3]]))\n"
         "ItemIds(folder)(items)\n"
         "print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))\n"
     )
@@ -98,3 +100,52 @@ def test_padded_rows_pads_skips_unknown_and_refuses_overflow() -> None:
     ]
     with pytest.raises(ValueError, match="more than the width 2"):
         padded_rows(indptr, indices, [2], 2)
+
+
+@pytest.mark.parametrize("weighting", ["bm25", "log1p", "raw"])
+def test_served_fold_in_is_the_trainers_fold_in(small_world: Any, tmp_path: Path, weighting: str) -> None:
+    from trainer.models import ALS, ALSParams
+    from trainer.serving_steps import FoldIn
+
+    data = small_world.interactions
+    model = ALS(ALSParams(iterations=2, weighting=weighting)).fit(data)
+    export_all(model, data.to_csr(), tmp_path)
+    fold_in = FoldIn(tmp_path / "fold_in.npz")
+    items, plays = np.array([3, 10, 42, 77], dtype=np.int64), np.array([1.0, 5.0, 2.0, 1.0])
+    served = fold_in.vector(items, plays)
+    np.testing.assert_allclose(served[:-1], model.fold_in(items, plays), rtol=1e-4, atol=1e-5)
+    assert served[-1] == 0.0
+
+
+def test_live_plays_fold_a_new_listener_in_and_exclude_what_they_played(run_dir: Path) -> None:
+    from trainer.serving_steps import FoldIn, LivePlays
+
+    run = load_run(run_dir)
+    lookup = UserLookup(run_dir)
+    lookup.live = LivePlays(FoldIn(run_dir / "fold_in.npz"), lookup.training_plays(), lookup.width)
+    before, _, unknown = lookup(["brand-new"])
+    assert unknown.tolist() == [True]
+    assert lookup.live.add([("brand-new", 5), ("brand-new", 9), ("brand-new", 5)]) == {"brand-new"}
+    vectors, exclude, unknown = lookup(["brand-new", "stranger"])
+    assert unknown.tolist() == [False, True]
+    expected = run.model.fold_in(np.array([5, 9]), np.array([2.0, 1.0]))  # type: ignore[attr-defined]
+    np.testing.assert_allclose(vectors[0, :-1], expected, rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(vectors[0], before[0])
+    assert set(exclude[0][exclude[0] >= 0].tolist()) == {5, 9}
+
+
+def test_live_plays_of_a_known_listener_add_to_their_training_plays(run_dir: Path) -> None:
+    from trainer.serving_steps import FoldIn, LivePlays
+
+    run = load_run(run_dir)
+    lookup = UserLookup(run_dir)
+    lookup.live = LivePlays(FoldIn(run_dir / "fold_in.npz"), lookup.training_plays(), lookup.width)
+    user = str(run.user_ids.ids[0])
+    row = run.history[0]
+    new_item = int(np.setdiff1d(np.arange(run.history.shape[1]), row.indices)[0])
+    lookup.live.add([(user, new_item)])
+    vectors, exclude, _ = lookup([user])
+    items = np.append(row.indices, new_item)
+    plays = np.append(row.data, 1.0)
+    np.testing.assert_allclose(vectors[0, :-1], run.model.fold_in(items, plays), rtol=1e-4, atol=1e-5)  # type: ignore[attr-defined]
+    assert new_item in exclude[0].tolist()

@@ -48,7 +48,7 @@ def test_native_flavour_uses_the_native_backends() -> None:
 
 def test_scorer_tensors_are_the_exported_graph_names() -> None:
     config = _parse(next(s for s in repository() if s.name == SCORER_TORCHSCRIPT).render())
-    assert [t.name for t in config.input] == [export.USER_INDEX, export.EXCLUDE, export.TOP_K]
+    assert [t.name for t in config.input] == [export.USER_VECTOR, export.EXCLUDE, export.TOP_K]
     assert [t.name for t in config.output] == [export.SCORES, export.ITEMS]
 
 

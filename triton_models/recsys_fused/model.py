@@ -42,9 +42,9 @@ class TritonPythonModel:
             keys_all += keys
             ks.append(top_k)
         if good:
-            index, exclude = self.lookup(keys_all)
+            vectors, exclude, unknown = self.lookup(keys_all)
             top_k = np.concatenate(ks).astype(np.int64)
-            scores, items = self.scorer(index[:, None], exclude, top_k)
+            scores, items = self.scorer(vectors, exclude, top_k)
             start = 0
             for n, size in good:
                 stop = start + size
@@ -53,7 +53,7 @@ class TritonPythonModel:
                     output_tensors=[
                         pb_utils.Tensor("ITEM_IDS", self.item_ids(items[start:stop, :k])),
                         pb_utils.Tensor("SCORES", np.ascontiguousarray(scores[start:stop, :k])),
-                        pb_utils.Tensor("FALLBACK", (index[start:stop] < 0)[:, None]),
+                        pb_utils.Tensor("FALLBACK", unknown[start:stop, None]),
                         pb_utils.Tensor("MODEL_VERSION", np.full((size, 1), self.version, dtype=np.int64)),
                     ]
                 )

@@ -27,7 +27,7 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         users, excludes, ks = [], [], []
         for request in requests:
-            users.append(pb_utils.get_input_tensor_by_name(request, "USER_INDEX").as_numpy())
+            users.append(pb_utils.get_input_tensor_by_name(request, "USER_VECTOR").as_numpy())
             excludes.append(pb_utils.get_input_tensor_by_name(request, "EXCLUDE").as_numpy())
             ks.append(pb_utils.get_input_tensor_by_name(request, "TOP_K").as_numpy())
         scores, items = self.scorer(np.concatenate(users), stack_exclusions(excludes), np.concatenate(ks))

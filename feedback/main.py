@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
 from fastapi import FastAPI
 
 from feedback.app import create_app
 from feedback.metrics import WriterMetrics
 from feedback.spool import Spool
 from feedback.writer import DatabaseWriter
+from recsys.asgi import server
 from recsys.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,6 @@ def build_app(settings: Settings) -> FastAPI:
 def run(settings: Settings) -> None:
     import uvloop
 
-    config = uvicorn.Config(
-        build_app(settings),
-        host=settings.feedback_host,
-        port=settings.feedback_port,
-        loop="none",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
+    http = server(build_app(settings), settings.feedback_host, settings.feedback_port)
     log.info("feedback writer on %s:%d, spool %s", settings.feedback_host, settings.feedback_port, settings.spool_dir)
-    uvloop.run(uvicorn.Server(config).serve())
+    uvloop.run(http.serve())

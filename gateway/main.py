@@ -7,7 +7,6 @@ import asyncio
 import logging
 
 import grpc
-import uvicorn
 
 from gateway.coalesce import Coalescer
 from gateway.events import EventSink
@@ -16,6 +15,7 @@ from gateway.grpc_api import add_to_server
 from gateway.metrics import GatewayMetrics
 from gateway.rest import create_app
 from gateway.service import GatewayService
+from recsys.asgi import server
 from recsys.settings import Settings
 from recsys.triton_client import AsyncTritonRecommender
 
@@ -50,22 +50,13 @@ async def serve(settings: Settings, experiment: Experiment | None = None) -> Non
     if grpc_server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"cannot bind gRPC to {grpc_address}")
     await grpc_server.start()
-    config = uvicorn.Config(
-        app,
-        host=settings.gateway_host,
-        port=settings.gateway_port,
-        loop="none",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-    )
+    http = server(app, settings.gateway_host, settings.gateway_port)
     log.info(
         "gateway: REST http://%s:%d, gRPC %s, Triton %s",
         settings.gateway_host, settings.gateway_port, grpc_address, settings.triton_grpc_url,
     )  # fmt: skip
     try:
-        await uvicorn.Server(config).serve()
+        await http.serve()
     finally:
         await grpc_server.stop(grace=2.0)
 

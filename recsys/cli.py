@@ -342,26 +342,44 @@ RepositoryOpt = Annotated[
 @app.command()
 def publish(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `recsys train` (bpr or als).")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `recsys train` (bpr or als: A/B; gru4rec: C).")
+    ],
     repository: RepositoryOpt = None,
     load: Annotated[bool, typer.Option(help="Hot-swap a running Triton (explicit model control) to it.")] = False,
     triton_http: Annotated[
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (with --load).")
     ] = None,
 ) -> None:
-    """Export (TorchScript + ONNX), check parity, and write a new numbered version into the model repository."""
+    """Export (TorchScript + ONNX), check parity, and write a new numbered version into the model repository:
+    of the factor-model ensembles (recsys_a, recsys_b, recsys_popular) for BPR/ALS, of recsys_c for GRU4Rec."""
+    import json as json_
+
     from recsys.stack.triton import TritonControl
     from trainer.publish import activate
     from trainer.publish import publish as run_publish
+    from trainer.publish_session import activate_session, publish_session
+    from trainer.run_files import METRICS_FILE
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
+    http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    try:
+        model_name = json_.loads((run_dir / METRICS_FILE).read_text()).get("model")
+    except (OSError, ValueError):
+        model_name = None
+    if model_name == "gru4rec":
+        session = publish_session(run_dir, target)
+        out.print(f"published GRU4Rec as session version {session.version} into {target} (recsys_c)")
+        if load:
+            activate_session(TritonControl.at(http), target, session.version)
+            out.print(f"Triton at {http} now serves session version {session.version}")
+        return
     published = run_publish(run_dir, target)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
     checked = published.parity.users_checked
     out.print(f"published version {published.version} into {target} (parity on {checked} users: {diffs})")
     if load:
-        http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
         activate(TritonControl.at(http), published.version)
         out.print(f"Triton at {http} now serves version {published.version}")
 
@@ -373,8 +391,9 @@ def render_repo(
 ) -> None:
     """Write the model repository's configs from their single description (local or native flavour)."""
     from trainer.publish import render_repository
+    from trainer.publish_session import render_session_repository
 
-    for path in render_repository(out_dir, flavour):
+    for path in [*render_repository(out_dir, flavour), *render_session_repository(out_dir, flavour)]:
         out.print(str(path))
 
 
@@ -397,6 +416,7 @@ def serve_triton(
     """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
     from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer, TritonServerError
     from trainer.publish import load_all, versions
+    from trainer.publish_session import load_session, session_versions
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
@@ -414,6 +434,8 @@ def serve_triton(
         version = load_all(server, target)
         out.print(f"Triton ready: grpc {server.urls.grpc}, http {server.urls.http}, metrics {server.urls.metrics}")
         out.print(f"serving version {version} of {target}; Ctrl-C stops it")
+        if session_versions(target):
+            out.print(f"and session version {load_session(server, target)} (recsys_c)")
         with contextlib.suppress(KeyboardInterrupt):
             while server.is_running() and not stopping.wait(0.5):
                 pass

@@ -176,14 +176,12 @@ class LocalStack:
         return self.postgres.url
 
     def start(self) -> Self:
-        from trainer.publish import load_all
-
         try:
             log.info("starting PostgreSQL on 127.0.0.1:%d", self.config.ports.postgres)
             self.postgres.start()
             log.info("starting Triton (gRPC 127.0.0.1:%d)", self.config.ports.triton_grpc)
             self.triton.start()
-            load_all(self.triton, self.config.model_repository)
+            self.load_models()
             log.info("starting the feedback writer on %s", self.feedback_url)
             self.writer.start()
             self.wait_writer_database()
@@ -199,6 +197,15 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def load_models(self) -> None:
+        """The newest published version of the factor ensembles, and of recsys_c where a session model is published."""
+        from trainer.publish import load_all
+        from trainer.publish_session import load_session, session_versions
+
+        load_all(self.triton, self.config.model_repository)
+        if session_versions(self.config.model_repository):
+            load_session(self.triton, self.config.model_repository)
 
     def wait_writer_database(self, timeout_s: float = 30.0) -> None:
         """Until the writer has reached PostgreSQL (and applied the migrations)."""

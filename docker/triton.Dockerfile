@@ -57,11 +57,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The image's Python (3.10) runs the python-backend steps: numpy < 2, or every output tensor comes back empty.
-RUN python3 -m pip install numpy==1.26.4
+# The image's Python (3.10) runs the python-backend steps: numpy < 2, or every output tensor comes back empty;
+# asyncpg for the lookup's live fold-in (it follows new clicks in PostgreSQL at RECSYS_DATABASE_URL).
+RUN python3 -m pip install numpy==1.26.4 asyncpg==0.30.0
 
-# The only project code the served steps import (numpy and the standard library only; a test keeps it so).
-COPY trainer/__init__.py trainer/run_files.py trainer/serving_steps.py /opt/recsys/trainer/
+# The only project code the served steps import (numpy, asyncpg and the standard library only; a test keeps it so).
+COPY trainer/__init__.py trainer/run_files.py trainer/serving_steps.py trainer/weights_core.py trainer/serving_live.py /opt/recsys/trainer/
 
 # 1000 is the image's own non-root user (triton-server).
 USER 1000

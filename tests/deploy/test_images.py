@@ -22,7 +22,13 @@ DOCKERFILES = {name: DOCKER / f"{name}.Dockerfile" for name in ("triton", "gatew
 #: Source folders other issues write; a COPY of one that does not exist yet is reported as a skip, not a failure.
 PENDING = {"gateway", "feedback", "protos", "nginx"}
 #: The trainer files the production Triton image copies next to its python steps.
-TRITON_STEP_CODE = ("trainer/__init__.py", "trainer/run_files.py", "trainer/serving_steps.py")
+TRITON_STEP_CODE = (
+    "trainer/__init__.py",
+    "trainer/run_files.py",
+    "trainer/serving_steps.py",
+    "trainer/weights_core.py",
+    "trainer/serving_live.py",
+)
 
 
 @dataclass
@@ -295,10 +301,10 @@ def _module_level_imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("relative", TRITON_STEP_CODE)
 def test_code_copied_into_the_ngc_image_runs_on_its_python_3_10(relative: str) -> None:
-    """NGC's tritonserver 24.10 runs python models with Ubuntu 22.04's Python 3.10 and only numpy installed."""
+    """NGC's tritonserver 24.10 runs python models with Ubuntu 22.04's Python 3.10; the image adds numpy and asyncpg."""
     path = ROOT / relative
     ast.parse(path.read_text(), feature_version=(3, 10))
-    outside = _module_level_imports(path) - set(sys.stdlib_module_names) - {"__future__", "numpy", "trainer"}
+    outside = _module_level_imports(path) - set(sys.stdlib_module_names) - {"__future__", "numpy", "asyncpg", "trainer"}
     assert not outside, f"{relative} imports {outside} at module level, which the production image lacks"
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainer."):

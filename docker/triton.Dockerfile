@@ -66,8 +66,10 @@ COPY trainer/__init__.py trainer/run_files.py trainer/serving_steps.py trainer/w
 
 # 1000 is the image's own non-root user (triton-server).
 USER 1000
+# OpenBLAS worker threads only spin on the steps' tiny numpy work (the live fold-in's solves): one thread.
 ENV PYTHONPATH=/opt/recsys \
-    RECSYS_MODEL_REPOSITORY=/models
+    RECSYS_MODEL_REPOSITORY=/models \
+    OPENBLAS_NUM_THREADS=1
 EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]

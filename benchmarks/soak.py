@@ -182,10 +182,16 @@ def main(argv: list[str] | None = None) -> int:
             best = max(good or sweep, key=lambda c: (good or sweep)[c]["rps"])
             print(f"sustaining concurrency {best} for {args.minutes} min ...", flush=True)
             wrk(url, script, best, 5)  # warm
-            memory_start = stack_memory(stack)
-            soak = wrk(url, script, best, args.minutes * 60)
+            thread, box = run_in_background(url, script, best, args.minutes * 60)
+            began, series = time.monotonic(), []
+            while thread.is_alive():  # memory every 15 s; "start" is the first sample after a 60 s warm-up
+                series.append((round(time.monotonic() - began), stack_memory(stack)))
+                thread.join(15)
+            soak = box[0]
             stack.wait_drained(120)
-            memory_end = stack_memory(stack)
+            series.append((round(time.monotonic() - began), stack_memory(stack)))
+            memory_start = next((m for t, m in series if t >= 60), series[0][1])
+            memory_end = series[-1][1]
             faults: dict[str, Any] = {}
 
             print("fault: Triton killed under load ...", flush=True)
@@ -252,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {soak['p99_ms']:.1f} ms, **{soak['errors']:.0f} errors**; {stored:,} feedback rows stored in all.", "",
         markdown_table(["process", "RSS start MiB", "RSS end MiB", "RSS growth", "private start MiB",
                         "private end MiB", "private growth"], rows), "",
-        f"Largest growth of private (anonymous) memory: {max(growth.values()):+.1%} (goal < 5%). RSS also counts "
-        "shared pages: PostgreSQL's grows as its shared buffers fill with the tables the soak writes.", "",
+        f"Largest growth of private (anonymous) memory: {max(growth.values()):+.1%} (goal < 5%), from the first "
+        "sample after a 60 s warm-up to the end (queues drained). RSS also counts shared pages: PostgreSQL's grows as "
+        "its shared buffers fill with the tables the soak writes. Private MiB every 15 s:", "",
+        markdown_table(["s", *memory_start], [[str(t), *(f"{m[name][1] / 1024:.0f}" for name in memory_start)]
+                                             for t, m in series]), "",
         "## Faults under load (same concurrency)", "",
         markdown_table(["fault", "req/s", "p99 ms", "non-2xx", "details"], fault_rows), "",
         "During the Triton outage the gateway answers 503 (JSON, Retry-After) within its 500 ms deadline; those are "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 import tempfile
 import time
@@ -58,7 +57,18 @@ from benchmarks.perf_tools import (
     run_perf_analyzer,
     settled_tree_memory,
 )
-from benchmarks.triton_perf import Catalog, build_and_publish, output_to, sample_requests, say, write_input_data
+from benchmarks.triton_perf import (
+    Catalog,
+    Floor,
+    _fmt,
+    _int_list,
+    _summary,
+    build_and_publish,
+    output_to,
+    sample_requests,
+    say,
+    write_input_data,
+)
 
 ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_C = "recsys_a", "recsys_b", "recsys_c"
 MODELS = (ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_C)
@@ -144,14 +154,6 @@ def build_and_publish_session(args: argparse.Namespace, work: Path, log_file: Pa
     )
 
 
-@dataclass(frozen=True)
-class Floor:
-    runtime: str
-    queries: int
-    p50_ms: float
-    p99_ms: float
-
-
 def session_scorer_floors(repository: Path, version: int, user_ids: list[str], queries: int) -> list[Floor]:
     """The published session scorer (as its model.py sets it up: one thread) on single real recent sequences."""
     import onnxruntime as ort
@@ -186,7 +188,7 @@ def session_scorer_floors(repository: Path, version: int, user_ids: list[str], q
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(scorer / "model.onnx"), options, providers=["CPUExecutionProvider"])
     floors = [
-        _floor(
+        _summary(
             "onnxruntime (ONNX), 1 intra-op thread",
             timed(lambda s: session.run(["SCORES", "ITEMS"], {"ITEM_SEQUENCE": s, "TOP_K": k})),
         )
@@ -200,20 +202,10 @@ def session_scorer_floors(repository: Path, version: int, user_ids: list[str], q
             with torch.inference_mode():
                 module(torch.from_numpy(s), torch.from_numpy(k))
 
-        floors.append(_floor("torch.jit (TorchScript), 1 thread", timed(script)))
+        floors.append(_summary("torch.jit (TorchScript), 1 thread", timed(script)))
     finally:
         torch.set_num_threads(threads)
     return floors
-
-
-def _floor(runtime: str, seconds: list[float]) -> Floor:
-    ordered = sorted(seconds)
-    return Floor(
-        runtime=runtime,
-        queries=len(ordered),
-        p50_ms=statistics.median(ordered) * 1e3,
-        p99_ms=ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3,
-    )
 
 
 # ------------------------------------------------------------------------------------------------ serving
@@ -308,10 +300,6 @@ def serve_and_measure(
 
 
 # ------------------------------------------------------------------------------------------------ report
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
@@ -439,16 +427,6 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ main
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
-    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

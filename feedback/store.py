@@ -16,6 +16,16 @@ FEEDBACK_COLUMNS = (
     "event_id", "ts", "request_id", "user_id", "ab_group", "clicked_item", "skipped_items", "inference_time_ms",
 )  # fmt: skip
 
+#: SQLSTATE classes of a batch the database refuses as data (22 data exception, 23 integrity violation): only
+#: those are set aside as dead letters; every other error is retried (disk full, read-only after a failover,
+#: deadlock, cancelled query: the same batch can succeed later).
+DATA_ERROR_CLASSES = ("22", "23")
+
+
+def is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "") or "")[:2] in DATA_ERROR_CLASSES
+
+
 #: Errors after which the same batch may succeed later (the database is down, restarting or unreachable).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -51,10 +61,13 @@ def rows_of(payloads: list[bytes]) -> tuple[list[tuple[Any, ...]], list[tuple[An
 
 
 async def _copy_insert(conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: list[Any]) -> int:
-    stage = f"stage_{table}"
-    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS")
+    stage, cols = f"stage_{table}", ", ".join(columns)
+    # Only the copied columns, without constraints: ``LIKE`` would copy NOT NULL but not the defaults, so a
+    # column filled by a default (feedback.seq) would refuse every COPY.
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS SELECT {cols} FROM {table} WITH NO DATA"
+    )
     await conn.copy_records_to_table(stage, records=rows, columns=columns)
-    cols = ", ".join(columns)
     status = await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
     return int(status.rsplit(" ", 1)[-1])
 

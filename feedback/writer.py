@@ -15,7 +15,7 @@ import asyncpg
 from feedback.metrics import WriterMetrics
 from feedback.migrate import migrate
 from feedback.spool import Record, Spool
-from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, write_batch
+from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, is_data_error, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,10 @@ class DatabaseWriter:
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(self.dsn, timeout=5, command_timeout=30)
+            # The staging tables are temporary: their pages live in this backend's private temp buffers, which
+            # PostgreSQL grows up to temp_buffers (8 MB by default) and keeps. A soak showed that as a steady rise
+            # of the backend's memory; 2 MB holds a full batch and bounds it. Must precede the first temp access.
+            await self._conn.execute("SET temp_buffers = '2MB'")
             if not self.migrated:
                 await migrate(self._conn)
                 self.migrated = True
@@ -66,8 +70,8 @@ class DatabaseWriter:
         try:  # migrate at start when the database is there; otherwise at the first successful write
             await self._connection()
             self._succeeded()
-        except TRANSIENT_ERRORS as exc:
-            log.warning("database not reachable at start (%s); events will wait in the spool", exc)
+        except Exception as exc:  # whatever it is, the loop below retries; events wait in the spool
+            log.warning("database not usable at start (%s); events will wait in the spool", exc)
             await self._drop_connection()
         backoff = self.interval_s
         while True:
@@ -105,8 +109,8 @@ class DatabaseWriter:
         try:
             n_imp, n_fb = await write_batch(conn, payloads)
         except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+            if not is_data_error(exc):
+                raise  # retried by the loop: the same batch can succeed later
             n_imp, n_fb = await self._sort_out(conn, payloads, exc)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
         self.spool.commit(batch)
@@ -120,7 +124,7 @@ class DatabaseWriter:
             try:
                 await insert_one_by_one(conn, [payload])
             except asyncpg.PostgresError as one:
-                if isinstance(one, TRANSIENT_ERRORS):
+                if not is_data_error(one):
                     raise
                 self._dead_letter(payload, one)
         return 0, 0  # counted as written only by the batch path; the dead letters are counted apart

@@ -37,6 +37,7 @@ class Coalescer:
         self.timeout_s = timeout_s
         self._queues: OrderedDict[Key, deque[Waiting]] = OrderedDict()
         self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self.calls = 0  # Triton calls made (tests and benchmarks read it beside the request count)
 
     async def recommend(self, model: str, user_id: str, top_k: int) -> Recommendation:
@@ -65,16 +66,19 @@ class Coalescer:
             if batch:
                 self._in_flight += 1
                 self.calls += 1
-                asyncio.get_running_loop().create_task(self._call(key, batch))
+                task = asyncio.get_running_loop().create_task(self._call(key, batch))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _call(self, key: Key, batch: list[Waiting]) -> None:
         model, top_k = key
         try:
             answers = await self.triton.recommend(model, [user_id for user_id, _ in batch], top_k)
-        except TritonCallError as exc:
+        except Exception as exc:  # a malformed answer too: its requests fail now, not at their deadline
+            error = exc if isinstance(exc, TritonCallError) else TritonCallError(f"{model}: {exc}", "INTERNAL")
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(error)
         else:
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():

@@ -113,8 +113,11 @@ class EventSink:
     async def _flush_loop(self) -> None:
         backoff = self._interval_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+            if backoff > self._interval_s:  # the writer failed: wait it out, full buffers do not wake us
+                await asyncio.sleep(backoff)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff)
             self._wake.clear()
             try:
                 await self._send_buffer()

@@ -39,6 +39,9 @@ class RecommenderServicer(recsys_pb2_grpc.RecommenderServicer):
                 context.set_trailing_metadata((("retry-after", str(exc.retry_after_s)),))
             await context.abort(code, exc.message)
             raise  # abort raises; this line only satisfies the type checker
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
         finally:
             metrics = self.service.metrics
             metrics.requests.labels(route, "GRPC", _HTTP_STATUS.get(code, "500")).inc()

@@ -59,12 +59,11 @@ class EdgeMiddleware:
         start = time.perf_counter()
         route = scope["path"] if scope["path"] in ROUTES else "other"
         status = 500
-        started = False
 
         async def send_counted(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status = message["status"]
             await send(message)
 
         try:
@@ -73,9 +72,6 @@ class EdgeMiddleware:
                 await self._too_large(scope, receive, send_counted)
             else:
                 await self.app(scope, self._capped(receive), send_counted)
-        except _BodyTooLargeError:
-            if not started:
-                await self._too_large(scope, receive, send_counted)
         finally:
             metrics = self.service.metrics
             metrics.requests.labels(route, scope["method"], str(status)).inc()
@@ -88,8 +84,8 @@ class EdgeMiddleware:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise _BodyTooLargeError
+            if seen > self.max_body_bytes:  # a chunked body without Content-Length: FastAPI passes this through
+                raise StarletteHTTPException(413, f"request body over {self.max_body_bytes} bytes")
             return message
 
         return capped
@@ -97,10 +93,6 @@ class EdgeMiddleware:
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
         await response(scope, receive, send)
-
-
-class _BodyTooLargeError(Exception):
-    pass
 
 
 def _group_key(request: Request, user_id: str) -> str:
@@ -156,7 +148,8 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        return error_response(exc.status_code, "http_error", str(exc.detail), dict(exc.headers or {}))
+        code = "body_too_large" if exc.status_code == 413 else "http_error"
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:

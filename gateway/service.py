@@ -72,7 +72,7 @@ def derived_event_id(event: FeedbackEvent) -> str:
 
 
 def _check_id(name: str, value: str) -> None:
-    if not value:
+    if not value.strip():  # Triton refuses blank ids too, and would fail a whole coalesced call for one
         raise GatewayError.invalid(f"{name} must not be empty")
     if len(value) > MAX_ID_CHARS:
         raise GatewayError.invalid(f"{name} is longer than {MAX_ID_CHARS} characters")

@@ -72,7 +72,7 @@ class FeedbackPoller(threading.Thread):
         while not self._stopping.is_set():
             try:
                 if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(self.dsn, timeout=5)
+                    conn = await asyncpg.connect(self.dsn, timeout=5, command_timeout=10)
                 rows = await conn.fetch(NEW_CLICKS, max(self.last_seq - OVERLAP, 0), PAGE)
                 self.polls += 1
                 plays = []
@@ -83,7 +83,10 @@ class FeedbackPoller(threading.Thread):
                             plays.append((row["user_id"], item))
                     self.last_seq = max(self.last_seq, row["seq"])
                 if plays:
-                    self.on_plays(plays)
+                    try:
+                        self.on_plays(plays)
+                    except Exception:  # a bad refold must not end live fold-in for the life of this version
+                        log.exception("live fold-in: refolding %d plays failed; skipped", len(plays))
                 if len(rows) < PAGE:
                     await asyncio.sleep(self.interval_s)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

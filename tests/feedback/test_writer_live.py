@@ -77,6 +77,11 @@ def test_impression_and_click_are_stored_once_even_when_retried(stack: LocalStac
     assert len(rows) == 1
     assert (rows[0]["orphan"], rows[0]["click_not_shown"], rows[0]["mismatch"]) == (False, False, False)
     assert rows[0]["skipped_items"] == click["skipped_items"]
+    # both kinds went through the batched COPY path (the one-by-one fallback counts nothing as written)
+    metrics = httpx.get(stack.feedback_url + "/metrics").text
+    for kind in ("impression", "feedback"):
+        line = next(x for x in metrics.splitlines() if x.startswith(f'feedback_events_written_total{{kind="{kind}"}}'))
+        assert float(line.split()[-1]) >= 1
 
 
 def test_feedback_that_does_not_match_what_was_served_is_stored_with_a_flag(stack: LocalStack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -84,6 +85,17 @@ def test_malformed_json_non_json_and_oversized_bodies(stack: LocalStack) -> None
     assert form.status_code == 415
     huge = httpx.post(url, content=b"{" + b" " * 20000 + b"}", headers={"content-type": "application/json"})
     assert huge.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap counts what arrives
+        yield b'{"user_id": "1", "pad": "'
+        yield from (b"x" * 4096 for _ in range(6))
+        yield b'"}'
+
+    chunked = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert chunked.json()["error"]["code"] == "body_too_large"
+    blank = httpx.post(url, json={"user_id": "   "})
+    assert blank.status_code == 400
 
 
 def test_group_header_unknown_is_refused_and_a_disagreeing_one_is_counted_and_overridden(stack: LocalStack) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
@@ -16,16 +15,9 @@ from feedback.events import BATCH, EventBatch
 from feedback.metrics import WriterMetrics
 from feedback.spool import Spool
 from feedback.writer import DatabaseWriter
+from recsys.asgi import error_response, json_response
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    return _json({"error": {"code": code, "message": message}}, status)
 
 
 def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> FastAPI:
@@ -56,7 +48,7 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> 
         """Impressions and feedback; 202 means on disk, to reach PostgreSQL even if it is down right now."""
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
-            return _error(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
+            return error_response(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")
         try:
             batch = BATCH.validate_json(body)
         except ValidationError as exc:
@@ -64,11 +56,11 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> 
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:10]
             )
             metrics.rejected.labels("invalid").inc()
-            return _error(422, "invalid_event", problems)
+            return error_response(422, "invalid_event", problems)
         await spool.append([orjson.dumps(e.model_dump()) for e in batch.events])
         for event in batch.events:
             metrics.received.labels(event.kind).inc()
-        return _json({"accepted": len(batch.events)}, 202)
+        return json_response({"accepted": len(batch.events)}, 202)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -77,7 +69,7 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> 
     @app.get("/readyz")
     async def readyz() -> Response:
         """Ready = the spool accepts events; the database may be down (events then wait in the spool)."""
-        return _json({"ready": True, "database": writer.db_up, "spooled": len(spool.pending)})
+        return json_response({"ready": True, "database": writer.db_up, "spooled": len(spool.pending)})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

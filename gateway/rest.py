@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -17,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse
 from gateway.service import FeedbackEvent, GatewayError, GatewayService
+from recsys.asgi import error_response, json_response
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "body does not match the schema"},
     503: {"model": ErrorResponse, "description": "Triton or the feedback writer is unavailable; see Retry-After"},
 }
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
 
 
 class EdgeMiddleware:

@@ -311,7 +311,6 @@ class TestGRU4RecContract(RecommenderContract):
     params: ClassVar[Params | None] = GRU4RecParams(n_epochs=1, n_sample=256)
 
     def test_save_load_round_trip(self, fitted: Recommender, split: Any, tmp_path: Any) -> None:
-        # GRU4Rec.load reads the file without the registry (Recommender.load needs "gru4rec" in MODELS).
         fitted.save(tmp_path / "m.npz")
         loaded = GRU4Rec.load(tmp_path / "m.npz", device=fitted.device)
         assert loaded.params == fitted.params

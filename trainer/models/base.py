@@ -11,7 +11,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -123,7 +123,7 @@ class Recommender(ABC):
         np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Recommender:
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> Self:
         """Loads any saved model; called on a subclass it also checks the saved model is of that kind."""
         from trainer.models.registry import model_class
 
@@ -147,7 +147,7 @@ class Recommender(ABC):
         model.n_users = int(header["n_users"])
         model.n_items = int(header["n_items"])
         model._restore(arrays)
-        return model
+        return cast(Self, model)  # the issubclass check above: a model of the class it was asked on
 
 
 class FactorModel(Recommender):

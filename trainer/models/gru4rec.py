@@ -27,12 +27,10 @@ any batch of item sequences (:meth:`GRU4Rec.score_sequences`), which is what the
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
@@ -43,7 +41,7 @@ from torch.nn import functional
 
 from trainer.data.interactions import Interactions
 from trainer.errors import ArtifactError, ConfigError, DataError, RecsysError
-from trainer.models.base import FORMAT_VERSION, Params, Recommender
+from trainer.models.base import Params, Recommender
 from trainer.progress import track
 from trainer.sessions import (
     DEFAULT_IDLE_GAP,
@@ -626,30 +624,6 @@ class GRU4Rec(Recommender):
             raise ArtifactError(f"saved {self.name} model is incomplete or mismatched: {exc}") from exc
         self.net = net.to(self.device).eval()
         self._derive()
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> GRU4Rec:
-        """Loads a saved GRU4Rec without going through the model registry (``Recommender.load`` does)."""
-        path = Path(path)
-        if not path.exists():
-            raise ArtifactError(f"{path}: no such model file")
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(f"{path}: not a saved model ({exc})") from exc
-        if "__header__" not in arrays:
-            raise ArtifactError(f"{path}: missing model header")
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ArtifactError(f"{path}: unsupported format version {header.get('format_version')}")
-        if header.get("model") != cls.name:
-            raise ArtifactError(f"{path}: holds a {header.get('model')} model, not {cls.name}")
-        model = cls(GRU4RecParams.from_dict(header["params"]), device=device)
-        model.n_users = int(header["n_users"])
-        model.n_items = int(header["n_items"])
-        model._restore(arrays)
-        return model
 
 
 def fallback_scores(counts: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.float32]:

@@ -1,7 +1,8 @@
-"""Step 3 of both ensembles: trim the scorer's candidates to each request's TOP_K, map indices to external ids.
+"""Step 3 of every ensemble: trim the scorer's candidates to each request's TOP_K, map indices to external ids.
 
 The scorer returns ``max(TOP_K)`` candidates for a whole batch with already-heard items masked; this step cuts
 each request back to its own k and returns external item ids as strings ("" and -inf where a row ran out).
+recsys_session_topk runs this same file with the GRU4Rec run's ``ids.npz`` (its own item index space).
 """
 
 from __future__ import annotations

@@ -20,12 +20,13 @@ import numpy as np
 
 from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
+from serving.fold_in import FoldIn, LivePlays
+from serving.lookup import UserLookup
 from trainer.artifacts import load_run
 from trainer.data.synthetic import SyntheticConfig, generate
 from trainer.export import export_all
 from trainer.pipeline import save_result, train_and_evaluate
 from trainer.publish import publish
-from trainer.serving_steps import FoldIn, LivePlays, UserLookup
 
 
 def _timed(call: Any, repeats: int) -> float:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = "\n".join([
         f"# Live fold-in: cost and freshness ({now_utc()})", "",
         "ALS (64 factors) on a synthetic world of 20,000 listeners x 50,000 items; the lookup as served "
-        "(`trainer.serving_steps`), one listener per call, 10,000 live listeners held; refolds on random plays.", "",
+        "(`serving.fold_in`), one listener per call, 10,000 live listeners held; refolds on random plays.", "",
         markdown_table(["figure", "value (us, or s where named)"], rows), "",
         f"Added latency on the request path for a live listener: **{added:.1f} us** (goal <= 1 ms). A refold is "
         "done off the request path, by the poller thread, once per listener with new plays.",

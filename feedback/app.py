@@ -15,7 +15,7 @@ from feedback.events import BATCH, EventBatch
 from feedback.metrics import WriterMetrics
 from feedback.spool import Spool
 from feedback.writer import DatabaseWriter
-from recsys.asgi import error_response, json_response
+from recsys.core.asgi import error_response, json_response
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 

@@ -10,8 +10,8 @@ from feedback.app import create_app
 from feedback.metrics import WriterMetrics
 from feedback.spool import Spool
 from feedback.writer import DatabaseWriter
-from recsys.asgi import server
-from recsys.settings import Settings
+from recsys.core.asgi import server
+from recsys.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

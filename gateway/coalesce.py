@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 
-from recsys.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError
-from trainer.tensor_names import MAX_BATCH_SIZE
+from recsys.core.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError
+from serving.contract import MAX_BATCH_SIZE
 
 Key = tuple[str, int]  # (model, top_k)
 Waiting = tuple[str, "asyncio.Future[Recommendation]"]

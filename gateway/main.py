@@ -15,9 +15,9 @@ from gateway.grpc_api import add_to_server
 from gateway.metrics import GatewayMetrics
 from gateway.rest import create_app
 from gateway.service import GatewayService
-from recsys.asgi import server
-from recsys.settings import Settings
-from recsys.triton_client import AsyncTritonRecommender
+from recsys.core.asgi import server
+from recsys.core.settings import Settings
+from recsys.core.triton_client import AsyncTritonRecommender
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run(settings: Settings) -> None:
 
 
 def _main() -> None:  # pragma: no cover - convenience for `python -m gateway.main`
-    from recsys.settings import get_settings
+    from recsys.core.settings import get_settings
 
     asyncio.run(serve(get_settings()))
 

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse
 from gateway.service import FeedbackEvent, GatewayError, GatewayService
-from recsys.asgi import error_response, json_response
+from recsys.core.asgi import error_response, json_response
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from gateway.coalesce import Coalescer
 from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
 from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
-from recsys.triton_client import AsyncTritonRecommender, TritonCallError
+from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recsys.logs import configure_logging
-from recsys.settings import Settings, get_settings
-from trainer.errors import ConfigError, RecsysError
+from recsys.core.errors import ConfigError, RecsysError
+from recsys.core.logs import configure_logging
+from recsys.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from gateway.experiment import Experiment
@@ -280,10 +280,10 @@ def _demo_serving(out_dir: Path, user_ids: list[str], world: Any, listeners: int
 
     import httpx
 
+    from recsys.core.triton_client import TritonRecommender
     from recsys.simulate import simulate
     from recsys.stack.local import LocalStack, StackConfig, StackPorts
     from recsys.stack.postgres import default_data_dir
-    from recsys.triton_client import TritonRecommender
     from trainer.publish import publish as run_publish
     from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B
 
@@ -356,10 +356,10 @@ def publish(
     import json as json_
 
     from recsys.stack.triton import TritonControl
+    from serving.contract import METRICS_FILE
     from trainer.publish import activate
     from trainer.publish import publish as run_publish
     from trainer.publish_session import activate_session, publish_session
-    from trainer.run_files import METRICS_FILE
 
     settings = _settings(ctx)
     target = repository or settings.model_repository

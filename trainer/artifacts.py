@@ -17,10 +17,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsys.core.errors import ArtifactError
+from serving.contract import HISTORY_FILE, IDS_FILE, METRICS_FILE, MODEL_FILE
 from trainer.data.interactions import IdMap, Interactions, item_label
-from trainer.errors import ArtifactError
 from trainer.models.base import Recommender
-from trainer.run_files import HISTORY_FILE, IDS_FILE, METRICS_FILE, MODEL_FILE
 
 __all__ = ["HISTORY_FILE", "IDS_FILE", "METRICS_FILE", "MODEL_FILE", "Run", "load_run", "save_run"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.errors import ConfigError
+from recsys.core.errors import ConfigError
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:

@@ -22,15 +22,15 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
-from trainer.errors import ConfigError, RecsysError
+from recsys.core.errors import ConfigError, RecsysError
+from serving.contract import EXCLUDE as EXCLUDE  # re-exported: export.X names the scorer's tensors
+from serving.contract import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
+from serving.contract import ITEMS as ITEMS
+from serving.contract import SCORES as SCORES
+from serving.contract import TOP_K as TOP_K
+from serving.contract import USER_VECTOR as USER_VECTOR
+from serving.lookup import padded_rows
 from trainer.models.base import FactorModel
-from trainer.run_files import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
-from trainer.serving_steps import padded_rows
-from trainer.tensor_names import EXCLUDE as EXCLUDE  # re-exported: export.X names the scorer's tensors
-from trainer.tensor_names import ITEMS as ITEMS
-from trainer.tensor_names import SCORES as SCORES
-from trainer.tensor_names import TOP_K as TOP_K
-from trainer.tensor_names import USER_VECTOR as USER_VECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def build_scorer(model: FactorModel, fallback_scores: npt.NDArray[np.floating[An
 def padded_exclusions(history: sp.csr_matrix, users: npt.NDArray[np.integer[Any]], width: int) -> npt.NDArray[np.int64]:
     """Rows of ``history`` as item indices padded with -1 to ``width`` (unknown users, -1, get none).
 
-    The same padding the served lookup step applies (``trainer.serving_steps.padded_rows``).
+    The same padding the served lookup step applies (``serving.lookup.padded_rows``).
     """
     try:
         return padded_rows(history.indptr, history.indices, users, width)

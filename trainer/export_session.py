@@ -23,10 +23,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from trainer.errors import ConfigError
+from recsys.core.errors import ConfigError
+from serving.contract import ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.export import ITEMS, SCORES, TOP_K, ExportError, ParityReport, _quiet_export, load_torchscript
 from trainer.models.gru4rec import GRU4Rec
-from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.sessions import PAD
 
 logger = logging.getLogger(__name__)

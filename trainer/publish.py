@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from recsys.core.errors import ArtifactError
+from serving.contract import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
 from trainer.artifacts import HISTORY_FILE, IDS_FILE, METRICS_FILE, load_run
-from trainer.errors import ArtifactError
 from trainer.export import ExportError, ParityReport, export_all
 from trainer.models.base import FactorModel
-from trainer.run_files import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
 from trainer.triton_config import (
     ENSEMBLE_A,
     ENSEMBLE_B,

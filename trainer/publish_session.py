@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from trainer.errors import ArtifactError
+from recsys.core.errors import ArtifactError
+from serving.contract import IDS_FILE, METRICS_FILE, MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.export import ParityReport
 from trainer.publish import MANIFEST, ModelControl, _model_code
-from trainer.run_files import IDS_FILE, METRICS_FILE, MODEL_FILE, ONNX_FILE, TORCHSCRIPT_FILE
 from trainer.triton_config import Flavour
 from trainer.triton_session import (
     ENSEMBLE_C,
@@ -119,7 +119,7 @@ def padded_sequences(
     indptr: npt.NDArray[np.int64], indices: npt.NDArray[np.int64], rows: npt.ArrayLike, sequence_length: int
 ) -> npt.NDArray[np.int64]:
     """What the lookup emits for ``rows`` (-1: an unknown listener, all padding): ``[len(rows), L]``."""
-    from trainer.serving_steps import padded_rows
+    from serving.lookup import padded_rows
 
     return padded_rows(indptr, indices, rows, sequence_length)
 

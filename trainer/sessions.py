@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from recsys.core.errors import ConfigError, DataError
 from trainer.data.interactions import Events, Interactions
-from trainer.errors import ConfigError, DataError
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

@@ -13,8 +13,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from recsys.core.errors import ConfigError, DataError
 from trainer.data.interactions import Events, IdMap, Interactions
-from trainer.errors import ConfigError, DataError
 
 
 class SplitKind(StrEnum):

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from trainer.errors import ConfigError
-from trainer.run_files import ONNX_FILE, TORCHSCRIPT_FILE
-from trainer.tensor_names import (
+from recsys.core.errors import ConfigError
+from serving.contract import (
     EXCLUDE,
     FALLBACK,
     ITEM_IDS,
@@ -26,8 +25,10 @@ from trainer.tensor_names import (
     MAX_BATCH_SIZE,
     MAX_TOP_K,
     MODEL_VERSION,
+    ONNX_FILE,
     SCORES,
     TOP_K,
+    TORCHSCRIPT_FILE,
     USER_ID,
     USER_VECTOR,
 )

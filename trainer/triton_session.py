@@ -21,14 +21,14 @@ The classes and the rendering are :mod:`trainer.triton_config`'s, so both descri
 
 from __future__ import annotations
 
-from trainer.errors import ConfigError
-from trainer.run_files import ONNX_FILE
-from trainer.tensor_names import (
+from recsys.core.errors import ConfigError
+from serving.contract import (
     FALLBACK,
     ITEM_IDS,
     ITEMS,
     MAX_TOP_K,
     MODEL_VERSION,
+    ONNX_FILE,
     SCORES,
     TOP_K,
     USER_ID,

@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
+from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
-from trainer.errors import ConfigError
 from trainer.evaluation import evaluate
 from trainer.pipeline import build_model
 from trainer.progress import progress_bar

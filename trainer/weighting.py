@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from trainer.errors import ConfigError
-from trainer.weights_core import bm25_values
+from recsys.core.errors import ConfigError
+from serving.weights import bm25_values
 
 
 class Weighting(StrEnum):

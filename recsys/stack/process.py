@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from trainer.errors import RecsysError
+from recsys.core.errors import RecsysError
 
 
 class ServiceError(RecsysError):

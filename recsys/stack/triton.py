@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal, NoReturn, Self
 
-from trainer.errors import ConfigError, RecsysError
+from recsys.core.errors import ConfigError, RecsysError
 
 __all__ = [
     "DEFAULT_WORKDIR",

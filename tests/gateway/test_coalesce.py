@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gateway.coalesce import Coalescer
+from recsys.core.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError
 from recsys.stack.local import LocalStack
-from recsys.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError
 
 pytestmark = pytest.mark.stack
 

@@ -10,8 +10,8 @@ import grpc
 import httpx
 import pytest
 
+from recsys.core.triton_client import TritonRecommender
 from recsys.stack.local import LocalStack
-from recsys.triton_client import TritonRecommender
 from recsys.v1 import recsys_pb2, recsys_pb2_grpc
 
 pytestmark = pytest.mark.stack

@@ -112,8 +112,8 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
     import socket
     import time
 
+    from recsys.core.triton_client import TritonRecommender
     from recsys.stack.triton import TritonControl
-    from recsys.triton_client import TritonRecommender
 
     args = ("--user-col", "listener", "--item-col", "artist", "--weight-col", "plays", "--model", "als")
     for name in ("r1", "r2"):

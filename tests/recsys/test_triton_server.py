@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 import recsys.stack
+from recsys.core.errors import ConfigError
 from recsys.stack import triton
 from recsys.stack.triton import (
     TritonConfig,
@@ -32,7 +33,6 @@ from recsys.stack.triton import (
     check_runnable,
     find_tritonserver,
 )
-from trainer.errors import ConfigError
 
 FIXTURE_REPO = Path(__file__).parent / "triton_fixture_models"
 BROKEN = "broken_config"

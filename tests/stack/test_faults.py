@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recsys.core.errors import RecsysError
 from recsys.stack.local import LocalStack
-from trainer.errors import RecsysError
 from trainer.publish import load_all, publish, versions
 
 pytestmark = pytest.mark.stack

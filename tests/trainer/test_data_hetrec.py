@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys.core.errors import DataError
 from trainer.data.hetrec import load_hetrec
 from trainer.data.interactions import Interactions
-from trainer.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recsys.core.errors import DataError
 from trainer.data import lastfm1k
 from trainer.data.lastfm1k import load_lastfm1k
-from trainer.errors import DataError
 
 DEEP_DISH = "f1b1cf71-bd35-4e99-8624-24a6e15f133a"
 SAKAMOTO = "a7f7df4a-77d8-4f12-8acd-5c60c93f4de8"

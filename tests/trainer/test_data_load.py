@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from recsys.core.errors import DataError
 from trainer.data.load import is_lastfm1k, load_dataset
 from trainer.data.synthetic import SyntheticConfig
-from trainer.errors import DataError
 
 TINY = SyntheticConfig(n_users=30, n_items=100, n_genres=4)
 

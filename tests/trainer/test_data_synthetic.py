@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from recsys.core.errors import ConfigError
 from trainer.data.interactions import IndexArray
 from trainer.data.synthetic import SyntheticConfig, SyntheticWorld, generate
-from trainer.errors import ConfigError
 
 SMALL = SyntheticConfig(n_users=400, n_items=2_000, n_genres=12, seed=7)
 

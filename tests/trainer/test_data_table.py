@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.core.errors import DataError
 from trainer.data.table import load_table
-from trainer.errors import DataError
 
 
 def _write(path: Path, text: str) -> Path:

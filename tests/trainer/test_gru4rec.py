@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_models import RecommenderContract  # the contract every model runs (tests/trainer/test_models.py)
 
-from trainer.errors import ArtifactError, ConfigError
+from recsys.core.errors import ArtifactError, ConfigError
 from trainer.models.base import Params, Recommender
 from trainer.models.gru4rec import (
     GRU4Rec,

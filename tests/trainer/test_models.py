@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.errors import ArtifactError, ConfigError
+from recsys.core.errors import ArtifactError, ConfigError
 from trainer.evaluation import evaluate
 from trainer.models import ALS, BPR, ALSParams, BPRParams, Params, Popularity, Recommender
 from trainer.splits import random_holdout

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recsys.core.errors import ArtifactError
 from trainer.artifacts import load_run
-from trainer.errors import ArtifactError
 from trainer.pipeline import save_result, train_and_evaluate
 from trainer.tune import tune
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from recsys.core.errors import ConfigError, DataError
 from trainer.data.interactions import Events
 from trainer.data.lastfm1k import load_lastfm1k
-from trainer.errors import ConfigError, DataError
 from trainer.models.item_knn_sessions import SessionItemKNN, SessionItemKNNParams
 from trainer.sessions import (
     PAD,

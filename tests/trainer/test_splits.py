@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recsys.core.errors import ConfigError, DataError
 from trainer.data.interactions import from_frame
-from trainer.errors import ConfigError, DataError
 from trainer.splits import keep_active_users, random_holdout, temporal, validation_split
 
 

@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from recsys.core.errors import ArtifactError, ConfigError
 from trainer import export_session, run_files
-from trainer.errors import ArtifactError, ConfigError
 from trainer.publish import SOURCE_REPOSITORY
 from trainer.publish_session import (
     only_version_config,
@@ -112,7 +112,7 @@ def test_committed_repository_is_the_local_rendering(tmp_path: Path) -> None:
 
 
 ALLOWED_IMPORTS = {"__future__", "json", "pathlib", "typing", "warnings", "numpy", "numpy.typing"}
-ALLOWED_IMPORTS |= {"triton_python_backend_utils", "trainer.serving_steps", "trainer.tensor_names", "trainer.run_files"}
+ALLOWED_IMPORTS |= {"triton_python_backend_utils", "trainer.serving_steps", "serving.contract"}
 
 
 @pytest.mark.parametrize("model", SESSION_STEP_MODELS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from trainer.errors import ConfigError
+from recsys.core.errors import ConfigError
 from trainer.weighting import CorpusStats, confidence
 
 

@@ -13,8 +13,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
-from recsys.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from trainer.artifacts import load_run
 from trainer.export import ExportError
 from trainer.pipeline import save_result, train_and_evaluate

@@ -15,11 +15,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from recsys.core.errors import ArtifactError
+from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
-from recsys.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
+from serving.contract import MODEL_FILE, ONNX_FILE
 from trainer.artifacts import save_run
 from trainer.data.synthetic import SyntheticConfig, generate
-from trainer.errors import ArtifactError
 from trainer.export import ExportError
 from trainer.models.gru4rec import GRU4Rec, GRU4RecParams
 from trainer.publish_session import (
@@ -32,7 +33,6 @@ from trainer.publish_session import (
     render_session_repository,
     session_versions,
 )
-from trainer.run_files import MODEL_FILE, ONNX_FILE
 from trainer.triton_session import ENSEMBLE_C, SESSION_SCORER, SESSION_STEP_MODELS
 
 # Served length below the model's own (12): the lookup must serve the *last* L plays of the latest session.

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from recsys.core.errors import DataError
 from trainer.data.interactions import Interactions
 from trainer.data.table import RowPosition, aggregate, clean_frame
-from trainer.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from trainer.errors import DataError
+from recsys.core.errors import DataError
 
 IntArray = npt.NDArray[np.int64]
 IndexArray = npt.NDArray[np.int32]

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from recsys.core.errors import DataError
 from trainer.data.interactions import IdMap, IndexArray, Interactions, from_frame
-from trainer.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ import logging
 import re
 from pathlib import Path
 
+from recsys.core.errors import DataError
 from trainer.data.hetrec import PLAYS_FILE, load_hetrec
 from trainer.data.interactions import Interactions
 from trainer.data.lastfm1k import COLUMNS as LASTFM1K_COLUMNS
 from trainer.data.lastfm1k import load_lastfm1k
 from trainer.data.synthetic import SyntheticConfig, generate
 from trainer.data.table import PARQUET_SUFFIXES, load_table
-from trainer.errors import DataError
 
 logger = logging.getLogger(__name__)
 

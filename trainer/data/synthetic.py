@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from recsys.core.errors import ConfigError
 from trainer.data.interactions import FloatArray, IdMap, IndexArray, Interactions, from_frame
-from trainer.errors import ConfigError
 
 SECONDS_PER_DAY = 86_400
 # Plays are 150..270 s apart (3.5 minutes on average); sessions are at least half an hour apart.

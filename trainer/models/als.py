@@ -18,8 +18,8 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
+from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
-from trainer.errors import ConfigError
 from trainer.models._als_cpu import cg_solve
 from trainer.models.base import FactorModel
 from trainer.models.base import Params as _Params

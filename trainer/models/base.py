@@ -18,9 +18,9 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
+from recsys.core.errors import ArtifactError, ConfigError
 from trainer.data.interactions import Interactions
 from trainer.device import resolve_device
-from trainer.errors import ArtifactError, ConfigError
 
 FORMAT_VERSION = 1
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
-from trainer.errors import ConfigError
 from trainer.models.base import FactorModel
 from trainer.models.base import Params as _Params
 from trainer.progress import track

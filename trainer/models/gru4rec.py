@@ -39,8 +39,8 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from recsys.core.errors import ArtifactError, ConfigError, DataError, RecsysError
 from trainer.data.interactions import Interactions
-from trainer.errors import ArtifactError, ConfigError, DataError, RecsysError
 from trainer.models.base import Params, Recommender
 from trainer.progress import track
 from trainer.sessions import (

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
-from trainer.errors import ConfigError
+from recsys.core.errors import ConfigError
 from trainer.sessions import Sessions, State
 
 

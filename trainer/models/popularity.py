@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from recsys.core.errors import ArtifactError
 from trainer.data.interactions import Interactions
-from trainer.errors import ArtifactError
 from trainer.models.base import Params, Recommender
 
 

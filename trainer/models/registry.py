@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.errors import ConfigError
+from recsys.core.errors import ConfigError
 from trainer.models.als import ALS
 from trainer.models.base import Recommender
 from trainer.models.bpr import BPR

@@ -1,1 +1,5 @@
-../recsys_scorer_torchscript/model.py
+"""Triton python-backend entry point of recsys_scorer_torchscript: the model is `serving.models.ScorerModel`."""
+
+from serving.models import ScorerModel as TritonPythonModel
+
+__all__ = ["TritonPythonModel"]

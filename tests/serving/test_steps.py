@@ -8,10 +8,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving.contract import EXCLUDE, TOP_K, USER_VECTOR
+from serving.lookup import UserLookup, check_request, decode_user_ids
+from serving.scorer import Scorer, stack_rows
+from serving.topk import ItemIds
 from trainer.artifacts import load_run
 from trainer.export import export_all
 from trainer.pipeline import save_result, train_and_evaluate
-from trainer.serving_steps import ItemIds, Scorer, UserLookup, check_request, decode_user_ids, stack_exclusions
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +54,7 @@ def test_item_ids_map_padding_to_empty(run_dir: Path) -> None:
 def test_scorer_runs_the_published_exports(run_dir: Path, tmp_path: Path, fmt: str) -> None:
     run = load_run(run_dir)
     vectors, exclude, _ = UserLookup(run_dir)(["1", "2"])
-    scores, items = Scorer(run_dir, fmt)(vectors, exclude, np.array([[5], [3]]))
+    scores, items = Scorer(run_dir, fmt, (USER_VECTOR, EXCLUDE, TOP_K))(vectors, exclude, np.array([[5], [3]]))
     expected, _ = run.model.recommend(run.user_ids.indices(["1", "2"]), 5, exclude=run.history)
     np.testing.assert_array_equal(items, expected)
     assert scores.shape == (2, 5)
@@ -65,7 +68,7 @@ def test_requests_are_checked() -> None:
 
 
 def test_exclusion_blocks_are_padded_to_the_widest() -> None:
-    out = stack_exclusions([np.array([[1, 2]]), np.array([[3, 4, 5]])])
+    out = stack_rows([np.array([[1, 2]]), np.array([[3, 4, 5]])])
     assert out.tolist() == [[1, 2, -1], [3, 4, 5]]
 
 
@@ -77,10 +80,13 @@ def test_onnx_serving_steps_never_load_torch(run_dir: Path) -> None:
     code = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from trainer.serving_steps import ItemIds, Scorer, UserLookup\n"
+        "from serving.lookup import UserLookup\n"
+        "from serving.scorer import Scorer\n"
+        "from serving.topk import ItemIds\n"
         f"folder = Path({str(run_dir)!r})\n"
         "vectors, exclude, _ = UserLookup(folder)(['1'])\n"
-        "scores, items = Scorer(folder, 'onnx')(vectors, exclude, np.array([[3]]))\n"
+        "scorer = Scorer(folder, 'onnx', ('USER_VECTOR', 'EXCLUDE', 'TOP_K'))\n"
+        "scores, items = scorer(vectors, exclude, np.array([[3]]))\n"
         "ItemIds(folder)(items)\n"
         "print(sorted(m for m in ('torch', 'scipy', 'pandas') if m in sys.modules))\n"
     )
@@ -89,7 +95,7 @@ def test_onnx_serving_steps_never_load_torch(run_dir: Path) -> None:
 
 
 def test_padded_rows_pads_skips_unknown_and_refuses_overflow() -> None:
-    from trainer.serving_steps import padded_rows
+    from serving.lookup import padded_rows
 
     indptr, indices = np.array([0, 2, 2, 5]), np.array([4, 1, 7, 8, 9])
     assert padded_rows(indptr, indices, [0, 1, -1, 2], 3).tolist() == [
@@ -104,8 +110,8 @@ def test_padded_rows_pads_skips_unknown_and_refuses_overflow() -> None:
 
 @pytest.mark.parametrize("weighting", ["bm25", "log1p", "raw"])
 def test_served_fold_in_is_the_trainers_fold_in(small_world: Any, tmp_path: Path, weighting: str) -> None:
+    from serving.fold_in import FoldIn
     from trainer.models import ALS, ALSParams
-    from trainer.serving_steps import FoldIn
 
     data = small_world.interactions
     model = ALS(ALSParams(iterations=2, weighting=weighting)).fit(data)
@@ -118,7 +124,7 @@ def test_served_fold_in_is_the_trainers_fold_in(small_world: Any, tmp_path: Path
 
 
 def test_live_plays_fold_a_new_listener_in_and_exclude_what_they_played(run_dir: Path) -> None:
-    from trainer.serving_steps import FoldIn, LivePlays
+    from serving.fold_in import FoldIn, LivePlays
 
     run = load_run(run_dir)
     lookup = UserLookup(run_dir)
@@ -135,7 +141,7 @@ def test_live_plays_fold_a_new_listener_in_and_exclude_what_they_played(run_dir:
 
 
 def test_live_plays_of_a_known_listener_add_to_their_training_plays(run_dir: Path) -> None:
-    from trainer.serving_steps import FoldIn, LivePlays
+    from serving.fold_in import FoldIn, LivePlays
 
     run = load_run(run_dir)
     lookup = UserLookup(run_dir)

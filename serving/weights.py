@@ -1,7 +1,7 @@
 """The confidence weights as plain numpy, on one user's (or many users') entries.
 
 Dependency-free beyond numpy on purpose: training (``trainer.weighting``, on scipy matrices) and the served
-live fold-in (``trainer.serving_steps``, inside a Triton python stub) compute the same numbers from this one
+live fold-in (:mod:`serving.fold_in`, inside a Triton python stub) compute the same numbers from this one
 function.
 """
 

@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from trainer.errors import RecsysError
-from trainer.tensor_names import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, SCORES, TOP_K, USER_ID
+from recsys.core.errors import RecsysError
+from serving.contract import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, SCORES, TOP_K, USER_ID
 
 #: gRPC reconnects with exponential backoff up to 120 s by default; a gateway must notice a restarted Triton at once.
 RECONNECT_CHANNEL_ARGS = [

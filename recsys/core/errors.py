@@ -6,7 +6,7 @@
     ├── ArtifactError       a saved model directory is missing a file or is from an unknown format
     ├── ExportError         (trainer.export) weights or exports fail their checks; nothing is published
     ├── TritonServerError   (recsys.stack.triton) the local server cannot be found, started or reached
-    └── TritonCallError     (recsys.triton_client) an inference call failed; keeps Triton's status code
+    └── TritonCallError     (recsys.core.triton_client) an inference call failed; keeps Triton's status code
 
 The CLI prints ``str(exc)`` for these and exits with status 2; anything else is a bug and keeps its traceback.
 """

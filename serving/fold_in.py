@@ -1,0 +1,77 @@
+"""The live fold-in: a listener's vector from their plays, by the ALS closed-form user step, in numpy.
+
+Loaded by the lookup step of an ALS version (``fold_in.npz``); fed by :class:`serving.poller.FeedbackPoller`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from serving.weights import weigh
+
+
+class FoldIn:
+    """The ALS closed-form user step against the published item factors, in numpy: a listener's vector from their
+    plays, ``x = (G + Y_u^T (C_u - I) Y_u)^-1 Y_u^T c_u`` with ``G = Y^T Y + lambda I`` and the confidences of the
+    training weighting (:mod:`serving.weights`), exactly what ``ALS.fold_in`` computes with torch."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as npz:
+            self.items = npz["item_factors"].astype(np.float64)
+            self.gram = npz["gram"].astype(np.float64)
+            self.alpha = float(npz["alpha"])
+            self.weighting = str(npz["weighting"])
+            self.k1, self.b = float(npz["bm25_k1"]), float(npz["bm25_b"])
+            self.item_idf = npz.get("item_idf")
+            self.mean_user_total = float(npz["mean_user_total"]) if "mean_user_total" in npz else 1.0
+
+    def vector(self, items: npt.NDArray[np.int64], plays: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+        """The served row (factors, then 0) of a listener who played ``items`` ``plays`` times each (no repeats)."""
+        weights = weigh(
+            plays, self.weighting, item_idf=None if self.item_idf is None else self.item_idf[items],
+            mean_user_total=self.mean_user_total, k1=self.k1, b=self.b,
+        )  # fmt: skip
+        keep = weights > 0
+        ys, confidence = self.items[items[keep]], 1.0 + self.alpha * weights[keep].astype(np.float64)
+        a = self.gram + (ys.T * (confidence - 1.0)) @ ys
+        x = np.linalg.solve(a, ys.T @ confidence)
+        return np.append(x, 0.0).astype(np.float32)
+
+
+class LivePlays:
+    """Plays that reached PostgreSQL after the model was trained, per listener, with their folded-in vectors.
+
+    Written by one poller thread (:meth:`add`), read by the request path (:meth:`get`): each listener's entry is
+    replaced whole, so a reader sees the old or the new vector, never a half-built one.
+    """
+
+    def __init__(self, fold_in: FoldIn, history: dict[str, dict[int, float]], max_items: int) -> None:
+        self.fold_in = fold_in
+        self.history = history  # known listeners' training plays, item index -> plays (for refolding them)
+        self.max_items = max_items
+        self._plays: dict[str, dict[int, float]] = {}
+        self._served: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
+
+    def add(self, events: list[tuple[str, int]]) -> set[str]:
+        """(listener, item index) plays; refolds each listener touched and returns them."""
+        touched = set()
+        for user, item in events:
+            plays = self._plays.setdefault(user, {})
+            plays[item] = plays.get(item, 0.0) + 1.0
+            touched.add(user)
+        for user in touched:
+            merged = dict(self.history.get(user, {}))
+            for item, count in self._plays[user].items():
+                merged[item] = merged.get(item, 0.0) + count
+            items = np.fromiter(merged, dtype=np.int64, count=len(merged))
+            plays_ = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
+            recent = np.fromiter(self._plays[user], dtype=np.int64)[-self.max_items :]
+            self._served[user] = (self.fold_in.vector(items, plays_), recent)
+        return touched
+
+    def get(self, user: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:
+        """(vector, live items to exclude) of a listener with live plays, else ``None``."""
+        return self._served.get(user)

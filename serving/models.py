@@ -1,0 +1,223 @@
+"""The python-backend models of the repository; each ``triton_models/<name>/model.py`` re-exports one of them.
+
+* ``recsys_lookup``, ``recsys_lookup_popular``: :class:`Lookup` (USER_ID, TOP_K -> USER_VECTOR, EXCLUDE, FALLBACK,
+  MODEL_VERSION);
+* ``recsys_session_lookup``: :class:`SessionLookupModel` (USER_ID, TOP_K -> ITEM_SEQUENCE, FALLBACK, MODEL_VERSION);
+* ``recsys_scorer_torchscript``, ``recsys_scorer_onnx``, ``recsys_session_scorer``: :class:`ScorerModel` (the
+  exported graph's inputs -> SCORES, ITEMS);
+* ``recsys_topk``, ``recsys_session_topk``: :class:`TopK` (ITEMS, SCORES, TOP_K -> ITEM_IDS, SCORES);
+* ``recsys_fused``: :class:`Fused` (USER_ID, TOP_K -> ITEM_IDS, SCORES, FALLBACK, MODEL_VERSION).
+
+Every request of a batch is checked on its own (a bad one gets INVALID_ARG alone) and the good ones are computed
+together (:class:`serving.stub.BatchedModel`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from serving.contract import (
+    EXCLUDE,
+    FALLBACK,
+    FOLD_IN_FILE,
+    ITEM_IDS,
+    ITEM_SEQUENCE,
+    ITEMS,
+    MANIFEST_FILE,
+    MAX_TOP_K,
+    MODEL_VERSION,
+    SCORES,
+    SEQUENCE_LENGTH,
+    SEQUENCES_FILE,
+    TOP_K,
+    USER_ID,
+    USER_VECTOR,
+)
+from serving.fold_in import FoldIn, LivePlays
+from serving.lookup import SessionLookup, UserLookup, check_request, decode_user_ids, item_index
+from serving.scorer import Scorer, stack_rows
+from serving.stub import Arrays, BadRequest, BatchedModel, input_array, split
+from serving.topk import ItemIds, trim
+
+log = logging.getLogger(__name__)
+
+
+def _is_true(value: str) -> bool:
+    return value.strip().lower() == "true"
+
+
+class _UserRequests(BatchedModel):
+    """Reads (USER_ID, TOP_K) and checks them: the public inputs of every ensemble."""
+
+    max_top_k: int
+
+    def setup(self) -> None:
+        self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
+
+    def read(self, request: Any) -> Arrays:
+        keys = decode_user_ids(input_array(request, USER_ID))
+        top_k = input_array(request, TOP_K).reshape(-1, 1).astype(np.int64)
+        problem = check_request(keys, top_k, self.max_top_k)
+        if problem is not None:
+            raise BadRequest(problem)
+        return np.array(keys, dtype=object), top_k
+
+    def _versions(self, n: int) -> npt.NDArray[np.int64]:
+        return np.full((n, 1), self.version, dtype=np.int64)
+
+
+class Lookup(_UserRequests):
+    """Factor family, step 1: the listener's row (trained, live fold-in, or the fallback) and what to exclude.
+
+    Parameters: ``personal`` (false: everyone gets the fallback row, i.e. popularity minus what they heard;
+    recsys_lookup_popular) and ``live_fold_in`` (true: with ``RECSYS_DATABASE_URL`` in Triton's environment and
+    an ALS version, a poller follows new clicks and folds those listeners in; :mod:`serving.poller`).
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        self.personal = _is_true(self.param("personal", "true"))
+        self.lookup = UserLookup(self.folder)
+        self.poller: Any = None
+        dsn = os.environ.get("RECSYS_DATABASE_URL")
+        live = _is_true(self.param("live_fold_in", "true"))
+        if self.personal and live and dsn and (self.folder / FOLD_IN_FILE).exists():
+            from serving.poller import FeedbackPoller  # asyncpg only where live fold-in runs
+
+            plays = LivePlays(FoldIn(self.folder / FOLD_IN_FILE), self.lookup.training_plays(), self.lookup.width)
+            self.lookup.live = plays
+            self.poller = FeedbackPoller(dsn, item_index(self.folder), plays.add)
+            self.poller.start()
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        keys = np.concatenate([b[0] for b in batch]).tolist()
+        vectors, exclude, unknown = self.lookup(keys)
+        if not self.personal:
+            vectors = np.broadcast_to(self.lookup.table[-1], vectors.shape).copy()
+        sizes = [len(b[0]) for b in batch]
+        parts = zip(split(vectors, sizes), split(exclude, sizes), split(unknown, sizes), strict=True)
+        return [
+            {USER_VECTOR: v, EXCLUDE: e, FALLBACK: u[:, None], MODEL_VERSION: self._versions(len(u))}
+            for v, e, u in parts
+        ]
+
+    def finalize(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+
+
+class SessionLookupModel(_UserRequests):
+    """Session family, step 1: the listener's latest plays (``sequence_length`` of them, from ``sequences_file``)."""
+
+    def setup(self) -> None:
+        super().setup()
+        width = int(self.param("sequence_length", str(SEQUENCE_LENGTH)))
+        self.lookup = SessionLookup(self.folder, self.param("sequences_file", SEQUENCES_FILE), width)
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        sequence, fallback = self.lookup(np.concatenate([b[0] for b in batch]).tolist())
+        sizes = [len(b[0]) for b in batch]
+        return [
+            {ITEM_SEQUENCE: s, FALLBACK: f[:, None], MODEL_VERSION: self._versions(len(f))}
+            for s, f in zip(split(sequence, sizes), split(fallback, sizes), strict=True)
+        ]
+
+
+class ScorerModel(BatchedModel):
+    """Step 2 of both families: the version's export (``format``: torchscript or onnx) on the whole batch.
+
+    The inputs are the config's, in order (the exported graph's). Index inputs are checked per request against
+    the version's catalogue (from its ``publish.json``), so an out-of-range index sent straight to this model
+    fails only its own request.
+    """
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        self.inputs = [tensor["name"] for tensor in config["input"]]
+        super().initialize(args)
+
+    def setup(self) -> None:
+        self.scorer = Scorer(
+            self.folder, self.param("format", "torchscript"), self.inputs, threads=int(self.param("threads", "1"))
+        )
+        manifest = self.folder / MANIFEST_FILE
+        self.n_items = json.loads(manifest.read_text()).get("n_items") if manifest.is_file() else None
+        self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
+
+    def read(self, request: Any) -> Arrays:
+        arrays = tuple(input_array(request, name) for name in self.inputs)
+        for name, array in zip(self.inputs, arrays, strict=True):
+            if name == TOP_K and array.size and ((array < 1).any() or (array > self.max_top_k).any()):
+                raise BadRequest(f"TOP_K must be in 1..{self.max_top_k}")
+            if name == EXCLUDE and array.size and (array < -1).any():
+                raise BadRequest("EXCLUDE holds item indices >= 0, or -1 as padding")
+            if name == EXCLUDE and self.n_items is not None and array.size and (array >= self.n_items).any():
+                raise BadRequest(f"EXCLUDE indices must be below the catalogue size {self.n_items}")
+        return arrays
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        stacked = [
+            stack_rows([b[i] for b in batch]) if name == EXCLUDE else np.concatenate([b[i] for b in batch])
+            for i, name in enumerate(self.inputs)
+        ]
+        scores, items = self.scorer(*stacked)
+        sizes = [len(b[0]) for b in batch]
+        return [{SCORES: s, ITEMS: i} for s, i in zip(split(scores, sizes), split(items, sizes), strict=True)]
+
+
+class TopK(BatchedModel):
+    """Step 3 of both families: each request cut back to its own k, indices mapped to external ids."""
+
+    def setup(self) -> None:
+        self.item_ids = ItemIds(self.folder)
+
+    def read(self, request: Any) -> Arrays:
+        items = input_array(request, ITEMS)
+        if items.size and (items >= self.item_ids.padding).any():
+            raise BadRequest(f"ITEMS must be below the catalogue size {self.item_ids.padding}")
+        return items, input_array(request, SCORES), input_array(request, TOP_K)
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        out = []
+        for items, scores, top_k in batch:
+            kept, kept_scores = trim(items, scores, int(top_k.max()))
+            out.append({ITEM_IDS: self.item_ids(kept), SCORES: kept_scores})
+        return out
+
+
+class Fused(_UserRequests):
+    """The factor family's whole path in one model (lookup -> scorer -> top-k): the yardstick of the ensembles."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.lookup = UserLookup(self.folder)
+        self.item_ids = ItemIds(self.folder)
+        self.scorer = Scorer(
+            self.folder, self.param("format", "onnx"), (USER_VECTOR, EXCLUDE, TOP_K),
+            threads=int(self.param("threads", "1")),
+        )  # fmt: skip
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        vectors, exclude, unknown = self.lookup(np.concatenate([b[0] for b in batch]).tolist())
+        top_k = np.concatenate([b[1] for b in batch])
+        scores, items = self.scorer(vectors, exclude, top_k)
+        out, start = [], 0
+        for keys, ks in batch:
+            stop = start + len(keys)
+            kept, kept_scores = trim(items[start:stop], scores[start:stop], int(ks.max()))
+            out.append(
+                {
+                    ITEM_IDS: self.item_ids(kept),
+                    SCORES: kept_scores,
+                    FALLBACK: unknown[start:stop, None],
+                    MODEL_VERSION: self._versions(stop - start),
+                }
+            )
+            start = stop
+        return out

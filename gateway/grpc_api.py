@@ -80,7 +80,8 @@ class RecommenderServicer(recsys_pb2_grpc.RecommenderServicer):
                     request_id=request.request_id,
                     clicked_item=request.clicked_item if request.HasField("clicked_item") else None,
                     skipped_items=tuple(request.skipped_items),
-                    inference_time_ms=request.inference_time_ms or None,
+                    # proto3 presence: 0.0 is a latency, an unset field is none (as REST's null)
+                    inference_time_ms=request.inference_time_ms if request.HasField("inference_time_ms") else None,
                     event_id=request.event_id or None,
                 )
             )

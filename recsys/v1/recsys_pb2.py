@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"2\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"1\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc0\x01\n\x11RecommendResponse\x12\x35\n\x11recommended_items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x19\n\x11inference_time_ms\x18\x06 \x01(\x01\x12\x10\n\x08\x66\x61llback\x18\x07 \x01(\x08\"\xb5\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x0c\x63licked_item\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rskipped_items\x18\x05 \x03(\t\x12\x19\n\x11inference_time_ms\x18\x06 \x01(\x01\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\tB\x0f\n\r_clicked_item\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t2\x9a\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16recsys/v1/recsys.proto\x12\trecsys.v1\"2\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"1\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xc0\x01\n\x11RecommendResponse\x12\x35\n\x11recommended_items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x19\n\x11inference_time_ms\x18\x06 \x01(\x01\x12\x10\n\x08\x66\x61llback\x18\x07 \x01(\x08\"\xd0\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x0c\x63licked_item\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x15\n\rskipped_items\x18\x05 \x03(\t\x12\x1e\n\x11inference_time_ms\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x08\x65vent_id\x18\x07 \x01(\tB\x0f\n\r_clicked_itemB\x14\n\x12_inference_time_ms\"$\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t2\x9a\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,9 +38,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE']._serialized_start=141
   _globals['_RECOMMENDRESPONSE']._serialized_end=333
   _globals['_FEEDBACKREQUEST']._serialized_start=336
-  _globals['_FEEDBACKREQUEST']._serialized_end=517
-  _globals['_FEEDBACKRESPONSE']._serialized_start=519
-  _globals['_FEEDBACKRESPONSE']._serialized_end=555
-  _globals['_RECOMMENDER']._serialized_start=558
-  _globals['_RECOMMENDER']._serialized_end=712
+  _globals['_FEEDBACKREQUEST']._serialized_end=544
+  _globals['_FEEDBACKRESPONSE']._serialized_start=546
+  _globals['_FEEDBACKRESPONSE']._serialized_end=582
+  _globals['_RECOMMENDER']._serialized_start=585
+  _globals['_RECOMMENDER']._serialized_end=739
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 import urllib.request
@@ -22,10 +21,13 @@ from typing import Self
 
 from gateway.experiment import Experiment, load_experiment
 from recsys.stack.nginx import LocalNginx
+from recsys.stack.ports import free_port, free_ports
 from recsys.stack.postgres import LocalPostgres, default_data_dir
 from recsys.stack.process import ServiceError, ServiceProcess
 from recsys.stack.prometheus import LocalPrometheus
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+
+__all__ = ["LocalStack", "ServiceError", "ServiceProcess", "StackConfig", "StackPorts", "free_port"]
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,6 @@ def _writer_database_up(url: str) -> bool:
             return bool(json.loads(response.read()).get("database"))
     except (OSError, ValueError):
         return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,7 @@ class StackPorts:
     @classmethod
     def free(cls) -> StackPorts:
         """Free ports for every service (tests run beside a developer's stack without colliding)."""
-        return cls(**{f.name: free_port() for f in fields(cls)})
+        return cls(*free_ports(len(fields(cls))))  # held open together: all distinct
 
 
 @dataclass
@@ -199,13 +194,10 @@ class LocalStack:
         return self
 
     def load_models(self) -> None:
-        """The newest published version of the factor ensembles, and of recsys_c where a session model is published."""
-        from trainer.publish import load_all
-        from trainer.publish_session import load_session, session_versions
+        """The newest published version of every family in the repository, ensembles pinned to it."""
+        from trainer.triton.repository import load_all
 
         load_all(self.triton, self.config.model_repository)
-        if session_versions(self.config.model_repository):
-            load_session(self.triton, self.config.model_repository)
 
     def wait_writer_database(self, timeout_s: float = 30.0) -> None:
         """Until the writer has reached PostgreSQL (and applied the migrations)."""

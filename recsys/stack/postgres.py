@@ -1,5 +1,7 @@
 """A local PostgreSQL cluster for the stack and the tests: the Debian package's binaries, a data folder of our
-own, loopback only, on its own port (5433), so it never touches a system cluster.
+own, loopback only, on its own port (5433), so it never touches a system cluster. The server runs in the
+foreground under the stack's supervisor (``recsys.stack.process``), like every other server; a cluster already
+running on the data folder (started elsewhere) is used as it is and stopped with ``pg_ctl``.
 
 initdb refuses to run as root, so as root every server command runs as the ``postgres`` user (``runuser``) on a
 folder that user owns; that folder must sit where ``postgres`` can reach it, so as root it lives under
@@ -12,18 +14,21 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from recsys.stack.process import ServiceError, tail
+from recsys.stack.process import ServiceError, ServiceProcess, tail
 
 DEFAULT_PORT = 5433
 DATABASE = "recsys"
 ROLE = "recsys"
+#: ``pg_ctl stop -m`` modes as the postmaster's signals
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
 
 def find_bin_dir() -> Path:
@@ -48,6 +53,7 @@ class LocalPostgres:
     data_dir: Path
     port: int = DEFAULT_PORT
     host: str = "127.0.0.1"
+    _server: ServiceProcess | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -89,6 +95,8 @@ class LocalPostgres:
             )
 
     def is_running(self) -> bool:
+        if self._server is not None and self._server.is_running():
+            return True
         return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
 
     def start(self, timeout_s: float = 60.0) -> Self:
@@ -99,9 +107,20 @@ class LocalPostgres:
                 log.touch()
                 user = pwd.getpwnam("postgres")
                 os.chown(log, user.pw_uid, user.pw_gid)
-            options = f"-p {self.port} -c listen_addresses={self.host}"
-            wait = ("-w", "-t", str(int(timeout_s)))
-            self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(log), "-o", options, *wait, "start")
+            as_postgres = os.geteuid() == 0  # initdb made the folder theirs; the server must run as them too
+            command = [str(find_bin_dir() / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+                       "-c", f"listen_addresses={self.host}"]  # fmt: skip
+            self._server = ServiceProcess(
+                "postgresql",
+                command,
+                log_path=log,
+                ready=self._accepting,
+                stop_signal=STOP_SIGNALS["fast"],
+                signal_group=False,  # the postmaster shuts its backends down itself
+                stop_timeout_s=60.0,
+                user="postgres" if as_postgres else None,
+                group="postgres" if as_postgres else None,
+            ).start(timeout_s)
         self._wait_accepting(timeout_s)
         self._ensure_database()
         return self
@@ -114,9 +133,12 @@ class LocalPostgres:
             raise ServiceError(f"psql failed: {result.stderr.strip()}")
         return result.stdout.strip()
 
+    def _accepting(self) -> bool:
+        return self._run("pg_isready", "-h", self.host, "-p", str(self.port), check=False).returncode == 0
+
     def _wait_accepting(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._run("pg_isready", "-h", self.host, "-p", str(self.port), check=False).returncode != 0:
+        while not self._accepting():
             if time.monotonic() > deadline:
                 raise ServiceError(f"PostgreSQL not accepting connections on {self.port}:\n{tail(self.log_path)}")
             time.sleep(0.1)
@@ -128,7 +150,14 @@ class LocalPostgres:
             self._psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
 
     def stop(self, mode: str = "fast") -> None:
-        if self.initialized() and self.is_running():
+        """Shut down in ``pg_ctl``'s ``mode`` (smart, fast or immediate); SIGKILL after 60 s."""
+        if mode not in STOP_SIGNALS:
+            raise ValueError(f"stop mode must be one of {sorted(STOP_SIGNALS)}, not {mode!r}")
+        server, self._server = self._server, None
+        if server is not None and server.is_running():
+            server.stop_signal = STOP_SIGNALS[mode]
+            server.stop()
+        elif self.initialized() and self.is_running():  # a cluster started elsewhere on our folder
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", mode, "-w", "stop")
 
     def reset_database(self) -> None:

@@ -33,6 +33,7 @@ from recsys.stack.triton import (
     check_runnable,
     find_tritonserver,
 )
+from recsys.stack.triton import server as triton_server
 
 FIXTURE_REPO = Path(__file__).parent / "triton_fixture_models"
 BROKEN = "broken_config"
@@ -312,7 +313,7 @@ def test_auto_port_taken_meanwhile_is_picked_again(
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real = triton._resolve_ports
+        real = triton_server.resolve_ports
         picks: list[TritonPorts] = []
 
         def pick(ports: TritonPorts, host: str) -> TritonPorts:
@@ -320,7 +321,7 @@ def test_auto_port_taken_meanwhile_is_picked_again(
             picks.append(picked if picks else TritonPorts(picked.http, taken, picked.metrics))
             return picks[-1]
 
-        monkeypatch.setattr(triton, "_resolve_ports", pick)
+        monkeypatch.setattr(triton_server, "resolve_ports", pick)
         with TritonServer(config(install, model_repo), install) as server:
             assert len(picks) == 2
             assert server.ports == picks[1]

@@ -39,6 +39,7 @@ from feedback.stats import (
     ratio_estimate,
     srm_test,
 )
+from recsys.core.errors import RecsysError
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKETS: tuple[Bucket, ...] = ("minute", "hour", "day")
@@ -61,7 +62,7 @@ DEFAULT_PLANNED_USERS = 10_000
 """Total users (control + one treatment) at which the always-valid interval is tightest; set per experiment."""
 
 
-class ReportError(ValueError):
+class ReportError(RecsysError, ValueError):
     """The input cannot give a meaningful report (missing columns, bad counts, unknown control or group)."""
 
 

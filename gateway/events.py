@@ -22,15 +22,16 @@ import httpx
 import orjson
 
 from gateway.metrics import GatewayMetrics
+from recsys.core.errors import RecsysError
 
 log = logging.getLogger(__name__)
 
 
-class WriterUnavailableError(Exception):
+class WriterUnavailableError(RecsysError):
     """The writer did not acknowledge in time (down, slow or failing)."""
 
 
-class WriterRejectedError(Exception):
+class WriterRejectedError(RecsysError):
     """The writer refused the event as invalid; ``message`` says why."""
 
 

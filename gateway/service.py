@@ -16,6 +16,7 @@ from gateway.coalesce import Coalescer
 from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
 from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
+from recsys.core.errors import RecsysError
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ MAX_ID_CHARS = 256
 MAX_SKIPPED_ITEMS = 1000
 
 
-class GatewayError(Exception):
+class GatewayError(RecsysError):
     """A request the gateway cannot answer; ``kind`` decides the HTTP and gRPC status."""
 
     def __init__(self, kind: str, message: str, *, retry_after_s: int | None = None) -> None:

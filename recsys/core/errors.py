@@ -1,14 +1,30 @@
-"""Errors the trainer raises on purpose.
+"""The project's one exception tree: every error raised on purpose is a :class:`RecsysError`.
 
     RecsysError
-    ├── DataError           input data is missing, malformed or empty (user's fault: one-line message)
-    ├── ConfigError         an option or hyperparameter is out of range
-    ├── ArtifactError       a saved model directory is missing a file or is from an unknown format
-    ├── ExportError         (trainer.export) weights or exports fail their checks; nothing is published
-    ├── TritonServerError   (recsys.stack.triton) the local server cannot be found, started or reached
-    └── TritonCallError     (recsys.core.triton_client) an inference call failed; keeps Triton's status code
+    ├── DataError                input data is missing, malformed or empty (user's fault: one-line message)
+    ├── ConfigError              an option, setting or hyperparameter is out of range
+    ├── ArtifactError            a saved model directory is missing a file or is from an unknown format
+    ├── TritonCallError          (recsys.core.triton_client) an inference call failed; keeps Triton's status code
+    ├── ExportError              (trainer.exporting) weights or exports fail their checks; nothing is published
+    ├── TrainingDivergedError    (trainer.models.gru4rec) the loss became NaN or infinite
+    ├── GatewayError             (gateway.service) a request the gateway cannot answer; ``kind`` picks 400 or 503
+    ├── WriterUnavailableError   (gateway.events) the feedback writer did not acknowledge in time
+    ├── WriterRejectedError      (gateway.events) the feedback writer refused an event as invalid
+    ├── ReportError              (feedback.report; also a ValueError) the A/B report's input cannot give a report
+    ├── ServiceError             (recsys.stack.process) a local service cannot be started or reached
+    │   ├── NotReadyError        (recsys.stack.process) it did not become ready in time
+    │   └── TritonServerError    (recsys.stack.triton) the local Triton cannot be found, started or reached
+    ├── PromtoolError            (recsys.monitoring.prometheus) promtool is missing or rejected a file
+    ├── AwsError                 (scripts.aws) an AWS helper failed (botocore's errors translated at the boundary)
+    └── PerfAnalyzerError        (benchmarks.perf_tools) perf_analyzer is missing or failed
 
-The CLI prints ``str(exc)`` for these and exits with status 2; anything else is a bug and keeps its traceback.
+Subclasses live in their own packages and import this root; the kernel imports none of them. The CLI prints
+``str(exc)`` for these and exits with status 2; anything else is a bug and keeps its traceback.
+
+Outside the tree on purpose: ``serving.stub.BadRequest`` (a ValueError), the answer to one malformed request
+inside a Triton stub, where ``serving/`` imports numpy only and never ``recsys``. A test
+(``tests/test_exception_tree.py``) imports every module and fails on any other exception class outside the tree
+or missing from this drawing.
 """
 
 from __future__ import annotations

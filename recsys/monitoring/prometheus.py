@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from recsys.core.errors import RecsysError
 from recsys.monitoring.queries import GRAFANA_DIR
 
 PROMETHEUS_DIR = GRAFANA_DIR / "prometheus"
@@ -22,7 +23,7 @@ CONFIG_FILE = PROMETHEUS_DIR / "prometheus.yml"
 RULE_TESTS_DIR = PROMETHEUS_DIR / "tests"
 
 
-class PromtoolError(RuntimeError):
+class PromtoolError(RecsysError):
     """promtool is missing, or it rejected a file (the message carries its output)."""
 
 

@@ -8,8 +8,10 @@ into :class:`AwsError` at this boundary, and the command line prints them as one
 
 from __future__ import annotations
 
+from recsys.core.errors import RecsysError
+
 __all__ = ["AwsError"]
 
 
-class AwsError(Exception):
+class AwsError(RecsysError):
     """A deliberate failure of a helper (a refused upload, a bad argument, an AWS error), said in one line."""

@@ -1,6 +1,15 @@
 """The one configuration system: typed settings from ``RECSYS_*`` environment variables (or a ``.env`` file).
 
-Command-line options override these per call; nothing reads the environment anywhere else.
+Command-line options override these per call. The project's Python processes read their settings here, with one
+exception and two pass-throughs (a test finds every ``os.environ`` and checks it is named below):
+
+* ``serving.models.Lookup`` reads ``RECSYS_DATABASE_URL`` with ``os.environ`` inside Triton's python stub, where
+  serving/ imports numpy only (no pydantic, never this package); the same variable as ``database_url``, but a
+  ``.env`` file is not read there: set it in Triton's environment.
+* ``recsys.stack`` and ``benchmarks`` copy ``os.environ`` into the processes they start (adding their own
+  ``RECSYS_*`` values), and the stack passes ``RECSYS_LOG_LEVEL`` on as it found it; they interpret nothing else.
+
+Other variables are third-party knobs (``OPENBLAS_NUM_THREADS`` for Triton's stubs, ``PATH``), not settings.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ class Settings(BaseSettings):
     seed: int = Field(42, description="seed of splits and samplers")
     log_level: LogLevel = "INFO"
     progress: bool = Field(True, description="draw progress bars on long work")
-    model_repository: Path = Field(Path("triton_models"), description="Triton model repository that publish writes")
+    model_repository: Path = Field(
+        Path("runs/model_repository"),
+        description="runtime model repository: what publish writes, serve triton serves (triton_models/ is source)",
+    )
     triton_host: str = Field("127.0.0.1", description="address the local Triton binds to")
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001

@@ -25,7 +25,7 @@ import orjson
 from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
 from feedback.migrate import migrate
 from feedback.store import insert_one_by_one, write_batch
-from recsys.stack.local import free_port
+from recsys.stack.ports import free_port
 from recsys.stack.postgres import LocalPostgres, default_data_dir
 from recsys.stack.process import ServiceProcess
 

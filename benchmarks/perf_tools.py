@@ -16,7 +16,8 @@ failure at one level from losing the others). From each process it keeps:
 
 Latencies come from perf_analyzer in microseconds and are stored here in milliseconds.
 
-Also here: the resident memory of a process tree from ``/proc`` (the server plus its python-backend stubs).
+The resident memory of a process tree (the server plus its python-backend stubs) is ``recsys.stack.memory``'s,
+re-exported here for the benchmarks that import it from this module.
 """
 
 from __future__ import annotations
@@ -34,16 +35,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 from benchmarks._common import REPO_ROOT
+from recsys.core.errors import RecsysError
+from recsys.stack.memory import TreeMemory, settled_tree_memory, tree_memory
 
 PERF_ANALYZER_VERSION = "2.51.0"
 DEFAULT_TOOLS_DIR = REPO_ROOT / ".cache" / "tools" / "perf_analyzer"
 INSTALL_SCRIPT = REPO_ROOT / "benchmarks" / "install_perf_analyzer.sh"
 
+__all__ = [
+    "Measurement",
+    "ModelServerStats",
+    "PerfAnalyzer",
+    "PerfAnalyzerError",
+    "PerfRow",
+    "PerfRun",
+    "TreeMemory",
+    "find_perf_analyzer",
+    "parse_csv",
+    "parse_server_stats",
+    "run_perf_analyzer",
+    "settled_tree_memory",
+    "tree_memory",
+]
+
 WireProtocol = Literal["grpc", "http"]
 MeasurementMode = Literal["count_windows", "time_windows"]
 
 
-class PerfAnalyzerError(RuntimeError):
+class PerfAnalyzerError(RecsysError):
     """perf_analyzer is missing, does not start, or a run produced no result."""
 
 
@@ -340,109 +359,4 @@ def run_perf_analyzer(
         failures=failures,
         commands=tuple(commands),
         seconds=time.perf_counter() - began,
-    )
-
-
-# ------------------------------------------------------------------------------------------------ memory
-
-
-@dataclass(frozen=True)
-class TreeMemory:
-    """Resident memory of a process and its descendants (MiB). ``rss`` counts pages shared between them (the
-    python backend's shared-memory region, libraries) once per process; ``pss`` splits them, so it is the
-    fairer total."""
-
-    pids: tuple[int, ...]
-    rss_mib: float
-    pss_mib: float | None
-    per_process: dict[str, float]  # "pid name" -> RSS MiB
-
-
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    return children
-
-
-def _status_kib(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _pss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _label(pid: int) -> str:
-    """The process name; for a python-backend stub, the model instance it serves (``recsys_lookup_0_0``)."""
-    try:
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return "?"
-    if name.startswith("triton_python") and len(argv) > 1:  # a stub's argv[1] is <repository>/<model>/<v>/model.py
-        model_py = Path(argv[1].decode(errors="replace"))
-        return f"stub {model_py.parent.parent.name}/{model_py.parent.name}"
-    return name
-
-
-def settled_tree_memory(root: int, *, quiet_s: float = 2.0, timeout_s: float = 20.0) -> TreeMemory:
-    """:func:`tree_memory` once the set of processes has not changed for ``quiet_s`` (a model load can leave a
-    short-lived helper stub behind for a moment)."""
-    deadline = time.monotonic() + timeout_s
-    last = tree_memory(root)
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tree_memory(root)
-        if now.pids != last.pids:
-            stable_since = time.monotonic()
-        last = now
-        if time.monotonic() - stable_since >= quiet_s:
-            break
-    return last
-
-
-def tree_memory(root: int) -> TreeMemory:
-    """RSS and PSS of ``root`` and all its descendants, read from /proc (Linux)."""
-    children = _proc_children()
-    pids: list[int] = []
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo.extend(children.get(pid, []))
-    rss_total, pss_total, pss_ok = 0, 0, True
-    per_process: dict[str, float] = {}
-    for pid in sorted(pids):
-        rss = _status_kib(pid, "VmRSS")
-        if rss is None:
-            continue
-        rss_total += rss
-        pss = _pss_kib(pid)
-        pss_ok = pss_ok and pss is not None
-        pss_total += pss or 0
-        per_process[f"{pid} {_label(pid)}"] = round(rss / 1024, 1)
-    return TreeMemory(
-        pids=tuple(sorted(pids)),
-        rss_mib=round(rss_total / 1024, 1),
-        pss_mib=round(pss_total / 1024, 1) if pss_ok else None,
-        per_process=per_process,
     )

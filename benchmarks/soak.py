@@ -30,11 +30,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+from trainer.triton.repository import load_all
 
 from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
 from benchmarks.gateway_overhead import _duration_ms
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
-from trainer.publish import load_all
+from recsys.stack.memory import descendants, process_memory
 
 MIX_LUA = """
 -- Every recommendation is followed by its feedback (a click on the first item every third time, else skips).
@@ -89,31 +90,6 @@ def wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, f
             "p99_ms": _duration_ms(latency["99"]), "errors": float(errors)}  # fmt: skip
 
 
-def memory_kib(pid: int) -> tuple[int, int]:
-    """(VmRSS, RssAnon) of a process: resident in all, and its private anonymous part (heap: where leaks show;
-    VmRSS also counts shared pages, e.g. PostgreSQL's shared buffers filling up as tables grow)."""
-    fields = {"VmRSS:": 0, "RssAnon:": 0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key = line.split(maxsplit=1)[0] if line else ""
-            if key in fields:
-                fields[key] = int(line.split()[1])
-    except OSError:
-        pass
-    return fields["VmRSS:"], fields["RssAnon:"]
-
-
-def process_tree(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        children = Path(f"/proc/{pid}/task/{pid}/children")
-        if children.exists():
-            todo += [int(c) for c in children.read_text().split()]
-    return out
-
-
 def stack_memory(stack: LocalStack) -> dict[str, tuple[int, int]]:
     """(VmRSS, RssAnon) KiB per process of the stack, named by role (a server's children summed with it)."""
     roots: dict[str, int | None] = {"triton (server + python stubs)": stack.triton.pid,
@@ -125,8 +101,8 @@ def stack_memory(stack: LocalStack) -> dict[str, tuple[int, int]]:
     out = {}
     for name, pid in roots.items():
         if pid:
-            parts = [memory_kib(p) for p in process_tree(pid)]
-            out[name] = (sum(r for r, _ in parts), sum(a for _, a in parts))
+            parts = [process_memory(p) for p in descendants(pid)]
+            out[name] = (sum(m.rss_kib for m in parts), sum(m.anon_kib for m in parts))
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,11 +45,39 @@ from serving.scorer import Scorer, stack_rows
 from serving.stub import Arrays, BadRequest, BatchedModel, input_array, split
 from serving.topk import ItemIds, trim
 
+if TYPE_CHECKING:
+    from serving.gpu import DeviceScorer
+
 log = logging.getLogger(__name__)
 
 
 def _is_true(value: str) -> bool:
     return value.strip().lower() == "true"
+
+
+FACTOR_SCORER_INPUTS = (USER_VECTOR, EXCLUDE, TOP_K)
+
+
+def _instance_device(args: dict[str, Any]) -> str | None:
+    """``cuda:N`` for a ``KIND_GPU`` instance (Triton says which GPU), else ``None``."""
+    if args.get("model_instance_kind") == "GPU":
+        return f"cuda:{int(args.get('model_instance_device_id') or 0)}"
+    return None
+
+
+def _factor_scorer(model: BatchedModel, device: str | None, fmt: str, inputs: tuple[str, ...]) -> Scorer | DeviceScorer:
+    """The factor scorer of ``model``'s version: :class:`serving.gpu.DeviceScorer` on a GPU instance (or on the CPU
+    with ``device_scorer=true``, how tests run that code without a GPU), else the export's own runtime."""
+    if device is None and _is_true(model.param("device_scorer", "false")):
+        device = "cpu"
+    if device is not None and inputs == FACTOR_SCORER_INPUTS:
+        from serving.gpu import DeviceScorer  # torch only where a device scorer runs
+
+        precision = model.param("precision", "fp16")
+        return DeviceScorer.load(model.folder, fmt, device, precision="fp32" if precision == "fp32" else "fp16")
+    if device is not None:
+        log.warning("%s: no device scorer for inputs %s; the CPU scorer runs", type(model).__name__, inputs)
+    return Scorer(model.folder, fmt, inputs, threads=int(model.param("threads", "1")))
 
 
 class _UserRequests(BatchedModel):
@@ -140,12 +168,11 @@ class ScorerModel(BatchedModel):
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.device = _instance_device(args)
         super().initialize(args)
 
     def setup(self) -> None:
-        self.scorer = Scorer(
-            self.folder, self.param("format", "torchscript"), self.inputs, threads=int(self.param("threads", "1"))
-        )
+        self.scorer = _factor_scorer(self, self.device, self.param("format", "torchscript"), tuple(self.inputs))
         manifest = self.folder / MANIFEST_FILE
         self.n_items = json.loads(manifest.read_text()).get("n_items") if manifest.is_file() else None
         self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
@@ -194,14 +221,15 @@ class TopK(BatchedModel):
 class Fused(_UserRequests):
     """The factor family's whole path in one model (lookup -> scorer -> top-k): the yardstick of the ensembles."""
 
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.device = _instance_device(args)
+        super().initialize(args)
+
     def setup(self) -> None:
         super().setup()
         self.lookup = UserLookup(self.folder)
         self.item_ids = ItemIds(self.folder)
-        self.scorer = Scorer(
-            self.folder, self.param("format", "onnx"), (USER_VECTOR, EXCLUDE, TOP_K),
-            threads=int(self.param("threads", "1")),
-        )  # fmt: skip
+        self.scorer = _factor_scorer(self, self.device, self.param("format", "onnx"), FACTOR_SCORER_INPUTS)
 
     def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
         vectors, exclude, unknown = self.lookup(np.concatenate([b[0] for b in batch]).tolist())

@@ -16,7 +16,7 @@ from datetime import datetime
 import asyncpg
 import pandas as pd
 
-from feedback.report import LATENCY_COLUMNS, SERIES_COLUMNS, Bucket, ReportInput, parse_bucket
+from feedback.report.model import LATENCY_COLUMNS, SERIES_COLUMNS, Bucket, ReportInput, parse_bucket
 
 SERIES_SQL = """
 SELECT date_trunc($3::text, i.ts AT TIME ZONE 'UTC') AS period, i.ab_group AS "group", i.user_id,

@@ -1,0 +1,108 @@
+"""The report as rich tables for a terminal: the CLI's rendering (the writer service never imports it)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.table import Table
+from rich.text import Text
+
+from feedback.report.model import METRIC_LABELS, Interval, Report
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{100.0 * x:.{digits}f}%" if math.isfinite(x) else "-"
+
+
+def _pct_interval(i: Interval, digits: int = 2, *, signed: bool = False, unit: str = "%") -> str:
+    """``8.40% [6.58, 10.22]``; differences of rates read better in percentage points (``unit=" pp"``)."""
+    if not math.isfinite(i.value):
+        return "-"
+    sign = "+" if signed else ""
+    value = f"{100.0 * i.value:{sign}.{digits}f}{unit}"
+    if not (math.isfinite(i.low) and math.isfinite(i.high)):
+        return value
+    return f"{value} [{100.0 * i.low:{sign}.{digits}f}, {100.0 * i.high:{sign}.{digits}f}]"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.1f}" if math.isfinite(x) else "-"
+
+
+def _p(x: float) -> str:
+    if not math.isfinite(x):
+        return "-"
+    return f"{x:.3f}" if x >= 0.001 else f"{x:.1e}"
+
+
+def summary_table(report: Report) -> Table:
+    """One row per group: counts, the three metrics with their intervals, latency percentiles."""
+    level = round(100 * (1 - report.alpha))
+    table = Table(title=f"A/B groups ({level}% intervals, users as the unit)")
+    for name in ("group", "users", "impressions", "clicks"):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    for name in (*METRIC_LABELS.values(), "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(name, justify="right")
+    for g in report.groups:
+        table.add_row(
+            g.group + (" (control)" if g.group == report.control else ""),
+            f"{g.users:,}",
+            f"{g.impressions:,}",
+            f"{g.clicks:,}",
+            _pct_interval(g.ctr),
+            _pct_interval(g.ctr_per_user),
+            _pct_interval(g.skip_rate),
+            _ms(g.latency_p50_ms),
+            _ms(g.latency_p95_ms),
+            _ms(g.latency_p99_ms),
+        )
+    return table
+
+
+def comparison_table(report: Report) -> Table:
+    """One row per (treatment, metric): difference, lift, p-value, and the always-valid interval."""
+    level = round(100 * (1 - report.alpha))
+    title = f"Treatment - control ({report.control}); always-valid interval tuned for {report.planned_users:,} users"
+    table = Table(title=title)
+    for name in ("treatment", "metric"):
+        table.add_column(name)
+    for name in (f"difference [{level}% CI]", "relative lift", "p-value", "always-valid"):
+        table.add_column(name, justify="right")
+    notes = any(c.note for c in report.comparisons)
+    if notes:
+        table.add_column("note")
+    for c in report.comparisons:
+        cells: list[str | Text] = [
+            c.treatment,
+            METRIC_LABELS[c.metric],
+            _pct_interval(c.difference, 2, signed=True, unit=" pp"),
+            _pct_interval(c.lift, 1, signed=True),
+            Text(_p(c.p_value), style="bold" if c.significant else ""),
+            _pct_interval(c.always_valid, 2, signed=True, unit=" pp"),
+        ]
+        if notes:
+            cells.append(c.note or "")
+        table.add_row(*cells)
+    return table
+
+
+def to_table(report: Report) -> Table:
+    """The whole report as one rich Table (a grid holding the group table, the comparisons, SRM and warnings)."""
+    grid = Table.grid(padding=(1, 0))
+    grid.add_column()
+    grid.add_row(summary_table(report))
+    if report.comparisons:
+        grid.add_row(comparison_table(report))
+    if report.srm is not None:
+        s = report.srm
+        rows = zip(s.groups, s.observed, s.expected_shares, strict=True)
+        split = ", ".join(f"{g} {n:,} (expected {100 * sh:.0f}%)" for g, n, sh in rows)
+        verdict = Text("MISMATCH", style="bold red") if s.flagged else Text("ok", style="green")
+        grid.add_row(
+            Text.assemble(
+                "Sample ratio: ", split, f"; chi2 = {s.chi2:.2f} (df {s.df}), p = {_p(s.p_value)} -> ", verdict
+            )
+        )
+    for w in report.warnings:
+        grid.add_row(Text(f"warning: {w}", style="yellow"))
+    return grid

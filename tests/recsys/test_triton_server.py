@@ -34,6 +34,7 @@ from recsys.stack.triton import (
     find_tritonserver,
 )
 from recsys.stack.triton import server as triton_server
+from recsys.stack.triton.config import resolve_ports
 
 FIXTURE_REPO = Path(__file__).parent / "triton_fixture_models"
 BROKEN = "broken_config"
@@ -313,7 +314,7 @@ def test_auto_port_taken_meanwhile_is_picked_again(
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real = triton_server.resolve_ports
+        real = resolve_ports
         picks: list[TritonPorts] = []
 
         def pick(ports: TritonPorts, host: str) -> TritonPorts:

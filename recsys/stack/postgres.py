@@ -53,7 +53,7 @@ class LocalPostgres:
     data_dir: Path
     port: int = DEFAULT_PORT
     host: str = "127.0.0.1"
-    _server: ServiceProcess | None = field(default=None, init=False, repr=False)
+    _server: ServiceProcess | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def url(self) -> str:

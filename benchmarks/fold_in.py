@@ -26,7 +26,7 @@ from trainer.artifacts import load_run
 from trainer.data.synthetic import SyntheticConfig, generate
 from trainer.export import export_all
 from trainer.pipeline import save_result, train_and_evaluate
-from trainer.publish import publish
+from trainer.triton.publish import publish
 
 
 def _timed(call: Any, repeats: int) -> float:

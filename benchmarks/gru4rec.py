@@ -42,10 +42,11 @@ from benchmarks._common import (
     versions,
     write_results,
 )
+from serving.contract import ITEM_SEQUENCE, ITEMS, SCORES, TOP_K
 from trainer.data.interactions import Events
 from trainer.data.lastfm1k import load_lastfm1k
 from trainer.data.synthetic import SyntheticConfig, generate
-from trainer.export_session import ITEM_SEQUENCE, ITEMS, SCORES, TOP_K, export_session_all
+from trainer.export_session import export_session_all
 from trainer.models.gru4rec import GRU4Rec, GRU4RecParams
 from trainer.models.item_knn_sessions import SessionItemKNN, SessionItemKNNParams
 from trainer.sessions import (

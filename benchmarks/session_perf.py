@@ -4,12 +4,12 @@ One run does everything:
 
 1. builds the synthetic world (``trainer.data.synthetic``; by default 5,000 users x 20,000 items, 5 sessions of
    about 10 plays each per user), fits ALS and publishes it with ``benchmarks.triton_perf.build_and_publish``
-   (the real ``trainer.publish.publish`` path, variants A and B);
+   (the real ``trainer.triton.publish.publish`` path, variants A and B);
 2. fits GRU4Rec on the same world (the official class's sizes: 100 hidden units, 2,048 samples, one epoch:
    quality is irrelevant here, only the shapes), saves it as a run and publishes it with
-   ``trainer.publish_session.publish_session`` (export at L = 50, parity) into the same repository;
-3. starts ``tritonserver`` once (explicit model control, free ports), loads A/B with ``trainer.publish.load_all``
-   and C with ``trainer.publish_session.load_session``, and records the server's memory;
+   ``trainer.triton.publish.publish`` (export at L = 50, parity) into the same repository;
+3. starts ``tritonserver`` once (explicit model control, free ports), loads A/B and C with
+   ``trainer.triton.repository.load_all``, and records the server's memory;
 4. runs perf_analyzer over gRPC on ``recsys_a``, ``recsys_b`` and ``recsys_c`` at concurrency 1, 4 and 16,
    interleaved by level (a, b, c at 1, then at 4, ...) so slow drifts of the shared machine hit all three alike,
    with the same real user ids as input data for all three;
@@ -106,8 +106,11 @@ def build_and_publish_session(args: argparse.Namespace, work: Path, log_file: Pa
     """The same world ``build_and_publish`` generated -> GRU4Rec -> ``save_run`` -> ``publish_session``."""
     from trainer.artifacts import save_run
     from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.export_session import recent_plays
     from trainer.models.gru4rec import GRU4Rec, GRU4RecParams
-    from trainer.publish_session import publish_session, recent_plays, render_session_repository
+    from trainer.triton.family import SESSION, Options
+    from trainer.triton.publish import publish
+    from trainer.triton.repository import render_repository
 
     config = SyntheticConfig(  # exactly build_and_publish's: the same seed gives the same world
         n_users=args.users,
@@ -128,11 +131,11 @@ def build_and_publish_session(args: argparse.Namespace, work: Path, log_file: Pa
     run_dir = work / "gru4rec-run"
     save_run(run_dir, model, data, {"model": "gru4rec", "note": "benchmarks.session_perf: not evaluated"})
     repository = work / "repository"
-    render_session_repository(repository, sequence_length=args.sequence_length)
+    render_repository(repository, options=Options(sequence_length=args.sequence_length), families=(SESSION,))
     say(f"publishing GRU4Rec into {repository} (export at L = {args.sequence_length} + parity) ...")
     began = time.perf_counter()
     with output_to(log_file):
-        published = publish_session(run_dir, repository)
+        published = publish(run_dir, repository)
     publish_seconds = time.perf_counter() - began
     indptr, _ = recent_plays(model.user_sequences, args.sequence_length, model.n_items)
     lengths = np.diff(indptr)
@@ -144,7 +147,7 @@ def build_and_publish_session(args: argparse.Namespace, work: Path, log_file: Pa
         layers=list(params.layers),
         n_sample=params.n_sample,
         epochs=params.n_epochs,
-        sequence_length=published.sequence_length,
+        sequence_length=args.sequence_length,
         listeners_with_plays=int((lengths > 0).sum()),
         mean_sequence=float(lengths.mean()) if len(lengths) else 0.0,
         fit_seconds=fit_seconds,
@@ -159,18 +162,20 @@ def session_scorer_floors(repository: Path, version: int, user_ids: list[str], q
     import onnxruntime as ort
     import torch
 
-    from trainer.export import load_torchscript
-    from trainer.publish_session import padded_sequences, sequence_length_of
-    from trainer.triton_session import SEQUENCES_FILE, SESSION_LOOKUP, SESSION_SCORER
+    from serving.contract import SEQUENCES_FILE
+    from serving.lookup import padded_rows
+    from trainer.exporting import load_torchscript
+    from trainer.triton.family import SESSION, SESSION_LOOKUP, SESSION_SCORER
+    from trainer.triton.repository import options_of
 
     folder = repository / SESSION_LOOKUP / str(version)
     with np.load(folder / "ids.npz", allow_pickle=False) as npz:
         index = {str(u): i for i, u in enumerate(npz["user_ids"].tolist())}
     with np.load(folder / SEQUENCES_FILE, allow_pickle=False) as npz:
         indptr, indices = npz["indptr"], npz["indices"]
-    length = sequence_length_of(repository)
+    length = options_of(repository, SESSION).sequence_length
     rows = [index[u] for u in user_ids[:queries]]
-    sequences = padded_sequences(indptr, indices, rows, length)
+    sequences = padded_rows(indptr, indices, rows, length)
     k = np.full((1, 1), 10, dtype=np.int64)
     scorer = repository / SESSION_SCORER / str(version)
 
@@ -230,8 +235,7 @@ def serve_and_measure(
     work: Path,
 ) -> Serving:
     from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
-    from trainer.publish import load_all
-    from trainer.publish_session import load_session
+    from trainer.triton.repository import load_all
 
     config = TritonConfig(
         model_repository=repository,
@@ -249,11 +253,9 @@ def serve_and_measure(
         assert server.pid is not None
         url = server.urls.grpc
         began = time.perf_counter()
-        factor_version = load_all(server, repository)
-        load_seconds = {"variants A and B (load_all)": round(time.perf_counter() - began, 2)}
-        began = time.perf_counter()
-        session_version = load_session(server, repository)
-        load_seconds["variant C (load_session)"] = round(time.perf_counter() - began, 2)
+        loaded = load_all(server, repository)
+        factor_version, session_version = loaded["factor"], loaded["session"]
+        load_seconds = {"variants A, B and C (load_all)": round(time.perf_counter() - began, 2)}
         memory_loaded = settled_tree_memory(server.pid)
         say(
             f"server ready in {server.ready_after_s or 0:.1f} s; RSS {memory_loaded.rss_mib:,.0f} MiB "

@@ -30,12 +30,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-from trainer.triton.repository import load_all
 
 from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
 from benchmarks.gateway_overhead import _duration_ms
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
 from recsys.stack.memory import descendants, process_memory
+from trainer.triton.repository import load_all
 
 MIX_LUA = """
 -- Every recommendation is followed by its feedback (a click on the first item every third time, else skips).

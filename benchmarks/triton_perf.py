@@ -5,7 +5,7 @@ One run does everything on one server:
 1. builds a synthetic catalog (``trainer.data.synthetic``: by default 20,000 users x 50,000 items), fits our ALS
    with 64 factors for a couple of iterations (quality is irrelevant here, only the shapes matter) and saves
    the run with ``trainer.artifacts.save_run``;
-2. publishes it with ``trainer.publish.publish`` (the real path: TorchScript + ONNX export, parity check,
+2. publishes it with ``trainer.triton.publish.publish`` (the real path: TorchScript + ONNX export, parity check,
    ``model.py`` copies) into a fresh model repository rendered by ``render_repository``;
 3. starts ``tritonserver`` (``recsys.stack.triton.TritonServer``, explicit model control, free ports), loads
    every model, and records the resident memory of the server and its python-backend stubs;
@@ -132,7 +132,8 @@ def build_and_publish(args: argparse.Namespace, work: Path, log_file: Path) -> C
     from trainer.artifacts import save_run
     from trainer.data.synthetic import SyntheticConfig, generate
     from trainer.models.als import ALS, ALSParams
-    from trainer.publish import publish, render_repository
+    from trainer.triton.publish import publish
+    from trainer.triton.repository import render_repository
     from trainer.weighting import CorpusStats
 
     config = SyntheticConfig(
@@ -278,7 +279,7 @@ def in_process_floors(repository: Path, version: int, requests: Requests, querie
     import onnxruntime as ort
     import torch
 
-    from trainer.export import load_torchscript
+    from trainer.exporting import load_torchscript
 
     n = min(queries, len(requests.user_ids))
     inputs = [
@@ -548,7 +549,8 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
         "",
         f"Catalog: {cat['users']:,} users x {cat['items']:,} items, {cat['factors']} factors, "
         f"{cat['pairs']:,} published pairs, exclusion width H = {cat['exclude_width']} (longest history), "
-        f"factors from {cat['factors_source']}, published as version {cat['version']} by `trainer.publish.publish` "
+        f"factors from {cat['factors_source']}, published as version {cat['version']} by "
+        "`trainer.triton.publish.publish` "
         f"in {cat['publish_seconds']:.0f} s. Requests: {settings['request_users']:,} real users cycled, "
         f"TOP_K = {settings['top_k']}, gRPC, batch 1, synchronous clients. perf_analyzer "
         f"{serving.perf_analyzer_version}: {settings['measurement']}.",

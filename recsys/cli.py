@@ -284,10 +284,10 @@ def _demo_serving(out_dir: Path, user_ids: list[str], world: Any, listeners: int
     from recsys.simulate import simulate
     from recsys.stack.local import LocalStack, StackConfig, StackPorts
     from recsys.stack.postgres import default_data_dir
-    from trainer.publish import publish as run_publish
-    from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B
+    from trainer.triton.family import ENSEMBLE_A, ENSEMBLE_B
+    from trainer.triton.publish import publish as run_publish
 
-    repository = out_dir / "triton_models"
+    repository = out_dir / "model_repository"
     shutil.rmtree(repository, ignore_errors=True)
     published = run_publish(out_dir / "als", repository)
     out.print(f"published ALS as version {published.version} into {repository} (TorchScript and ONNX, parity ok)")
@@ -351,49 +351,38 @@ def publish(
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (with --load).")
     ] = None,
 ) -> None:
-    """Export (TorchScript + ONNX), check parity, and write a new numbered version into the model repository:
-    of the factor-model ensembles (recsys_a, recsys_b, recsys_popular) for BPR/ALS, of recsys_c for GRU4Rec."""
-    import json as json_
-
+    """Export (TorchScript + ONNX), check parity, and write a new numbered version of the run's family into the
+    model repository: the factor ensembles (recsys_a, recsys_b, recsys_popular) for BPR/ALS, recsys_c for GRU4Rec."""
     from recsys.stack.triton import TritonControl
-    from serving.contract import METRICS_FILE
-    from trainer.publish import activate
-    from trainer.publish import publish as run_publish
-    from trainer.publish_session import activate_session, publish_session
+    from trainer.triton.publish import publish as run_publish
+    from trainer.triton.repository import activate
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
-    try:
-        model_name = json_.loads((run_dir / METRICS_FILE).read_text()).get("model")
-    except (OSError, ValueError):
-        model_name = None
-    if model_name == "gru4rec":
-        session = publish_session(run_dir, target)
-        out.print(f"published GRU4Rec as session version {session.version} into {target} (recsys_c)")
-        if load:
-            activate_session(TritonControl.at(http), target, session.version)
-            out.print(f"Triton at {http} now serves session version {session.version}")
-        return
     published = run_publish(run_dir, target)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
     checked = published.parity.users_checked
-    out.print(f"published version {published.version} into {target} (parity on {checked} users: {diffs})")
+    out.print(
+        f"published version {published.version} of the {published.family.name} models "
+        f"({', '.join(published.ensembles)}) into {target} (parity on {checked} rows: {diffs})"
+    )
     if load:
-        activate(TritonControl.at(http), published.version)
-        out.print(f"Triton at {http} now serves version {published.version}")
+        activate(TritonControl.at(http), target, published.family, published.version)
+        out.print(f"Triton at {http} now serves version {published.version} of {', '.join(published.ensembles)}")
 
 
 @app.command("render-repo")
 def render_repo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the repository's config.pbtxt files.")],
-    flavour: Annotated[str, typer.Option(help="local (python backend everywhere) or native (NGC image).")] = "local",
+    flavour: Annotated[
+        str, typer.Option(help="local (python backend everywhere), native (NGC image) or gpu (scorers on the GPU).")
+    ] = "local",
 ) -> None:
-    """Write the model repository's configs from their single description (local or native flavour)."""
-    from trainer.publish import render_repository
-    from trainer.publish_session import render_session_repository
+    """Write every model's config.pbtxt from the families' single description (local, native or gpu flavour)."""
+    from trainer.triton.repository import render_repository
 
-    for path in [*render_repository(out_dir, flavour), *render_session_repository(out_dir, flavour)]:
+    for path in render_repository(out_dir, flavour):
         out.print(str(path))
 
 
@@ -415,12 +404,11 @@ def serve_triton(
 ) -> None:
     """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
     from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer, TritonServerError
-    from trainer.publish import load_all, versions
-    from trainer.publish_session import load_session, session_versions
+    from trainer.triton.repository import load_all, published_families
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
-    if not versions(target):
+    if not published_families(target):
         raise ConfigError(f"{target}: no published version yet (run `recsys publish RUN_DIR` first)")
     ports = TritonPorts(
         http=http_port if http_port is not None else settings.triton_http_port,
@@ -431,11 +419,10 @@ def serve_triton(
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     with TritonServer(config) as server:
-        version = load_all(server, target)
+        loaded = load_all(server, target)
         out.print(f"Triton ready: grpc {server.urls.grpc}, http {server.urls.http}, metrics {server.urls.metrics}")
-        out.print(f"serving version {version} of {target}; Ctrl-C stops it")
-        if session_versions(target):
-            out.print(f"and session version {load_session(server, target)} (recsys_c)")
+        served = ", ".join(f"version {version} of the {name} models" for name, version in loaded.items())
+        out.print(f"serving {served} from {target}; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
             while server.is_running() and not stopping.wait(0.5):
                 pass

@@ -5,4 +5,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib/bootstrap.sh"
 cd "$ROOT"
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
+echo "== import contracts (layers, pyproject.toml [tool.importlinter])"; lint-imports --no-cache
 echo "== pytest"; pytest "$@"

@@ -66,7 +66,7 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
     import os
 
     from recsys.stack.local import LocalStack, StackConfig, StackPorts
-    from trainer.publish import publish
+    from trainer.triton.publish import publish
 
     repository = tmp_path_factory.mktemp("stack-repo")
     publish(served_run, repository)

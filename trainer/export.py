@@ -8,12 +8,8 @@ apart; :func:`check_parity` verifies it on a sample of users before anything is 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +18,22 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
-from recsys.core.errors import ConfigError, RecsysError
-from serving.contract import EXCLUDE as EXCLUDE  # re-exported: export.X names the scorer's tensors
-from serving.contract import FOLD_IN_FILE, ONNX_FILE, TORCHSCRIPT_FILE, USERS_FILE
-from serving.contract import ITEMS as ITEMS
-from serving.contract import SCORES as SCORES
-from serving.contract import TOP_K as TOP_K
-from serving.contract import USER_VECTOR as USER_VECTOR
+from recsys.core.errors import ConfigError
+from serving.contract import EXCLUDE, FOLD_IN_FILE, TOP_K, USER_VECTOR, USERS_FILE
 from serving.lookup import padded_rows
+from trainer.exporting import (
+    ExportError,
+    ParityReport,
+    compare,
+    ensure_parity,
+    export_both,
+    run_exports,
+)
 from trainer.models.base import FactorModel
 
 logger = logging.getLogger(__name__)
 
-# Tensor names shared with triton_models/*/config.pbtxt (a test checks they match).
-
-
-class ExportError(RecsysError):
-    """A model cannot be exported or its exports disagree with it; nothing may be published."""
+__all__ = ["ExportError", "FactorScorer", "ParityReport", "build_scorer", "check_parity", "export_all", "user_table"]
 
 
 class FactorScorer(torch.nn.Module):
@@ -171,83 +166,6 @@ def example_inputs(width: int, dim: int, batch: int = 2) -> tuple[torch.Tensor, 
     )
 
 
-# torch marks TorchScript deprecated, but Triton's native pytorch backend serves exactly TorchScript; these
-# warnings (and torch.export's internal FutureWarnings) say nothing about our exports, so they are muted here only.
-_EXPORT_NOISE = (
-    r"`torch\.jit\.(script|load|save)` is deprecated",
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    r"# The axis name: .* will not be used",
-)
-
-
-# Loggers of the exporter that print internal graphs and optional-package notes at WARNING level.
-_NOISY_LOGGERS = ("torch.onnx", "torch.fx", "torch.export", "torch._export", "torch._dynamo", "torch._subclasses")
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    names = [n for n in logging.root.manager.loggerDict if n.startswith(_NOISY_LOGGERS)]
-    loggers = [logging.getLogger(name) for name in (*_NOISY_LOGGERS, *names)]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        for pattern in _EXPORT_NOISE:
-            warnings.filterwarnings("ignore", message=pattern)
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels, strict=True):
-                lg.setLevel(level)
-
-
-def export_torchscript(scorer: FactorScorer, path: Path) -> Path:
-    with _quiet_export():
-        scripted = torch.jit.script(scorer)
-        scripted.save(str(path))  # type: ignore[no-untyped-call]
-    return path
-
-
-def load_torchscript(path: Path) -> torch.jit.ScriptModule:
-    with _quiet_export():
-        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
-    return module
-
-
-def export_onnx(scorer: FactorScorer, path: Path, width: int) -> Path:
-    """ONNX with dynamic batch and k (``k`` comes from the TOP_K input, so it becomes an ONNX TopK input)."""
-    with _quiet_export():
-        _onnx_export(scorer, path, width)
-    return path
-
-
-def _onnx_export(scorer: FactorScorer, path: Path, width: int) -> None:
-    batch = torch.export.Dim("batch", min=1)
-    history = torch.export.Dim("history", min=1)
-    torch.onnx.export(
-        scorer,
-        example_inputs(width, scorer.items_t.shape[0] - 1),
-        str(path),
-        dynamo=True,
-        input_names=[USER_VECTOR, EXCLUDE, TOP_K],
-        output_names=[SCORES, ITEMS],
-        dynamic_shapes={"user_vector": {0: batch}, "exclude": {0: batch, 1: history}, "top_k": {0: batch}},
-        verbose=False,
-        external_data=False,
-    )
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    users_checked: int
-    max_abs_score_diff: dict[str, float]
-    ids_identical: dict[str, bool]
-
-    @property
-    def ok(self) -> bool:
-        return all(self.ids_identical.values()) and all(v <= 1e-5 for v in self.max_abs_score_diff.values())
-
-
 def check_parity(
     model: FactorModel,
     history: sp.csr_matrix,
@@ -259,32 +177,17 @@ def check_parity(
     sample: int = 200,
     seed: int = 0,
 ) -> ParityReport:
-    """Both exports against the trainer's own ``recommend`` on ``sample`` users: scores within 1e-5, same ids."""
-    import onnxruntime as ort
-
+    """Both exports against the trainer's own ``recommend`` on ``sample`` users (:func:`trainer.exporting.compare`)."""
     k = min(k, model.n_items)
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(model.n_users, size=min(sample, model.n_users), replace=False))
     ref_items, ref_scores = model.recommend(users, k, exclude=history)
-    inputs = (
-        user_table(model)[users],
-        padded_exclusions(history, users, width),
-        np.full((len(users), 1), k, dtype=np.int64),
-    )
-    scripted = load_torchscript(torchscript_path)
-    with torch.inference_mode():
-        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_scores, onnx_items = session.run(
-        [SCORES, ITEMS], dict(zip((USER_VECTOR, EXCLUDE, TOP_K), inputs, strict=True))
-    )
-
-    diffs, same = {}, {}
-    for name, scores, items in (("torchscript", ts_scores, ts_items), ("onnx", onnx_scores, onnx_items)):
-        finite = np.isfinite(ref_scores)
-        diffs[name] = float(np.abs(scores[finite] - ref_scores[finite]).max()) if finite.any() else 0.0
-        same[name] = bool(np.array_equal(items, ref_items))
-    return ParityReport(users_checked=len(users), max_abs_score_diff=diffs, ids_identical=same)
+    inputs: dict[str, npt.NDArray[Any]] = {
+        USER_VECTOR: user_table(model)[users],
+        EXCLUDE: padded_exclusions(history, users, width),
+        TOP_K: np.full((len(users), 1), k, dtype=np.int64),
+    }
+    return compare((ref_scores, ref_items), run_exports(torchscript_path, onnx_path, inputs))
 
 
 def export_all(
@@ -302,20 +205,15 @@ def export_all(
     if fallback_scores is None:
         fallback_scores = np.bincount(history.indices, minlength=model.n_items).astype(np.float32)
     scorer = build_scorer(model, fallback_scores)
-    directory.mkdir(parents=True, exist_ok=True)
-    ts_path = export_torchscript(scorer, directory / TORCHSCRIPT_FILE)
-    onnx_path = export_onnx(scorer, directory / ONNX_FILE, width)
-    report = check_parity(model, history, ts_path, onnx_path, width)
-    if not report.ok:
-        raise ExportError(
-            "export parity failed: "
-            + ", ".join(
-                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, "
-                f"ids identical {report.ids_identical[fmt]}"
-                for fmt in report.ids_identical
-            )
-        )
-    logger.info("parity ok on %d users: %s", report.users_checked, report.max_abs_score_diff)
+    batch, history_dim = torch.export.Dim("batch", min=1), torch.export.Dim("history", min=1)
+    ts_path, onnx_path = export_both(
+        scorer,
+        directory,
+        example_inputs(width, scorer.items_t.shape[0] - 1),
+        (USER_VECTOR, EXCLUDE, TOP_K),
+        {"user_vector": {0: batch}, "exclude": {0: batch, 1: history_dim}, "top_k": {0: batch}},
+    )
+    report = ensure_parity(check_parity(model, history, ts_path, onnx_path, width), "factor scorer")
     np.save(directory / USERS_FILE, user_table(model))
     fold_in = fold_in_arrays(model)
     if fold_in is not None:

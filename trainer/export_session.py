@@ -14,40 +14,75 @@ module also takes other lengths, but serve it with the same L.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.core.errors import ConfigError
-from serving.contract import ONNX_FILE, TORCHSCRIPT_FILE
-from trainer.export import ITEMS, SCORES, TOP_K, ExportError, ParityReport, _quiet_export, load_torchscript
+from recsys.core.errors import ArtifactError, ConfigError
+from serving.contract import IDS_FILE, ITEM_SEQUENCE, METRICS_FILE, MODEL_FILE, PAD, TOP_K
+from trainer.exporting import ExportError, ParityReport, compare, ensure_parity, export_both, run_exports
 from trainer.models.gru4rec import GRU4Rec
-from trainer.sessions import PAD
 
 logger = logging.getLogger(__name__)
 
-# Tensor names for triton_models/*/config.pbtxt; TOP_K, SCORES and ITEMS are the factor scorer's.
-ITEM_SEQUENCE = "ITEM_SEQUENCE"  # int64 [B, L]: recent item indices, oldest first, right-padded with -1
-
 __all__ = [
-    "ITEMS",
-    "ITEM_SEQUENCE",
-    "SCORES",
-    "TOP_K",
     "SessionExport",
+    "SessionRun",
     "SessionScorer",
     "build_session_scorer",
     "check_session_parity",
     "export_session_all",
-    "export_session_onnx",
-    "export_session_torchscript",
+    "load_session_run",
     "parity_sequences",
+    "recent_plays",
 ]
+
+
+@dataclass(frozen=True)
+class SessionRun:
+    model: GRU4Rec
+    user_ids: npt.NDArray[Any]
+    item_ids: npt.NDArray[Any]
+    metrics: dict[str, Any]
+
+
+def load_session_run(run_dir: Path) -> SessionRun:
+    """A GRU4Rec run written by ``save_run``; ArtifactError when it is incomplete or inconsistent."""
+    for name in (MODEL_FILE, IDS_FILE, METRICS_FILE):
+        if not (run_dir / name).is_file():
+            raise ArtifactError(f"{run_dir}: missing {name} (write GRU4Rec runs with trainer.artifacts.save_run)")
+    model = GRU4Rec.load(run_dir / MODEL_FILE)
+    with np.load(run_dir / IDS_FILE, allow_pickle=False) as npz:
+        user_ids, item_ids = npz["user_ids"], npz["item_ids"]
+    if model.n_items != len(item_ids):
+        raise ArtifactError(f"{run_dir}: the model knows {model.n_items} items, ids.npz lists {len(item_ids)}")
+    if len(model.user_sequences) != len(user_ids):
+        raise ArtifactError(
+            f"{run_dir}: the model holds {len(model.user_sequences)} listeners' recent sequences, ids.npz lists "
+            f"{len(user_ids)} users (fit with GRU4Rec.fit on the run's Interactions)"
+        )
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    return SessionRun(model=model, user_ids=user_ids, item_ids=item_ids, metrics=metrics)
+
+
+def recent_plays(
+    sequences: npt.NDArray[np.int64], sequence_length: int, n_items: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """CSR ``indptr, indices`` of each row's last ``sequence_length`` valid items, oldest first (what the lookup
+    pads back to ``[B, L]``); padding and ids outside ``0..n_items-1`` are dropped, as the scorer skips them."""
+    sequences = np.asarray(sequences, dtype=np.int64)
+    valid = (sequences >= 0) & (sequences < n_items)
+    from_end = np.cumsum(valid[:, ::-1], axis=1)[:, ::-1]  # valid plays at or after each position
+    keep = valid & (from_end <= sequence_length)
+    indptr = np.concatenate(([0], np.cumsum(keep.sum(axis=1)))).astype(np.int64)
+    return indptr, sequences[keep]
 
 
 class SessionScorer(torch.nn.Module):
@@ -157,33 +192,6 @@ def example_inputs(max_len: int, batch: int = 2) -> tuple[torch.Tensor, torch.Te
     return sequence, torch.full((batch, 1), 10, dtype=torch.int64)
 
 
-def export_session_torchscript(scorer: SessionScorer, path: Path) -> Path:
-    with _quiet_export():
-        scripted = torch.jit.script(scorer)
-        scripted.save(str(path))  # type: ignore[no-untyped-call]
-    return path
-
-
-def export_session_onnx(scorer: SessionScorer, path: Path, max_len: int) -> Path:
-    """ONNX with dynamic batch and k; the sequence length is fixed at ``max_len`` (the loop is unrolled)."""
-    if max_len < 1:
-        raise ConfigError(f"max_len must be >= 1, got {max_len}")
-    batch = torch.export.Dim("batch", min=1)
-    with _quiet_export():
-        torch.onnx.export(
-            scorer,
-            example_inputs(max_len),
-            str(path),
-            dynamo=True,
-            input_names=[ITEM_SEQUENCE, TOP_K],
-            output_names=[SCORES, ITEMS],
-            dynamic_shapes={"item_sequence": {0: batch}, "top_k": {0: batch}},
-            verbose=False,
-            external_data=False,
-        )
-    return path
-
-
 def parity_sequences(model: GRU4Rec, max_len: int, *, sample: int = 200, seed: int = 0) -> npt.NDArray[np.int64]:
     """Rows to check parity on: stored user sequences, random ones of every length, an empty row, odd ids."""
     rng = np.random.default_rng(seed)
@@ -219,25 +227,11 @@ def check_session_parity(
     *,
     k: int = 10,
 ) -> ParityReport:
-    """Both exports against :meth:`GRU4Rec.recommend_sequences`: scores within 1e-5 and the same ids."""
-    import onnxruntime as ort
-
+    """Both exports against :meth:`GRU4Rec.recommend_sequences` (:func:`trainer.exporting.compare`)."""
     k = min(k, model.n_items)
     ref_items, ref_scores = model.recommend_sequences(sequences, k)
-    inputs = (np.ascontiguousarray(sequences, dtype=np.int64), np.full((len(sequences), 1), k, dtype=np.int64))
-    scripted = load_torchscript(torchscript_path)
-    with torch.inference_mode():
-        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in inputs)))
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip((ITEM_SEQUENCE, TOP_K), inputs, strict=True)))
-
-    diffs, same = {}, {}
-    finite = np.isfinite(ref_scores)
-    for name, scores, items in (("torchscript", ts_scores, ts_items), ("onnx", onnx_scores, onnx_items)):
-        agree = np.array_equal(np.isfinite(scores), finite)
-        diffs[name] = float(np.abs(scores[finite] - ref_scores[finite]).max()) if finite.any() and agree else math.inf
-        same[name] = bool(np.array_equal(items, ref_items))
-    return ParityReport(users_checked=len(sequences), max_abs_score_diff=diffs, ids_identical=same)
+    inputs = {ITEM_SEQUENCE: np.asarray(sequences, dtype=np.int64), TOP_K: np.full((len(sequences), 1), k, np.int64)}
+    return compare((ref_scores, ref_items), run_exports(torchscript_path, onnx_path, inputs))
 
 
 @dataclass(frozen=True)
@@ -267,18 +261,15 @@ def export_session_all(
         sequences = parity_sequences(model, max_len)
     if sequences.ndim != 2 or sequences.shape[1] != max_len:
         raise ConfigError(f"parity sequences must be [batch, {max_len}], got shape {sequences.shape}")
-    directory.mkdir(parents=True, exist_ok=True)
-    ts_path = export_session_torchscript(scorer, directory / TORCHSCRIPT_FILE)
-    onnx_path = export_session_onnx(scorer, directory / ONNX_FILE, max_len)
-    report = check_session_parity(model, sequences, ts_path, onnx_path, k=k)
-    if not report.ok:
-        raise ExportError(
-            "session export parity failed: "
-            + ", ".join(
-                f"{fmt}: max |score diff| {report.max_abs_score_diff[fmt]:.2e}, "
-                f"ids identical {report.ids_identical[fmt]}"
-                for fmt in report.ids_identical
-            )
-        )
-    logger.info("session scorer parity ok on %d sequences: %s", report.users_checked, report.max_abs_score_diff)
+    if max_len < 1:
+        raise ConfigError(f"max_len must be >= 1, got {max_len}")
+    batch = torch.export.Dim("batch", min=1)
+    ts_path, onnx_path = export_both(
+        scorer,
+        directory,
+        example_inputs(max_len),
+        (ITEM_SEQUENCE, TOP_K),
+        {"item_sequence": {0: batch}, "top_k": {0: batch}},
+    )
+    report = ensure_parity(check_session_parity(model, sequences, ts_path, onnx_path, k=k), "session scorer")
     return SessionExport(torchscript=ts_path, onnx=onnx_path, max_len=max_len, parity=report)

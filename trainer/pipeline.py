@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from trainer.artifacts import save_run
-from trainer.data.interactions import Interactions
+from trainer.data.interactions import Events, Interactions
 from trainer.evaluation import evaluate
 from trainer.models.base import Recommender
 from trainer.models.popularity import Popularity
@@ -100,11 +100,19 @@ def train_and_evaluate(
 
 
 def _union(parts: Split) -> Interactions:
-    """Train and test parts together again (both share the split's compacted id maps)."""
+    """Train and test parts together again (both share the split's compacted id maps), with their plays: a refit
+    session model (GRU4Rec) trains on the events."""
     train, test = parts.train, parts.test
     timestamps = None
     if train.timestamps is not None and test.timestamps is not None:
         timestamps = np.concatenate([train.timestamps, test.timestamps])
+    events = None
+    if train.events is not None and test.events is not None:
+        users = np.concatenate([train.events.users, test.events.users])
+        items = np.concatenate([train.events.items, test.events.items])
+        times = np.concatenate([train.events.timestamps, test.events.timestamps])
+        order = np.lexsort((times, users))  # (user, time) order, as every Events
+        events = Events(users[order], items[order], times[order])
     return Interactions(
         users=np.concatenate([train.users, test.users]),
         items=np.concatenate([train.items, test.items]),
@@ -113,6 +121,7 @@ def _union(parts: Split) -> Interactions:
         item_ids=train.item_ids,
         timestamps=timestamps,
         item_names=train.item_names,
+        events=events,
     )
 
 

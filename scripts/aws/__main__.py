@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = s3.add_parser("verify", help="read version N back and check it against its manifest")
     verify.add_argument("--version", type=int, required=True)
     _location_args(verify)
+    remove = s3.add_parser("remove-version", help="roll version N back: delete its version folders, then its manifest")
+    remove.add_argument("--version", type=int, required=True)
+    _location_args(remove)
     versions = s3.add_parser("versions", help="list the uploaded versions")
     _location_args(versions)
 
@@ -112,6 +115,9 @@ def _run(args: argparse.Namespace) -> None:
             with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
                 manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
             print(f"published version {manifest.version}: {len(manifest.entries)} objects under {where.url}")
+        elif args.command == "remove-version":
+            for key in s3_models.remove_version(s3, where, args.version):
+                print(f"deleted {where.key(key)}")
         elif args.command == "verify":
             problems = s3_models.verify_version(s3, where, args.version)
             if problems:

@@ -98,25 +98,34 @@ def sha256_file(path: Path) -> str:
 def version_files(repository: Path, version: int) -> list[tuple[str, Path | None]]:
     """(key, local file) of everything Triton needs to serve ``version``; ``None`` is an empty placeholder.
 
-    Every model folder (one with a ``config.pbtxt``) contributes its config and either its folder ``version`` or,
-    for an ensemble (whose numbered folders are all empty), a placeholder per numbered folder.
+    Every model folder (one with a ``config.pbtxt``) contributes its config; the steps of the family that owns
+    ``version`` (:data:`trainer.triton.family.FAMILIES`: all its steps hold the folder) contribute that folder;
+    an ensemble (whose numbered folders are all empty) a placeholder per numbered folder. The other family's
+    steps keep their own versions, uploaded under their own numbers.
     """
+    from trainer.triton.family import FAMILIES
+
     if not repository.is_dir():
         raise AwsError(f"{repository}: not a folder")
     models = sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file())
     if not models:
         raise AwsError(f"{repository}: no model folders (none holds a config.pbtxt)")
+    held = {m.name for m in models if any((m / str(version)).rglob("*"))}
+    owners = [f for f in FAMILIES if set(f.steps) <= held]
+    if not owners:
+        partial = max(FAMILIES, key=lambda f: len(set(f.steps) & held))
+        missing = next(m for m in partial.steps if m not in held)
+        raise AwsError(f"{repository}: model {missing} has no version {version}")
+    steps = set(owners[0].steps)
     found: list[tuple[str, Path | None]] = []
     for model in models:
         found.append((f"{model.name}/config.pbtxt", model / "config.pbtxt"))
         numbered = sorted(p for p in model.iterdir() if p.is_dir() and p.name.isdigit())
-        contents = {p.name: sorted(f for f in p.rglob("*") if f.is_file()) for p in numbered}
-        if contents.get(str(version)):
-            found += [(f"{model.name}/{f.relative_to(model).as_posix()}", f) for f in contents[str(version)]]
-        elif numbered and not any(contents.values()):
+        if model.name in steps:
+            files = sorted(f for f in (model / str(version)).rglob("*") if f.is_file())
+            found += [(f"{model.name}/{f.relative_to(model).as_posix()}", f) for f in files]
+        elif numbered and not any(any(p.iterdir()) for p in numbered):
             found += [(f"{model.name}/{p.name}/{PLACEHOLDER}", None) for p in numbered]
-        else:
-            raise AwsError(f"{repository}: model {model.name} has no version {version}")
     return found
 
 
@@ -246,18 +255,38 @@ def ensure_bucket(s3: S3Client, bucket: str, region: str) -> None:
 
 
 def publish_run(s3: S3Client, where: Location, run_dir: Path, workdir: Path) -> Manifest:
-    """Publishes a trained run as the next version on S3: export + parity check (``trainer.publish``) into a fresh
-    local repository numbered after what the bucket holds, the configs rendered for the NGC image, then upload.
+    """Publishes a trained run (either family) as the next version on S3: export + parity check
+    (``trainer.triton.publish``) into a fresh local repository numbered after what the bucket holds, the family's
+    configs rendered for the NGC image, then upload.
 
-    Needs the whole project installed (torch, onnx); the other helpers need only boto3.
+    Needs the whole project installed (torch, onnx); the other helpers need only boto3 (and the family
+    description, which is torch-free).
     """
-    from trainer.publish import publish, render_repository
+    from trainer.triton.publish import publish
+    from trainer.triton.repository import render_repository
 
     version = next_version(s3, where)
     repository = workdir / "repository"
-    publish(run_dir, repository, version=version)
-    render_repository(repository, "native")
+    published = publish(run_dir, repository, version=version)
+    render_repository(repository, "native", families=(published.family,))
     return upload_version(s3, where, repository, version)
+
+
+def remove_version(s3: S3Client, where: Location, version: int) -> list[str]:
+    """Rolls version ``version`` back: deletes its version folders (the keys its manifest lists under
+    ``<model>/<version>/``), then its manifest; configs and ensemble placeholders stay. Returns the deleted keys.
+    The bucket's versioning keeps what was deleted."""
+    manifest = read_manifest(s3, where, version)
+    if manifest is None:
+        raise AwsError(f"{where.url}: version {version} has no manifest (nothing to roll back)")
+    keys = [e.key for e in manifest.entries if e.key.split("/")[1:2] == [str(version)]]
+    try:
+        for key in keys:
+            s3.delete_object(Bucket=where.bucket, Key=where.key(key))
+        s3.delete_object(Bucket=where.bucket, Key=where.manifest_key(version))
+    except ClientError as exc:
+        raise AwsError(f"S3 removal of version {version}: {exc}") from exc
+    return keys
 
 
 def _keys(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:

@@ -179,7 +179,7 @@ def test_grpc_recommend_and_feedback(stack: LocalStack) -> None:
 
 
 def test_triton_down_gives_503_within_the_deadline_and_recovers_by_itself(stack: LocalStack) -> None:
-    from trainer.publish import load_all
+    from trainer.triton.repository import load_all
 
     stack.triton.stop()
     try:

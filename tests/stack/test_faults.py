@@ -17,7 +17,9 @@ import pytest
 
 from recsys.core.errors import RecsysError
 from recsys.stack.local import LocalStack
-from trainer.publish import load_all, publish, versions
+from trainer.triton.family import FACTOR
+from trainer.triton.publish import publish
+from trainer.triton.repository import load_all, versions
 
 pytestmark = pytest.mark.stack
 
@@ -127,7 +129,7 @@ def test_bad_model_versions_are_refused_while_the_old_one_keeps_serving(
     stack: LocalStack, served_run: Path, tmp_path: Path
 ) -> None:
     repository = stack.config.model_repository
-    before = versions(repository)
+    before = versions(repository, FACTOR)
     with Load(stack.gateway_url, clients=2) as load:
         for how in ("nan", "shapes"):
             broken = _broken_copy(served_run, tmp_path / how, how)
@@ -135,7 +137,7 @@ def test_bad_model_versions_are_refused_while_the_old_one_keeps_serving(
                 publish(broken, repository)
             assert "item_factors" in str(refused.value)
         load.wait_for(50)
-    assert versions(repository) == before
+    assert versions(repository, FACTOR) == before
     assert not list(repository.glob(".publish-*"))
     assert {status for status, _, _ in load.answers} == {200}
     served = {httpx.post(stack.gateway_url + "/recommend", json={"user_id": "1"}).json()["model_version"]}

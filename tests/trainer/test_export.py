@@ -10,18 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trainer.export import (
-    EXCLUDE,
-    ITEMS,
-    SCORES,
-    TOP_K,
-    USER_VECTOR,
-    ExportError,
-    export_all,
-    load_torchscript,
-    max_history,
-    padded_exclusions,
-)
+from serving.contract import EXCLUDE, ITEMS, SCORES, TOP_K, USER_VECTOR
+from trainer.export import export_all, max_history, padded_exclusions
+from trainer.exporting import ExportError, load_torchscript
 from trainer.models import ALS, BPR, ALSParams, BPRParams, Popularity
 from trainer.splits import random_holdout
 

@@ -11,15 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from trainer.export import ExportError, load_torchscript
-from trainer.export_session import (
-    ITEM_SEQUENCE,
-    ITEMS,
-    SCORES,
-    TOP_K,
-    export_session_all,
-    parity_sequences,
-)
+from serving.contract import ITEM_SEQUENCE, ITEMS, SCORES, TOP_K
+from trainer.export_session import export_session_all, parity_sequences
+from trainer.exporting import ExportError, load_torchscript
 from trainer.models.gru4rec import GRU4Rec, GRU4RecParams
 from trainer.sessions import PAD
 

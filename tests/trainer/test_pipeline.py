@@ -35,6 +35,22 @@ def test_refit_serves_all_pairs(small_world: Any) -> None:
     assert len(result.fitted_on) == len(result.split.train) + len(result.split.test)
 
 
+def test_gru4rec_refit_keeps_the_plays_and_publishes(small_world: Any, tmp_path: Path) -> None:
+    """Regression: ``recsys train --model gru4rec --refit`` trained, then failed with "session models need
+    timestamped plays (events)": the refit union of train and test dropped the events."""
+    from trainer.triton.publish import publish
+
+    params = {"layers": [16], "n_sample": 32, "batch_size": 32, "n_epochs": 1, "max_sequence_length": 8}
+    result = train_and_evaluate(small_world.interactions, "gru4rec", params, split="temporal", refit=True)
+    events = result.fitted_on.events
+    assert events is not None
+    assert len(events) == len(result.split.train.events) + len(result.split.test.events)  # type: ignore[arg-type]
+    keys = events.users.astype(np.int64) * (1 << 32) + events.timestamps
+    assert (np.diff(keys) >= 0).all()  # still in (user, time) order
+    save_result(result, tmp_path / "run")
+    assert publish(tmp_path / "run", tmp_path / "repo").family.name == "session"
+
+
 def test_temporal_split_runs_on_timestamped_data(small_world: Any) -> None:
     result = train_and_evaluate(small_world.interactions, "als", {"iterations": 3}, split="temporal")
     assert result.metrics["split"] == "temporal"

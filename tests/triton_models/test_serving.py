@@ -16,12 +16,13 @@ from tritonclient.utils import InferenceServerException
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 from trainer.artifacts import load_run
-from trainer.export import ExportError
+from trainer.exporting import ExportError
 from trainer.pipeline import save_result, train_and_evaluate
-from trainer.publish import activate, load_all, publish, versions
-from trainer.triton_config import ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_POPULAR, FUSED, VARIANTS, VERSIONED_MODELS
+from trainer.triton.family import ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_POPULAR, FACTOR, FUSED
+from trainer.triton.publish import publish
+from trainer.triton.repository import activate, load_all, versions
 
-SERVED = [*VARIANTS, FUSED]  # both ensembles and the fused model answer the same contract
+SERVED = [ENSEMBLE_A, ENSEMBLE_B, FUSED]  # both ensembles and the fused model answer the same contract
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_broken_model_is_refused_and_the_repository_untouched(
 ) -> None:
     import shutil
 
-    from trainer.artifacts import MODEL_FILE
+    from serving.contract import MODEL_FILE
     from trainer.models.base import Recommender
 
     broken = tmp_path / "broken"
@@ -152,10 +153,10 @@ def test_broken_model_is_refused_and_the_repository_untouched(
     model.user_factors[0, 0] = float("inf")  # type: ignore[attr-defined]
     model.save(broken / MODEL_FILE)
     repository = server.config.model_repository
-    before = versions(repository)
+    before = versions(repository, FACTOR)
     with pytest.raises(ExportError, match="user_factors has 1 NaN/inf"):
         publish(broken, repository)
-    assert versions(repository) == before
+    assert versions(repository, FACTOR) == before
     assert not list(repository.glob(".publish-*"))
 
 
@@ -187,7 +188,7 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
         thread.start()
     try:
         published = publish(runs["v2"], repository)
-        activate(server, published.version)
+        activate(server, repository, published.family, published.version)
     finally:
         done.set()
         for thread in threads:
@@ -198,5 +199,5 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     client = TritonRecommender(server.urls.grpc)
     assert {client.recommend(m, ["1"])[0].model_version for m in SERVED} == {2}
     client.close()
-    assert all(server.is_model_ready(m, "2") for m in VERSIONED_MODELS)
-    assert not any(server.is_model_ready(m, "1") for m in VERSIONED_MODELS)  # v1 no longer holds memory
+    assert all(server.is_model_ready(m, "2") for m in FACTOR.steps)
+    assert not any(server.is_model_ready(m, "1") for m in FACTOR.steps)  # v1 no longer holds memory

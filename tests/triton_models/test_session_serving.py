@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -15,25 +16,20 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from recsys.core.errors import ArtifactError
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 from serving.contract import MODEL_FILE, ONNX_FILE
+from serving.lookup import padded_rows
 from trainer.artifacts import save_run
 from trainer.data.synthetic import SyntheticConfig, generate
-from trainer.export import ExportError
+from trainer.export_session import load_session_run, recent_plays
+from trainer.exporting import ExportError
 from trainer.models.gru4rec import GRU4Rec, GRU4RecParams
-from trainer.publish_session import (
-    activate_session,
-    load_session,
-    load_session_run,
-    padded_sequences,
-    publish_session,
-    recent_plays,
-    render_session_repository,
-    session_versions,
-)
-from trainer.triton_session import ENSEMBLE_C, SESSION_SCORER, SESSION_STEP_MODELS
+from trainer.triton.family import ENSEMBLE_C, FACTOR, SESSION, SESSION_SCORER, Options
+from trainer.triton.publish import publish
+from trainer.triton.repository import activate, load_all, render_repository, versions
+
+SESSION_STEP_MODELS = SESSION.steps
 
 # Served length below the model's own (12): the lookup must serve the *last* L plays of the latest session.
 SERVED_LENGTH = 8
@@ -63,13 +59,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         save_run(root / name, _fit(world, seed), world.interactions, {"model": "gru4rec", "seed": seed})
         runs[name] = root / name
     repository = tmp_path_factory.mktemp("session-repo")
-    render_session_repository(repository, sequence_length=SERVED_LENGTH)
-    published = publish_session(runs["v1"], repository)
+    render_repository(repository, options=Options(sequence_length=SERVED_LENGTH), families=(SESSION,))
+    published = publish(runs["v1"], repository)
     assert published.version == 1
-    assert published.sequence_length == SERVED_LENGTH
+    assert published.family is SESSION
     assert published.parity.ok
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
-        assert load_session(triton, repository) == 1
+        assert load_all(triton, repository) == {"session": 1}  # a repository of the session family alone
         yield Served(triton, repository, runs)
 
 
@@ -83,7 +79,7 @@ def client(served: Served) -> Iterator[TritonRecommender]:
 def _expected(model: GRU4Rec, users: np.ndarray[Any, Any], k: int) -> tuple[Any, Any, Any]:
     """The listeners' served sequences (their last L plays) and the trainer's top k after them."""
     indptr, indices = recent_plays(model.user_sequences, SERVED_LENGTH, model.n_items)
-    sequences = padded_sequences(indptr, indices, users, SERVED_LENGTH)
+    sequences = padded_rows(indptr, indices, users, SERVED_LENGTH)
     items, scores = model.recommend_sequences(sequences, k)
     return sequences, items, scores
 
@@ -181,17 +177,25 @@ def test_broken_weights_are_refused_and_the_repository_untouched(served: Served,
     model.save(broken / MODEL_FILE)
     before = sorted(p.relative_to(served.repository) for p in served.repository.rglob("*"))
     with pytest.raises(ExportError, match=r"Wy\.weight has 1 NaN/inf"):
-        publish_session(broken, served.repository)
+        publish(broken, served.repository)
     assert sorted(p.relative_to(served.repository) for p in served.repository.rglob("*")) == before
 
 
-def test_a_factor_run_is_not_a_session_run(served: Served, tmp_path: Path) -> None:
+def test_both_families_share_one_version_counter(served: Served, tmp_path: Path) -> None:
+    """A factor run published into a repository holding a session version takes the next number; each family
+    keeps its own complete versions (the S3 manifests and the rollback recipe rely on one number per publish)."""
     from trainer.pipeline import save_result, train_and_evaluate
 
     world = generate(SyntheticConfig(n_users=30, n_items=40, n_genres=2, seed=1))
     save_result(train_and_evaluate(world.interactions, "als", {"iterations": 1}), tmp_path / "als")
-    with pytest.raises(ArtifactError, match="holds a als model, not gru4rec"):
-        publish_session(tmp_path / "als", served.repository)
+    repository = tmp_path / "repo"
+    assert publish(served.runs["v1"], repository).version == 1
+    factor = publish(tmp_path / "als", repository)
+    assert (factor.family, factor.version) == (FACTOR, 2)
+    assert versions(repository, SESSION) == [1]
+    assert versions(repository, FACTOR) == [2]
+    manifest = json.loads((repository / FACTOR.steps[0] / "2" / "publish.json").read_text())
+    assert (manifest["family"], manifest["n_items"]) == ("factor", 40)
 
 
 def test_version_2_swaps_in_and_retires_version_1(served: Served, client: TritonRecommender) -> None:
@@ -217,10 +221,10 @@ def test_version_2_swaps_in_and_retires_version_1(served: Served, client: Triton
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        published = publish_session(served.runs["v2"], served.repository)
+        published = publish(served.runs["v2"], served.repository)
         assert published.version == 2
-        assert session_versions(served.repository) == [1, 2]
-        activate_session(served.server, served.repository, published.version)
+        assert versions(served.repository, SESSION) == [1, 2]
+        activate(served.server, served.repository, SESSION, published.version)
     finally:
         done.set()
         thread.join(timeout=60)

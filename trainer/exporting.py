@@ -1,0 +1,166 @@
+"""What every family's export shares: TorchScript and ONNX from one ``nn.Module``, both run back, and one parity rule.
+
+A family's export module builds its scorer module and its parity inputs; this module writes the two formats,
+runs them and compares them with the trainer's own answers, so both families are held to the same rule:
+identical top-k ids, the same infinite entries, and finite scores within ``PARITY_TOLERANCE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from recsys.core.errors import RecsysError
+from serving.contract import ITEMS, ONNX_FILE, SCORES, TORCHSCRIPT_FILE
+
+logger = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-5
+
+
+class ExportError(RecsysError):
+    """A model cannot be exported or its exports disagree with it; nothing may be published."""
+
+
+# torch marks TorchScript deprecated, but Triton's native pytorch backend serves exactly TorchScript; these
+# warnings (and torch.export's internal FutureWarnings) say nothing about our exports, so they are muted here only.
+_EXPORT_NOISE = (
+    r"`torch\.jit\.(script|load|save)` is deprecated",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"# The axis name: .* will not be used",
+)
+# Loggers of the exporter that print internal graphs and optional-package notes at WARNING level.
+_NOISY_LOGGERS = ("torch.onnx", "torch.fx", "torch.export", "torch._export", "torch._dynamo", "torch._subclasses")
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    names = [n for n in logging.root.manager.loggerDict if n.startswith(_NOISY_LOGGERS)]
+    loggers = [logging.getLogger(name) for name in (*_NOISY_LOGGERS, *names)]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in _EXPORT_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def export_torchscript(module: torch.nn.Module, path: Path) -> Path:
+    with quiet_export():
+        scripted = torch.jit.script(module)
+        scripted.save(str(path))  # type: ignore[no-untyped-call]
+    return path
+
+
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
+    with quiet_export():
+        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    return module
+
+
+def export_onnx(
+    module: torch.nn.Module,
+    path: Path,
+    example: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    dynamic_shapes: Mapping[str, Mapping[int, Any]],
+) -> Path:
+    """ONNX by the dynamo exporter: dynamic dims as given; ``k`` comes from the TOP_K input (an ONNX TopK input)."""
+    with quiet_export():
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=[SCORES, ITEMS],
+            dynamic_shapes=dict(dynamic_shapes),
+            verbose=False,
+            external_data=False,
+        )
+    return path
+
+
+def export_both(
+    module: torch.nn.Module,
+    directory: Path,
+    example: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    dynamic_shapes: Mapping[str, Mapping[int, Any]],
+) -> tuple[Path, Path]:
+    """``model.pt`` and ``model.onnx`` of ``module`` in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ts = export_torchscript(module, directory / TORCHSCRIPT_FILE)
+    onnx = export_onnx(module, directory / ONNX_FILE, example, input_names, dynamic_shapes)
+    return ts, onnx
+
+
+Outputs = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
+
+
+def run_exports(torchscript: Path, onnx: Path, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Outputs]:
+    """Both exports on the same inputs (tensor name -> array, in the graph's order): format -> (scores, items)."""
+    import onnxruntime as ort
+
+    arrays = [np.ascontiguousarray(a) for a in inputs.values()]
+    scripted = load_torchscript(torchscript)
+    with torch.inference_mode():
+        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in arrays)))
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip(inputs, arrays, strict=True)))
+    return {"torchscript": (ts_scores, ts_items), "onnx": (onnx_scores, onnx_items)}
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    users_checked: int
+    max_abs_score_diff: dict[str, float]
+    ids_identical: dict[str, bool]
+
+    @property
+    def ok(self) -> bool:
+        return all(self.ids_identical.values()) and all(v <= PARITY_TOLERANCE for v in self.max_abs_score_diff.values())
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{fmt}: max |score diff| {self.max_abs_score_diff[fmt]:.2e}, ids identical {self.ids_identical[fmt]}"
+            for fmt in self.ids_identical
+        )
+
+
+def compare(reference: Outputs, candidates: Mapping[str, Outputs]) -> ParityReport:
+    """Each candidate against the reference (scores, items): a differing set of infinite entries counts as an
+    infinite score difference."""
+    ref_scores, ref_items = reference
+    finite = np.isfinite(ref_scores)
+    diffs, same = {}, {}
+    for name, (scores, items) in candidates.items():
+        agree = scores.shape == ref_scores.shape and np.array_equal(np.isfinite(scores), finite)
+        if not agree:
+            diffs[name] = math.inf
+        else:
+            diffs[name] = float(np.abs(scores[finite] - ref_scores[finite]).max()) if finite.any() else 0.0
+        same[name] = bool(np.array_equal(items, ref_items))
+    return ParityReport(users_checked=len(ref_scores), max_abs_score_diff=diffs, ids_identical=same)
+
+
+def ensure_parity(report: ParityReport, what: str) -> ParityReport:
+    if not report.ok:
+        raise ExportError(f"{what} export parity failed: {report.describe()}")
+    logger.info("%s parity ok on %d rows: %s", what, report.users_checked, report.max_abs_score_diff)
+    return report

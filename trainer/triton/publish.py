@@ -1,0 +1,106 @@
+"""Publish a trained run as a new numbered version of its family's models in a Triton model repository.
+
+A version is written into a staging folder inside the repository and appears only by renames once the exports
+passed parity, so a refused publish leaves the repository untouched. :func:`trainer.triton.repository.activate`
+then hot-swaps a running server to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from recsys.core.errors import ArtifactError
+from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
+from trainer.triton.family import Family, family_for_model
+from trainer.triton.repository import ensure_ensemble_versions, has_configs, next_version, options_of
+from trainer.triton.repository import render_repository as render
+from trainer.triton.repository import versions as complete_versions
+
+if TYPE_CHECKING:  # this module imports no torch: the family's export does, when it runs
+    from trainer.exporting import ParityReport
+
+logger = logging.getLogger(__name__)
+
+#: The committed model code (``triton_models/<name>/model.py``); publish copies it into each version.
+SOURCE_REPOSITORY = Path(__file__).resolve().parents[2] / "triton_models"
+
+
+@dataclass(frozen=True)
+class Published:
+    family: Family
+    version: int
+    repository: Path
+    parity: ParityReport
+
+    @property
+    def ensembles(self) -> tuple[str, ...]:
+        return tuple(self.family.ensembles)
+
+
+def run_family(run_dir: Path) -> Family:
+    """The family that serves the run in ``run_dir`` (from its ``metrics.json``)."""
+    try:
+        model = json.loads((run_dir / METRICS_FILE).read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{run_dir}: no readable {METRICS_FILE} naming its model ({exc})") from exc
+    return family_for_model(str(model))
+
+
+def publish(run_dir: Path, repository: Path, *, version: int | None = None) -> Published:
+    """Exports the run, checks parity, and writes version ``version`` (default: the repository's next number) of
+    every step of its family; renders the family's configs (local flavour) where they are missing."""
+    family = run_family(run_dir)
+    repository.mkdir(parents=True, exist_ok=True)
+    if not has_configs(repository, family):
+        render(repository, families=(family,))
+    ensure_ensemble_versions(repository, family)
+    options = options_of(repository, family)
+    number = next_version(repository) if version is None else version
+    if number < 1 or any((repository / model / str(number)).exists() for model in family.steps):
+        raise ArtifactError(f"{repository}: version {number} already exists or is not >= 1")
+
+    with tempfile.TemporaryDirectory(dir=repository, prefix=".publish-") as tmp:
+        staging = Path(tmp)
+        exported = family.export(run_dir, staging / "export", options)
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        manifest = {
+            "version": number,
+            "family": family.name,
+            "run": str(run_dir.resolve()),
+            "model": metrics.get("model"),
+            **exported.manifest,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
+            "parity": asdict(exported.parity),
+            "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        for model, files in family.files.items():
+            folder = staging / model
+            folder.mkdir()
+            shutil.copy2(model_code(model), folder / MODEL_CODE_FILE)
+            for name in files:
+                source = exported.files[name]
+                if source.exists() or name not in family.optional_files:
+                    shutil.copy2(source, folder / name)
+            (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.copy2(run_dir / METRICS_FILE, staging / family.steps[0] / METRICS_FILE)
+        for model in family.files:
+            (staging / model).rename(repository / model / str(number))
+    logger.info("published version %d (%s models) into %s", number, family.name, repository)
+    return Published(family=family, version=number, repository=repository, parity=exported.parity)
+
+
+def model_code(model: str) -> Path:
+    path = (SOURCE_REPOSITORY / model / MODEL_CODE_FILE).resolve()
+    if not path.is_file():
+        raise ArtifactError(f"model code {path} is missing from the checkout")
+    return path
+
+
+__all__ = ["SOURCE_REPOSITORY", "Published", "complete_versions", "model_code", "publish", "run_family"]

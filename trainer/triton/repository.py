@@ -1,0 +1,134 @@
+"""A Triton model repository on disk: render its configs, find its versions, hot-swap a running server.
+
+Layout: ``<repository>/<model>/config.pbtxt`` for every model of every family, ``<model>/<N>/`` for version N of
+each step model (``model.py`` and the files its family names), ``<ensemble>/1/`` (empty: Triton wants one version
+folder). Version numbers are one counter for the whole repository: a new version of any family takes the next
+number after the highest one any model holds, so a number names one publish everywhere (the S3 manifests, the
+rollback recipe, ``MODEL_VERSION`` in answers). A family's version N is complete once all its steps hold N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from recsys.core.errors import ArtifactError
+from serving.contract import CONFIG_FILE
+from trainer.triton.configs import Flavour, ModelConfig, as_override, flavour_of, only_version, parse, pinned, render
+from trainer.triton.family import FAMILIES, Family, Options
+
+
+class ModelControl(Protocol):
+    def load_model(self, name: str, config: str | None = None) -> None: ...
+
+
+def render_repository(
+    target: Path,
+    flavour: Flavour | str = Flavour.local,
+    options: Options | None = None,
+    families: tuple[Family, ...] = FAMILIES,
+) -> list[Path]:
+    """Writes ``config.pbtxt`` of every model of ``families`` in ``flavour`` into ``target``; returns the paths."""
+    flavour = flavour_of(flavour)
+    written = []
+    for family in families:
+        for config in family.configs(flavour, options):
+            folder = target / config.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / CONFIG_FILE).write_text(render(config))
+            written.append(folder / CONFIG_FILE)
+        ensure_ensemble_versions(target, family)
+    return written
+
+
+def ensure_ensemble_versions(target: Path, family: Family) -> None:
+    for name in family.ensembles:
+        (target / name / "1").mkdir(parents=True, exist_ok=True)
+
+
+def read_config(repository: Path, model: str) -> ModelConfig:
+    """``model``'s ``config.pbtxt`` as a message (what the server reads, whatever flavour it was rendered in)."""
+    path = repository / model / CONFIG_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing (render the repository with `recsys render-repo`)")
+    return parse(path.read_text())
+
+
+def has_configs(repository: Path, family: Family) -> bool:
+    return all((repository / name / CONFIG_FILE).is_file() for name in (*family.files, *family.ensembles))
+
+
+def options_of(repository: Path, family: Family) -> Options:
+    """The options a family was rendered with, read back from its configs (the session lookup's ``L``)."""
+    from trainer.triton.family import SESSION, SESSION_LOOKUP, SESSION_SCORER
+
+    if family is not SESSION:
+        return Options()
+    from serving.contract import ITEM_SEQUENCE
+
+    lookup, scorer = read_config(repository, SESSION_LOOKUP), read_config(repository, SESSION_SCORER)
+    emitted = int(lookup.parameters["sequence_length"].string_value)
+    taken = next((list(t.dims) for t in scorer.input if t.name == ITEM_SEQUENCE), None)
+    if taken != [emitted]:
+        raise ArtifactError(
+            f"{repository}: {SESSION_LOOKUP} emits {ITEM_SEQUENCE} of length {emitted}, {SESSION_SCORER} takes "
+            f"{taken}; render the repository again"
+        )
+    return Options(sequence_length=emitted)
+
+
+def _numbers(folder: Path) -> set[int]:
+    if not folder.is_dir():
+        return set()
+    return {int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()}
+
+
+def versions(repository: Path, family: Family) -> list[int]:
+    """``family``'s complete versions in ``repository``, ascending."""
+    return sorted(set.intersection(*(_numbers(repository / model) for model in family.steps)))
+
+
+def next_version(repository: Path) -> int:
+    """One counter for the whole repository: after the highest number any step of any family holds (a publish
+    that died half-way never blocks the next one)."""
+    used = set().union(*(_numbers(repository / model) for family in FAMILIES for model in family.steps))
+    return max(used) + 1 if used else 1
+
+
+def published_families(repository: Path) -> list[Family]:
+    """The families with at least one complete version in ``repository``."""
+    return [family for family in FAMILIES if versions(repository, family)]
+
+
+def activate(control: ModelControl, repository: Path, family: Family, version: int, *, retire: bool = True) -> None:
+    """Hot-swaps a running server (explicit model control) to ``family``'s ``version``, ensembles last.
+
+    The steps load version N beside N-1 (their policy keeps two); each ensemble is then reloaded with every step
+    pinned to N, so a request sees all-old or all-new steps, never a mix. With ``retire`` each step is reloaded
+    with only N under its policy, so N-1 stops holding memory (Triton keeps serving a version while it reloads
+    it). Overrides are built from the repository's own configs, so they match its flavour.
+    """
+    if version not in versions(repository, family):
+        raise ArtifactError(f"{repository}: version {version} of the {family.name} models is not complete")
+    for model in family.steps:
+        control.load_model(model)
+    for name in family.ensembles:
+        control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
+    if retire:
+        for model in family.steps:
+            control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
+
+
+def load_all(control: ModelControl, repository: Path) -> dict[str, int]:
+    """Loads the newest complete version of every published family, ensembles pinned to it; returns
+    family name -> version. Pinned from the start (not ``latest``), so a later :func:`activate` switches
+    atomically."""
+    loaded = {}
+    for family in published_families(repository):
+        available = versions(repository, family)
+        # The policy keeps two versions: retire the older one at once, unless there is only one.
+        activate(control, repository, family, available[-1], retire=len(available) > 1)
+        loaded[family.name] = available[-1]
+    if not loaded:
+        raise ArtifactError(f"{repository}: no complete published version (run `recsys publish RUN_DIR` first)")
+    return loaded

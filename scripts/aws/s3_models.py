@@ -99,7 +99,7 @@ def version_files(repository: Path, version: int) -> list[tuple[str, Path | None
     """(key, local file) of everything Triton needs to serve ``version``; ``None`` is an empty placeholder.
 
     Every model folder (one with a ``config.pbtxt``) contributes its config; the steps of the family that owns
-    ``version`` (:data:`trainer.triton.family.FAMILIES`: all its steps hold the folder) contribute that folder;
+    ``version`` (:data:`trainer.triton.family.FAMILIES`; each of its steps present must hold it) that folder;
     an ensemble (whose numbered folders are all empty) a placeholder per numbered folder. The other family's
     steps keep their own versions, uploaded under their own numbers.
     """
@@ -111,12 +111,14 @@ def version_files(repository: Path, version: int) -> list[tuple[str, Path | None
     if not models:
         raise AwsError(f"{repository}: no model folders (none holds a config.pbtxt)")
     held = {m.name for m in models if any((m / str(version)).rglob("*"))}
-    owners = [f for f in FAMILIES if set(f.steps) <= held]
-    if not owners:
-        partial = max(FAMILIES, key=lambda f: len(set(f.steps) & held))
-        missing = next(m for m in partial.steps if m not in held)
-        raise AwsError(f"{repository}: model {missing} has no version {version}")
-    steps = set(owners[0].steps)
+    owner = max(FAMILIES, key=lambda f: len(set(f.steps) & held))
+    if not set(owner.steps) & held:
+        raise AwsError(f"{repository}: no model holds a version {version}")
+    present = {m.name for m in models}
+    missing = [m for m in owner.steps if m in present and m not in held]
+    if missing:
+        raise AwsError(f"{repository}: model {missing[0]} has no version {version}")
+    steps = set(owner.steps)
     found: list[tuple[str, Path | None]] = []
     for model in models:
         found.append((f"{model.name}/config.pbtxt", model / "config.pbtxt"))

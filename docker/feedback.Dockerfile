@@ -17,8 +17,9 @@ WORKDIR /srv/recsys
 COPY docker/requirements/feedback.txt /tmp/requirements.txt
 RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
 
-COPY recsys/ recsys/
-COPY trainer/ trainer/
+# Only what `python -m feedback` imports: the kernel and the writer (its A/B report modules stay unimported).
+COPY recsys/__init__.py recsys/
+COPY recsys/core/ recsys/core/
 COPY feedback/ feedback/
 
 USER 10001
@@ -31,4 +32,4 @@ VOLUME ["/var/lib/recsys/spool"]
 EXPOSE 8090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8090/healthz', timeout=2)"]
-CMD ["python", "-m", "recsys", "serve", "feedback"]
+CMD ["python", "-m", "feedback"]

@@ -14,8 +14,11 @@ WORKDIR /srv/recsys
 COPY docker/requirements/gateway.txt /tmp/requirements.txt
 RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
 
-COPY recsys/ recsys/
-COPY trainer/ trainer/
+# Only what `python -m gateway` imports: the kernel, the generated API, the tensor contract and the gateway.
+COPY recsys/__init__.py recsys/
+COPY recsys/core/ recsys/core/
+COPY recsys/v1/ recsys/v1/
+COPY serving/__init__.py serving/contract.py serving/
 COPY gateway/ gateway/
 
 USER 10001
@@ -27,4 +30,4 @@ ENV PYTHONPATH=/srv/recsys \
 EXPOSE 8080 50051
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
-CMD ["python", "-m", "recsys", "serve", "gateway"]
+CMD ["python", "-m", "gateway"]

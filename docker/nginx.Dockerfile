@@ -14,7 +14,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install pydantic==2.14.4 pyyaml==6.0.4
 WORKDIR /src
 COPY recsys/ recsys/
-COPY trainer/__init__.py trainer/errors.py trainer/
 COPY gateway/ gateway/
 COPY nginx/ nginx/
 RUN python -c "from pathlib import Path; \

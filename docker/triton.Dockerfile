@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # Triton for the recommender. Two targets, one file:
 #   production (the default: last stage): NVIDIA's NGC tritonserver 24.10, whose native pytorch and onnxruntime
-#     backends run the scorers; the lookup and top-k steps stay python models, which import
-#     trainer.serving_steps (copied in) and need numpy < 2. The model repository is not baked in: it comes from
+#     backends run the scorers; the lookup and top-k steps stay python models, which import the serving/
+#     package (copied in whole: numpy and asyncpg only) and need numpy < 2. The model repository is not baked in: it comes from
 #     RECSYS_MODEL_REPOSITORY (s3://... on EKS, read with the pod's IAM role; a mounted folder elsewhere).
 #   local: python:3.11 with the project and the tritonserver that nvidia-pytriton bundles (python backend only,
 #     the "local" flavour of the repository), started by `recsys serve triton`. A synthetic ALS model is trained
@@ -29,6 +29,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /srv/recsys
 COPY pyproject.toml README.md ./
 COPY recsys/ recsys/
+COPY serving/ serving/
 COPY trainer/ trainer/
 COPY triton_models/ triton_models/
 # Editable on purpose: publish copies each step's model.py from the checkout's triton_models/.
@@ -61,8 +62,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # asyncpg for the lookup's live fold-in (it follows new clicks in PostgreSQL at RECSYS_DATABASE_URL).
 RUN python3 -m pip install numpy==1.26.4 asyncpg==0.30.0
 
-# The only project code the served steps import (numpy, asyncpg and the standard library only; a test keeps it so).
-COPY trainer/__init__.py trainer/run_files.py trainer/serving_steps.py trainer/weights_core.py trainer/serving_live.py /opt/recsys/trainer/
+# The only project code the served steps import: the serving/ package (what the python steps load imports numpy,
+# asyncpg and the standard library only; tests/deploy/test_images.py keeps it so). Never trainer/ or recsys/.
+COPY serving/ /opt/recsys/serving/
 
 # 1000 is the image's own non-root user (triton-server).
 USER 1000

@@ -1,4 +1,5 @@
-"""Runs the feedback writer (``recsys serve feedback``): HTTP intake, spool and database writer in one process."""
+"""Runs the feedback writer (``python -m feedback`` in the image, ``recsys serve feedback``): HTTP intake, spool
+and database writer in one process."""
 
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Runs the gateway: REST (uvicorn) and gRPC (grpc.aio) in one process and one event loop, sharing one Triton
-channel and one event sink. ``recsys serve gateway`` calls :func:`run`."""
+channel and one event sink. ``python -m gateway`` (the image) and ``recsys serve gateway`` call :func:`run`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import grpc
@@ -66,13 +65,3 @@ def run(settings: Settings) -> None:
 
     experiment = experiment_of(settings)  # fail on a bad config before anything binds
     uvloop.run(serve(settings, experiment))
-
-
-def _main() -> None:  # pragma: no cover - convenience for `python -m gateway.main`
-    from recsys.core.settings import get_settings
-
-    asyncio.run(serve(get_settings()))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _main()

@@ -5,30 +5,33 @@ that exist and are not ignored), plus the imports each image's code really makes
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
+import shlex
+import socket
 import subprocess
 import sys
-import textwrap
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 from deploy_support import ROOT, YAMLLINT_CONFIG, run, tool
+from image_support import Layout, lay_out
 
 DOCKER = ROOT / "docker"
 DOCKERFILES = {name: DOCKER / f"{name}.Dockerfile" for name in ("triton", "gateway", "feedback", "nginx")}
 #: Source folders other issues write; a COPY of one that does not exist yet is reported as a skip, not a failure.
 PENDING = {"gateway", "feedback", "protos", "nginx"}
-#: The trainer files the production Triton image copies next to its python steps.
-TRITON_STEP_CODE = (
-    "trainer/__init__.py",
-    "trainer/run_files.py",
-    "trainer/serving_steps.py",
-    "trainer/weights_core.py",
-    "trainer/serving_live.py",
-)
+#: What the production Triton image's python steps import: the serving/ package, copied whole.
+SERVING = ROOT / "serving"
+#: Provided by Triton's python backend inside the stub; the production image adds numpy and asyncpg.
+NGC_IMPORTS = {"__future__", "numpy", "asyncpg", "triton_python_backend_utils", "serving"}
+#: Modules the service images must neither need nor load.
+NOT_IN_SERVICES = ("typer", "rich", "torch", "trainer", "matplotlib", "pandas", "scipy")
 
 
 @dataclass
@@ -109,8 +112,9 @@ def test_triton_has_the_local_and_the_ngc_production_targets() -> None:
     assert "--model-control-mode=explicit" in command
     assert "--load-model=recsys_a" in command
     assert "--load-model=recsys_b" in command
-    copied = stages["production"].last("COPY") or ""
-    assert copied.split()[:-1] == list(TRITON_STEP_CODE)
+    copied = [args.split() for kw, args in stages["production"].instructions if kw == "COPY"]
+    assert copied == [["serving/", "/opt/recsys/serving/"]], "the NGC image takes the serving package, whole"
+    assert "PYTHONPATH=/opt/recsys" in (stages["production"].last("ENV") or "")
 
 
 def _copy_sources(path: Path) -> list[str]:
@@ -171,7 +175,7 @@ def test_copied_sources_exist_and_reach_the_build_context(name: str) -> None:
 def test_dockerignore_keeps_local_state_out() -> None:
     for path in (".venv", ".git", "runs", "triton_models/recsys_lookup/3", ".cache/triton"):
         assert _ignored_by_dockerignore(path), path
-    for path in ("trainer/serving_steps.py", "triton_models/recsys_lookup/model.py", "pyproject.toml", "README.md"):
+    for path in ("serving/models.py", "triton_models/recsys_lookup/model.py", "pyproject.toml", "README.md"):
         assert not _ignored_by_dockerignore(path), path
 
 
@@ -289,112 +293,173 @@ def test_nginx_image_configuration_passes_nginx_t(tmp_path: Path) -> None:
 # --- what the images' code imports ------------------------------------------------------------------------------
 
 
-def _module_level_imports(path: Path) -> set[str]:
+def _step_modules() -> set[str]:
+    """The serving modules Triton's python steps load at import: what each model.py imports, and so on."""
+    todo: set[str] = set()
+    for model in (ROOT / "triton_models").glob("*/model.py"):
+        todo |= {m for m in _module_level_imports(model, full=True) if m.startswith("serving.")}
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        seen.add(module)
+        todo |= {m for m in _module_level_imports(_serving_file(module), full=True) if m.startswith("serving.")} - seen
+    return seen
+
+
+def _serving_file(module: str) -> Path:
+    path = ROOT / module.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _module_level_imports(path: Path, *, full: bool = False) -> set[str]:
+    """Modules imported by the module's own top-level statements (not inside functions or TYPE_CHECKING)."""
     names = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Import):
-            names |= {alias.name.split(".")[0] for alias in node.names}
+            names |= {alias.name if full else alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.add(node.module if full else node.module.split(".")[0])
     return names
 
 
-@pytest.mark.parametrize("relative", TRITON_STEP_CODE)
-def test_code_copied_into_the_ngc_image_runs_on_its_python_3_10(relative: str) -> None:
-    """NGC's tritonserver 24.10 runs python models with Ubuntu 22.04's Python 3.10; the image adds numpy and asyncpg."""
-    path = ROOT / relative
+@pytest.mark.parametrize("path", sorted(SERVING.glob("*.py")), ids=lambda p: p.name)
+def test_serving_code_parses_on_the_ngc_images_python_3_10(path: Path) -> None:
+    """NGC's tritonserver 24.10 runs python models with Ubuntu 22.04's Python 3.10."""
     ast.parse(path.read_text(), feature_version=(3, 10))
-    outside = _module_level_imports(path) - set(sys.stdlib_module_names) - {"__future__", "numpy", "asyncpg", "trainer"}
-    assert not outside, f"{relative} imports {outside} at module level, which the production image lacks"
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainer."):
-            assert f"{node.module.replace('.', '/')}.py" in TRITON_STEP_CODE, f"{relative} needs {node.module}"
 
 
-def test_triton_step_models_import_only_the_copied_code() -> None:
+def test_what_the_python_steps_load_needs_only_what_the_ngc_image_has() -> None:
+    """The production image copies serving/ and adds numpy and asyncpg: the modules the steps import at load time
+    must need nothing else (torch only inside a device scorer's import, which production does not run)."""
+    loaded = _step_modules()
+    assert {"serving.models", "serving.stub"} <= loaded, loaded
+    for module in sorted(loaded):
+        path = _serving_file(module)
+        assert path.is_file(), f"a step imports {module}, which serving/ lacks"
+        outside = _module_level_imports(path) - set(sys.stdlib_module_names) - NGC_IMPORTS
+        assert not outside, f"{module} imports {outside} at module level, which the production image lacks"
+
+
+def test_triton_step_models_import_only_the_serving_package() -> None:
     for model in sorted((ROOT / "triton_models").glob("*/model.py")):
-        for node in ast.walk(ast.parse(model.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trainer."):
-                assert f"{node.module.replace('.', '/')}.py" in TRITON_STEP_CODE, f"{model}: {node.module}"
+        imported = _module_level_imports(model, full=True) - {"__future__"}
+        assert imported, f"{model}: imports nothing"
+        for module in imported:
+            assert module.startswith("serving."), f"{model}: imports {module}, which the images do not copy"
+            assert _serving_file(module).is_file(), f"{model}: {module} does not exist"
 
 
-IMPORT_GUARD = textwrap.dedent(
-    """
-    import importlib, importlib.abc, importlib.metadata as md, re, sys
-    from packaging.requirements import Requirement
-
-    first_party, requirements, packages = sys.argv[1].split(","), sys.argv[2], sys.argv[3].split(",")
-
-    def closure(lines):
-        seen, todo = set(), [(Requirement(l), ()) for l in lines]
-        while todo:
-            req, _ = todo.pop()
-            name = re.sub(r"[-_.]+", "-", req.name).lower()
-            key = (name, tuple(sorted(req.extras)))
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                dist = md.distribution(req.name)
-            except md.PackageNotFoundError:
-                sys.exit(f"MISSING {req.name}")
-            for spec in dist.requires or []:
-                sub = Requirement(spec)
-                envs = [{"extra": e} for e in req.extras] or [{"extra": ""}]
-                if sub.marker is None or any(sub.marker.evaluate(env) for env in envs):
-                    todo.append((sub, ()))
-        return {name for name, _ in seen}
-
-    lines = [l.split("#")[0].strip() for l in open(requirements)]
-    allowed = closure([l for l in lines if l])
-    owners = md.packages_distributions()
-
-    class Guard(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path=None, target=None):
-            top = fullname.split(".")[0]
-            if "." in fullname or top in sys.stdlib_module_names or top in first_party:
-                return None
-            dists = {re.sub(r"[-_.]+", "-", d).lower() for d in owners.get(top, [])}
-            if dists and not dists & allowed:
-                raise ImportError(f"{top} ({', '.join(sorted(dists))}) is not in {requirements}")
-            return None
-
-    sys.meta_path.insert(0, Guard())
-    for module in packages:
-        importlib.import_module(module)
-    print("OK")
-    """
-)
-
-
-@pytest.mark.parametrize(
-    "service",
-    ["gateway", "feedback"],
-)
-def test_service_imports_nothing_beyond_its_image_requirements(service: str) -> None:
-    """Imports what `recsys serve <service>` imports (the CLI, then <service>.main) while only the distributions of
-    docker/requirements/<service>.txt, and what they depend on, can be imported: torch and the rest of the
-    trainer's stack are not in that image."""
+def _service_layout(service: str, into: Path) -> Layout:
     if not (ROOT / service / "__init__.py").is_file():
         pytest.skip(f"{service}/ is not written yet (another issue)")
+    return lay_out(parse_dockerfile(DOCKERFILES[service])[-1].instructions, into)
+
+
+def _skip_if_missing(result: subprocess.CompletedProcess[str], requirements: Path) -> None:
+    if "MISSING" in result.stdout + result.stderr:
+        pytest.skip(f"a requirement of {requirements.name} is not installed here: {result.stderr.strip()[-300:]}")
+
+
+@pytest.mark.parametrize("service", ["gateway", "feedback"])
+def test_service_image_imports_its_entry_point_from_its_own_files_and_requirements(
+    service: str, tmp_path: Path
+) -> None:
+    """The image's entry point and what it runs import from only the files the Dockerfile copies and the
+    distributions of docker/requirements/<service>.txt (and what they depend on), and load none of typer, rich,
+    torch, trainer, matplotlib, pandas or scipy: the image has none of them."""
+    layout = _service_layout(service, tmp_path)
     requirements = DOCKER / "requirements" / f"{service}.txt"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            IMPORT_GUARD,
-            "recsys,trainer,gateway,feedback,protos",
-            str(requirements),
-            f"recsys.cli,{service}.main",
-        ],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.stdout.startswith("MISSING") or "MISSING" in result.stderr:
-        pytest.skip(f"a requirement of {requirements.name} is not installed here: {result.stderr.strip()}")
+    modules = f"{service}.__main__,{service}.main,recsys.core.asgi,uvloop,httptools"
+    result = layout.run(requirements, f"import:{modules}", watched=NOT_IN_SERVICES)
+    _skip_if_missing(result, requirements)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+    assert "LOADED []" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("service", ["gateway", "feedback"])
+def test_service_image_command_runs_without_the_cli(service: str, tmp_path: Path) -> None:
+    """The image's CMD is ``python -m <service>``, and ``--help`` answers from the image's files alone."""
+    stages = parse_dockerfile(DOCKERFILES[service])
+    assert json.loads(stages[-1].last("CMD") or "[]") == ["python", "-m", service]
+    layout = _service_layout(service, tmp_path)
+    requirements = DOCKER / "requirements" / f"{service}.txt"
+    result = layout.run(requirements, f"run:{service} --help", watched=NOT_IN_SERVICES)
+    _skip_if_missing(result, requirements)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"usage: python -m {service}" in result.stdout
+    assert "LOADED []" in result.stdout, result.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("service", ["gateway", "feedback"])
+def test_service_image_starts_and_answers_its_health_check(service: str, tmp_path: Path) -> None:
+    """What the container does: ``python -m <service>`` from the image's files and requirements alone, until its
+    HEALTHCHECK URL answers (uvicorn's httptools and uvloop included, which only starting the server imports).
+    Neither Triton, the writer nor PostgreSQL runs: liveness does not depend on them."""
+    layout = _service_layout(service, tmp_path / "image")
+    requirements = DOCKER / "requirements" / f"{service}.txt"
+    port = _free_port()
+    nowhere = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    settings = {
+        "gateway": {
+            "RECSYS_GATEWAY_HOST": "127.0.0.1",
+            "RECSYS_GATEWAY_PORT": str(port),
+            "RECSYS_GATEWAY_GRPC_PORT": str(_free_port()),
+            "RECSYS_TRITON_URL": nowhere,
+            "RECSYS_FEEDBACK_URL": f"http://{nowhere}",
+        },
+        "feedback": {
+            "RECSYS_FEEDBACK_HOST": "127.0.0.1",
+            "RECSYS_FEEDBACK_PORT": str(port),
+            "RECSYS_SPOOL_DIR": str(tmp_path / "spool"),
+            "RECSYS_DATABASE_URL": f"postgresql://recsys@{nowhere}/recsys",
+        },
+    }[service]
+    command = layout.python(requirements, f"run:{service}", watched=NOT_IN_SERVICES)
+    log = (tmp_path / "service.log").open("w+")
+    process = subprocess.Popen(
+        command, cwd=layout.workdir, env=layout.process_env(settings), stdout=log, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while status != 200:
+            if process.poll() is not None:
+                log.seek(0)
+                output = log.read()
+                if "MISSING" in output:
+                    pytest.skip(f"a requirement of {requirements.name} is not installed here")
+                pytest.fail(f"python -m {service} exited with {process.returncode}:\n{output[-3000:]}")
+            assert time.monotonic() < deadline, f"{service} did not answer /healthz within 60 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+                    status = response.status
+            except OSError:
+                with contextlib.suppress(subprocess.TimeoutExpired):  # between polls: notice an early exit
+                    process.wait(timeout=0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def test_nginx_split_stage_renders_from_its_own_files(tmp_path: Path) -> None:
+    """The nginx image's build stage renders ab_split.conf with only the files it copies and what it pip-installs."""
+    split = next(s for s in parse_dockerfile(DOCKERFILES["nginx"]) if s.name == "split")
+    layout = lay_out(split.instructions, tmp_path / "image")
+    runs = [args for kw, args in split.instructions if kw == "RUN"]
+    installed = next(shlex.split(r)[2:] for r in runs if r.startswith("pip install"))
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("\n".join(installed) + "\n")
+    code = next(shlex.split(r)[2] for r in runs if r.startswith("python -c"))
+    result = layout.run(requirements, f"code:{code.replace('/tmp/ab_split.conf', str(tmp_path / 'ab_split.conf'))}")
+    _skip_if_missing(result, requirements)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "split_clients" in (tmp_path / "ab_split.conf").read_text()

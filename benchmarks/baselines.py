@@ -38,18 +38,17 @@ import scipy.sparse as sp
 import torch
 from rich.console import Console
 
-from benchmarks._common import (
+from benchmarks.harness.facts import (
     RESULTS_DIR,
     SHARED_DATA,
     git_revision,
     load_average,
     machine,
-    markdown_table,
     now_utc,
     usable_cores,
     versions,
-    write_results,
 )
+from benchmarks.harness.tables import fmt, markdown_table, write_results
 from trainer.data.interactions import Interactions
 from trainer.data.load import load_dataset
 from trainer.evaluation import evaluate
@@ -525,10 +524,6 @@ def bpr_time_to_quality(
 # ------------------------------------------------------------------------------------------------ report
 
 
-def fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def render(rows: list[Row], same_work: dict[str, Any], bpr: dict[str, Any], meta: dict[str, Any]) -> str:
     by_name = {row.name: row for row in rows}
     header = ["model", "NDCG@10", "Recall@20", "MAP@10", "coverage@10", "fit s", "ratio vs ours", "anchor NDCG@10"]
@@ -543,9 +538,9 @@ def render(rows: list[Row], same_work: dict[str, Any], bpr: dict[str, Any], meta
         lines.append(
             [
                 f"{row.name}{describe(row)}",
-                fmt(m["ndcg@10"]),
-                fmt(m["recall@20"]),
-                fmt(m["map@10"]),
+                fmt(m["ndcg@10"], 4),
+                fmt(m["recall@20"], 4),
+                fmt(m["map@10"], 4),
                 fmt(m["coverage@10"], 3),
                 fmt(row.fit_s, 2),
                 ratio,
@@ -590,13 +585,13 @@ def render(rows: list[Row], same_work: dict[str, Any], bpr: dict[str, Any], meta
                     "implicit ALS",
                     fmt(same_work["implicit_median_s"], 2),
                     ", ".join(f"{s:.2f}" for s in same_work["implicit_fit_s"]),
-                    fmt(same_work["implicit_metrics"]["ndcg@10"]),
+                    fmt(same_work["implicit_metrics"]["ndcg@10"], 4),
                 ],
                 [
                     "ALS (ours)",
                     fmt(same_work["ours_median_s"], 2),
                     ", ".join(f"{s:.2f}" for s in same_work["ours_fit_s"]),
-                    fmt(same_work["ours_metrics"]["ndcg@10"]),
+                    fmt(same_work["ours_metrics"]["ndcg@10"], 4),
                 ],
             ],
         ),
@@ -612,7 +607,7 @@ def render(rows: list[Row], same_work: dict[str, Any], bpr: dict[str, Any], meta
         "",
         markdown_table(
             ["our BPR epochs", "fit s", "NDCG@10"],
-            [[str(p["epochs"]), fmt(p["fit_s"], 2), fmt(p["ndcg@10"])] for p in bpr["curve"]],
+            [[str(p["epochs"]), fmt(p["fit_s"], 2), fmt(p["ndcg@10"], 4)] for p in bpr["curve"]],
         ),
         "",
         (

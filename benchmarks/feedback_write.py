@@ -22,7 +22,8 @@ import asyncpg
 import httpx
 import orjson
 
-from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
+from benchmarks.harness.facts import RESULTS_DIR, load_average, machine, machine_line, now_utc
+from benchmarks.harness.tables import markdown_table, write_results
 from feedback.migrate import migrate
 from feedback.store import insert_one_by_one, write_batch
 from recsys.stack.ports import free_port
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{batch:,} (every row a duplicate, skipped by the primary keys): "
         f"{figures['duplicate_replay_ms_per_batch']:.0f} ms.",
         f"Goal >= 10,000 events/s stored end to end: **{'met' if goal else 'NOT met'}**.",
-        f"Machine: {machine()['cpu']}, {machine()['cores']} cores; load average before the run {load_before}.", "",
+        machine_line(load_before), "",
     ])  # fmt: skip
     write_results(args.out, "feedback_write" + ("-quick" if args.quick else ""), markdown,
                   {"figures": figures, "events": n, "machine": machine(), "load_average": load_before})  # fmt: skip

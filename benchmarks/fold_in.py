@@ -1,7 +1,8 @@
 """What the live fold-in costs: on the request path (the lookup with live listeners vs without), off it (one
 refold per listener with new plays), and end to end (a click's 202 until the next recommendation reflects it).
 
-    .venv/bin/python -m benchmarks.fold_in        # results/fold_in.{md,json}
+    .venv/bin/python -m benchmarks.fold_in           # results/fold_in.{md,json}
+    .venv/bin/python -m benchmarks.fold_in --quick   # 2,000 x 5,000 world, 3 trials: results/fold_in-quick.*
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
+from benchmarks.harness.facts import RESULTS_DIR, load_average, machine, machine_line, now_utc
+from benchmarks.harness.tables import markdown_table, write_results
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
 from serving.fold_in import FoldIn, LivePlays
 from serving.lookup import UserLookup
@@ -84,10 +86,13 @@ def end_to_end(stack: LocalStack, trials: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, help="new listeners clicking (default 20; --quick 3)")
+    parser.add_argument("--quick", action="store_true", help="2,000 x 5,000 world, 3 trials: fold_in-quick.*")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    world = generate(SyntheticConfig(n_users=20_000, n_items=50_000, n_genres=20, seed=0))
+    args.trials = args.trials or (3 if args.quick else 20)
+    users, items = (2_000, 5_000) if args.quick else (20_000, 50_000)
+    world = generate(SyntheticConfig(n_users=users, n_items=items, n_genres=20, seed=0))
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="fold-in-") as tmp:
         work = Path(tmp)
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[name, f"{value:,.1f}"] for name, value in figures.items()]
     markdown = "\n".join([
         f"# Live fold-in: cost and freshness ({now_utc()})", "",
-        "ALS (64 factors) on a synthetic world of 20,000 listeners x 50,000 items; the lookup as served "
+        f"ALS (64 factors) on a synthetic world of {users:,} listeners x {items:,} items; the lookup as served "
         "(`serving.fold_in`), one listener per call, 10,000 live listeners held; refolds on random plays.", "",
         markdown_table(["figure", "value (us, or s where named)"], rows), "",
         f"Added latency on the request path for a live listener: **{added:.1f} us** (goal <= 1 ms). A refold is "
@@ -113,9 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         f"**{figures['click_to_personal_s_median']:.2f} s** "
         f"(max {figures['click_to_personal_s_max']:.2f} s over {args.trials} new listeners): the writer's batch "
         "interval, the lookup's 100 ms poll, and the gateway round trips of this measuring loop.",
-        f"Machine: {machine()['cpu']}, {machine()['cores']} cores; load average before {load_before}.", "",
+        machine_line(load_before), "",
     ])  # fmt: skip
-    write_results(args.out, "fold_in", markdown, {"figures": figures, "delays_s": delays, "machine": machine()})
+    write_results(
+        args.out,
+        "fold_in-quick" if args.quick else "fold_in",
+        markdown,
+        {"figures": figures, "delays_s": delays, "machine": machine()},
+    )
     print(markdown)
     return 0
 

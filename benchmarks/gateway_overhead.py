@@ -12,9 +12,6 @@ experiment sends every listener to recsys_b, so all three paths do the same Trit
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,13 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
-from benchmarks.perf_tools import Measurement, find_perf_analyzer, run_perf_analyzer
-from benchmarks.triton_perf import build_and_publish, sample_requests, write_input_data
+from benchmarks.harness.catalog import build_and_publish, catalog_args, sample_requests, write_input_data
+from benchmarks.harness.facts import RESULTS_DIR, load_average, machine, machine_line, now_utc
+from benchmarks.harness.perf_analyzer import Measurement, find_perf_analyzer, run_perf_analyzer
+from benchmarks.harness.tables import markdown_table, write_results
+from benchmarks.harness.wrk import run_wrk
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
 
 LEVELS = (1, 16)
-_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+WARMUP_S = 2
 
 
 @dataclass(frozen=True)
@@ -60,34 +59,9 @@ def wrk_script(user_ids: list[str], folder: Path) -> Path:
     return script
 
 
-def _duration_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
-    if match is None:
-        raise ValueError(f"cannot read wrk duration {text!r}")
-    return float(match[1]) * _UNIT_MS[match[2]]
-
-
-def parse_wrk(output: str, path: str, concurrency: int) -> Figures:
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.MULTILINE))
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    if rate is None or "50" not in latency or "99" not in latency:
-        raise RuntimeError(f"unexpected wrk output:\n{output}")
-    failed = int(errors[1]) if errors else 0
-    failed += sum(int(x) for x in socket_errors.groups()) if socket_errors else 0
-    return Figures(path, concurrency, float(rate[1]), _duration_ms(latency["50"]), _duration_ms(latency["99"]), failed)
-
-
-def run_wrk(url: str, script: Path, concurrency: int, seconds: int, path: str) -> Figures:
-    wrk = shutil.which("wrk")
-    if wrk is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk; scripts/lib/bootstrap.sh does it)")
-    threads = min(2, concurrency)
-    base = [wrk, f"-t{threads}", f"-c{concurrency}", "--latency", "-s", str(script)]
-    subprocess.run([*base, "-d2s", url], capture_output=True, check=True)  # warm-up (connections, caches)
-    result = subprocess.run([*base, f"-d{seconds}s", url], capture_output=True, text=True, check=True)
-    return parse_wrk(result.stdout, path, concurrency)
+def measure_wrk(url: str, script: Path, concurrency: int, seconds: int, path: str) -> Figures:
+    result = run_wrk(url, script, concurrency, seconds, warmup_s=WARMUP_S)
+    return Figures(path, concurrency, result.rps, result.p50_ms, result.p99_ms, result.errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=15, help="wrk window per level (default 15)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    catalog = argparse.Namespace(
-        users=2_000 if args.quick else 20_000, items=5_000 if args.quick else 50_000, sessions=5.0,
-        session_length=10.0, factors=64, als_iterations=2, random_factors=False, seed=0,
-    )  # fmt: skip
+    catalog = catalog_args(2_000 if args.quick else 20_000, 5_000 if args.quick else 50_000)
     seconds = 5 if args.quick else args.seconds
     analyzer = find_perf_analyzer()
     load_before = load_average()
@@ -127,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 for r in direct.rows
             ]
             for level in LEVELS:
-                results.append(run_wrk(stack.gateway_url, script, level, seconds, "REST -> gateway -> Triton (wrk)"))
-                results.append(run_wrk(stack.nginx_url, script, level, seconds, "REST -> NGINX -> gateway (wrk)"))
+                results.append(
+                    measure_wrk(stack.gateway_url, script, level, seconds, "REST -> gateway -> Triton (wrk)")
+                )
+                results.append(measure_wrk(stack.nginx_url, script, level, seconds, "REST -> NGINX -> gateway (wrk)"))
             time.sleep(0.5)
     rows = [[f.path, str(f.concurrency), f"{f.throughput:,.0f}", f"{f.p50_ms:.2f}", f"{f.p99_ms:.2f}", str(f.errors)]
             for f in sorted(results, key=lambda f: (f.concurrency, f.path))]  # fmt: skip
@@ -148,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"**{'met' if added_p50 <= 1.5 else 'NOT met'}**); NGINX adds {nginx_added:.2f} ms more.",
         f"- gateway keeps **{kept:.0%}** of Triton's direct throughput at concurrency 16 (goal >= 70%: "
         f"**{'met' if kept >= 0.7 else 'NOT met'}**).",
-        f"- Machine: {machine()['cpu']}, {machine()['cores']} cores; load average before the run {load_before}.", "",
+        f"- {machine_line(load_before)}", "",
     ])  # fmt: skip
     payload: dict[str, Any] = {
         "results": [asdict(f) for f in results],

@@ -31,17 +31,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from benchmarks._common import (
-    RESULTS_DIR,
-    SHARED_DATA,
-    git_revision,
-    load_average,
-    machine,
-    markdown_table,
-    now_utc,
-    versions,
-    write_results,
-)
+from benchmarks.harness.facts import RESULTS_DIR, SHARED_DATA, git_revision, load_average, machine, now_utc, versions
+from benchmarks.harness.tables import markdown_table, write_results
 from serving.contract import ITEM_SEQUENCE, ITEMS, SCORES, TOP_K
 from trainer.data.interactions import Events
 from trainer.data.lastfm1k import load_lastfm1k

@@ -32,19 +32,18 @@ from unittest import mock
 import numpy as np
 import torch
 
-from benchmarks._common import (
+from benchmarks.harness.facts import (
     REPO_ROOT,
     RESULTS_DIR,
     current_rss_mib,
     git_revision,
     load_average,
     machine,
-    markdown_table,
     now_utc,
     peak_rss_mib,
     versions,
-    write_results,
 )
+from benchmarks.harness.tables import markdown_table, write_results
 
 T = TypeVar("T")
 

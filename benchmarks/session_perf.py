@@ -24,9 +24,7 @@ One run does everything:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,39 +34,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks._common import (
-    REPO_ROOT,
-    RESULTS_DIR,
-    git_revision,
-    load_average,
-    machine,
-    markdown_table,
-    now_utc,
-    versions,
-    write_results,
-)
-from benchmarks.perf_tools import (
+from benchmarks.harness.catalog import Catalog, build_and_publish, sample_requests, write_input_data
+from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, git_revision, load_average, machine, now_utc, versions
+from benchmarks.harness.perf_analyzer import (
+    PERCENTILE_HEADER,
     Measurement,
     PerfAnalyzer,
     PerfRow,
     PerfRun,
-    TreeMemory,
     find_perf_analyzer,
+    percentile_rows,
     run_perf_analyzer,
-    settled_tree_memory,
+    step_rows,
 )
-from benchmarks.triton_perf import (
-    Catalog,
-    Floor,
-    _fmt,
-    _int_list,
-    _summary,
-    build_and_publish,
-    output_to,
-    sample_requests,
-    say,
-    write_input_data,
-)
+from benchmarks.harness.running import Floor, int_list, output_to, say, summarize, work_folder
+from benchmarks.harness.tables import fmt, markdown_table, write_results
+from recsys.stack.memory import TreeMemory, settled_tree_memory
 
 ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_C = "recsys_a", "recsys_b", "recsys_c"
 MODELS = (ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_C)
@@ -193,7 +174,7 @@ def session_scorer_floors(repository: Path, version: int, user_ids: list[str], q
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(scorer / "model.onnx"), options, providers=["CPUExecutionProvider"])
     floors = [
-        _summary(
+        summarize(
             "onnxruntime (ONNX), 1 intra-op thread",
             timed(lambda s: session.run(["SCORES", "ITEMS"], {"ITEM_SEQUENCE": s, "TOP_K": k})),
         )
@@ -207,7 +188,7 @@ def session_scorer_floors(repository: Path, version: int, user_ids: list[str], q
             with torch.inference_mode():
                 module(torch.from_numpy(s), torch.from_numpy(k))
 
-        floors.append(_summary("torch.jit (TorchScript), 1 thread", timed(script)))
+        floors.append(summarize("torch.jit (TorchScript), 1 thread", timed(script)))
     finally:
         torch.set_num_threads(threads)
     return floors
@@ -333,11 +314,11 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
     for level in settings["concurrency"]:
         cells = [str(level)]
         found = {run.model: run.row(level) for run in serving.runs}
-        cells += [_fmt(r.p50_ms) if (r := found[m]) else "failed" for m in MODELS]
-        cells += [_fmt(r.throughput, 0) if (r := found[m]) else "failed" for m in MODELS]
+        cells += [fmt(r.p50_ms) if (r := found[m]) else "failed" for m in MODELS]
+        cells += [fmt(r.throughput, 0) if (r := found[m]) else "failed" for m in MODELS]
         b, c = found[ENSEMBLE_B], found[ENSEMBLE_C]
-        cells.append(_fmt(c.p50_ms / b.p50_ms) if b and c else "-")
-        cells.append(_fmt(c.throughput / b.throughput) if b and c and b.throughput > 0 else "-")
+        cells.append(fmt(c.p50_ms / b.p50_ms) if b and c else "-")
+        cells.append(fmt(c.throughput / b.throughput) if b and c and b.throughput > 0 else "-")
         by_level.append(cells)
     lines += [
         markdown_table(
@@ -348,27 +329,8 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
         "## Every percentile",
         "",
     ]
-    header = ["model", "variant", "c", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "avg ms", "queue", "infer"]
-    rows = []
-    for run in serving.runs:
-        rows += [
-            [
-                f"`{run.model}`",
-                VARIANT[run.model],
-                str(row.concurrency),
-                _fmt(row.throughput, 0),
-                _fmt(row.p50_ms),
-                _fmt(row.p90_ms),
-                _fmt(row.p95_ms),
-                _fmt(row.p99_ms),
-                _fmt(row.avg_ms),
-                _fmt(row.server_queue_ms),
-                _fmt(row.server_compute_infer_ms),
-            ]
-            for row in run.rows
-        ]
-        for level, why in run.failures.items():
-            rows.append([f"`{run.model}`", VARIANT[run.model], str(level), "failed", why[:80], *[""] * 6])
+    header = ["model", "variant", "c", *PERCENTILE_HEADER, "queue", "infer"]
+    rows = percentile_rows(serving.runs, lambda run: [f"`{run.model}`", VARIANT[run.model]])
     lines += [
         markdown_table(header, rows),
         "",
@@ -379,25 +341,10 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
         "Server-side averages per request of each step, in ms; *batch* = inferences / executions.",
         "",
     ]
-    step_rows = []
-    for run in serving.runs:
-        for row in run.rows:
-            for stats in row.server[1:]:
-                parts = stats.parts_ms
-                step_rows.append(
-                    [
-                        f"`{run.model}`",
-                        str(row.concurrency),
-                        f"`{stats.model}`",
-                        _fmt(stats.avg_request_ms),
-                        _fmt(parts.get("queue")),
-                        _fmt(parts.get("compute_infer")),
-                        _fmt(stats.mean_batch),
-                    ]
-                )
+    steps = step_rows(serving.runs, parts=("queue", "compute_infer"))
     lines += [
-        markdown_table(["ensemble", "c", "step", "request", "queue", "infer", "batch"], step_rows)
-        if step_rows
+        markdown_table(["ensemble", "c", "step", "request", "queue", "infer", "batch"], steps)
+        if steps
         else "(no composing-model report was parsed)",
         "",
     ]
@@ -411,7 +358,7 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
             "",
             markdown_table(
                 ["runtime", "queries", "p50 ms", "p99 ms"],
-                [[f["runtime"], str(f["queries"]), _fmt(f["p50_ms"], 3), _fmt(f["p99_ms"], 3)] for f in floors],
+                [[f["runtime"], str(f["queries"]), fmt(f["p50_ms"], 3), fmt(f["p99_ms"], 3)] for f in floors],
             ),
             "",
         ]
@@ -419,7 +366,7 @@ def render_markdown(payload: dict[str, Any], serving: Serving) -> str:
     lines += [
         "## Memory with all three variants loaded",
         "",
-        f"RSS {memory.rss_mib:,.0f} MiB (PSS {_fmt(memory.pss_mib, 0)} MiB) over {len(memory.pids)} processes: "
+        f"RSS {memory.rss_mib:,.0f} MiB (PSS {fmt(memory.pss_mib, 0)} MiB) over {len(memory.pids)} processes: "
         + ", ".join(f"{k}: {v:,.0f}" for k, v in memory.per_process.items()),
         "",
     ]
@@ -450,7 +397,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--sequence-length", type=int, default=50, help="L, the served recent sequence (default 50)")
     size.add_argument("--seed", type=int, default=0)
     perf = parser.add_argument_group("measurement")
-    perf.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="levels (default 1,4,16)")
+    perf.add_argument("--concurrency", type=int_list, default=[1, 4, 16], help="levels (default 1,4,16)")
     perf.add_argument("--top-k", type=int, default=10)
     perf.add_argument("--request-users", type=int, default=1000, help="distinct real users in the input data")
     perf.add_argument("--request-count", type=int, help="requests per count window (default 1000; --quick 150)")
@@ -485,12 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     measurement = Measurement(
         request_count=args.request_count, stability_percentage=args.stability, max_trials=args.max_trials
     )
-    with contextlib.ExitStack() as stack:
-        if args.keep:
-            work = Path(tempfile.mkdtemp(prefix="session_perf-"))
-            say(f"work folder (kept): {work}")
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="session_perf-")))
+    with work_folder("session_perf-", keep=args.keep) as work:
         log_file = work / "publish.log"
         catalog = build_and_publish(args, work, log_file)
         session_catalog = build_and_publish_session(args, work, log_file, catalog)

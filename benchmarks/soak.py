@@ -11,6 +11,7 @@
 
     .venv/bin/python -m benchmarks.soak                # 5 min: results/soak.{md,json}
     .venv/bin/python -m benchmarks.soak --minutes 1    # results/soak-1min.{md,json}
+    .venv/bin/python -m benchmarks.soak --quick        # small catalog, short phases: results/soak-quick.*
 """
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-from benchmarks._common import RESULTS_DIR, load_average, machine, markdown_table, now_utc, write_results
-from benchmarks.gateway_overhead import _duration_ms
+from benchmarks.harness.catalog import build_and_publish, catalog_args
+from benchmarks.harness.facts import RESULTS_DIR, load_average, machine, machine_line, now_utc
+from benchmarks.harness.tables import markdown_table, write_results
+from benchmarks.harness.wrk import run_wrk
 from recsys.stack.local import LocalStack, StackConfig, StackPorts
 from recsys.stack.memory import descendants, process_memory
 from trainer.triton.repository import load_all
@@ -71,23 +72,9 @@ end
 """
 
 
-def wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, float]:
-    binary = shutil.which("wrk")
-    if binary is None:
-        raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    command = [binary, f"-t{min(2, concurrency)}", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency",
-               "--timeout", "5s", "-s", str(script), url]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.MULTILINE))
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if rate is None or total is None:
-        raise RuntimeError(f"unexpected wrk output:\n{out}")
-    errors = (int(non2xx[1]) if non2xx else 0) + (sum(int(x) for x in sockets.groups()) if sockets else 0)
-    return {"rps": float(rate[1]), "requests": float(total[1]), "p50_ms": _duration_ms(latency["50"]),
-            "p99_ms": _duration_ms(latency["99"]), "errors": float(errors)}  # fmt: skip
+def wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, Any]:
+    """One wrk run through NGINX as a JSON-ready dict (rps, requests, p50_ms, p99_ms, errors)."""
+    return asdict(run_wrk(url, script, concurrency, seconds, timeout_s=5))
 
 
 def stack_memory(stack: LocalStack) -> dict[str, tuple[int, int]]:
@@ -128,15 +115,34 @@ def run_in_background(url: str, script: Path, concurrency: int, seconds: float) 
     return thread, box
 
 
+@dataclass(frozen=True)
+class Pace:
+    """Seconds of each phase: the soak's own, or ``--quick``'s, which only proves the benchmark runs."""
+
+    sweep_s: int = 10  # each concurrency of the sweep
+    warm_up_s: int = 60  # memory growth is measured from the first sample after it
+    sample_s: int = 15  # memory sampling interval
+    before_fault_s: int = 5  # load before each fault
+    triton_window_s: int = 30
+    postgres_down_s: int = 30
+    postgres_window_s: int = 40
+    gateway_down_s: int = 5
+    gateway_window_s: int = 20
+
+
+QUICK = Pace(sweep_s=3, warm_up_s=5, sample_s=5, before_fault_s=2, triton_window_s=15, postgres_down_s=5,
+             postgres_window_s=10, gateway_down_s=2, gateway_window_s=6)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, help="sustained load (default 5; --quick 0.25)")
+    parser.add_argument("--quick", action="store_true", help="2,000 x 5,000 catalog, short phases: soak-quick.*")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    from benchmarks.triton_perf import build_and_publish
-
-    catalog = argparse.Namespace(users=20_000, items=50_000, sessions=5.0, session_length=10.0, factors=64,
-                                 als_iterations=2, random_factors=False, seed=0)  # fmt: skip
+    pace = QUICK if args.quick else Pace()
+    args.minutes = args.minutes if args.minutes is not None else (0.25 if args.quick else 5.0)
+    catalog = catalog_args(2_000, 5_000) if args.quick else catalog_args(20_000, 50_000)
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = Path(tmp)
@@ -153,26 +159,26 @@ def main(argv: list[str] | None = None) -> int:
         with stack:
             url = stack.nginx_url
             print("sweeping concurrency ...", flush=True)
-            sweep = {c: wrk(url, script, c, 10) for c in (4, 8, 16, 32)}
+            sweep = {c: wrk(url, script, c, pace.sweep_s) for c in (4, 8, 16, 32)}
             good = {c: r for c, r in sweep.items() if r["errors"] == 0 and r["p99_ms"] < 250}
             best = max(good or sweep, key=lambda c: (good or sweep)[c]["rps"])
             print(f"sustaining concurrency {best} for {args.minutes} min ...", flush=True)
             wrk(url, script, best, 5)  # warm
             thread, box = run_in_background(url, script, best, args.minutes * 60)
             began, series = time.monotonic(), []
-            while thread.is_alive():  # memory every 15 s; "start" is the first sample after a 60 s warm-up
+            while thread.is_alive():  # "start": the first sample after the warm-up
                 series.append((round(time.monotonic() - began), stack_memory(stack)))
-                thread.join(15)
+                thread.join(pace.sample_s)
             soak = box[0]
             stack.wait_drained(120)
             series.append((round(time.monotonic() - began), stack_memory(stack)))
-            memory_start = next((m for t, m in series if t >= 60), series[0][1])
+            memory_start = next((m for t, m in series if t >= pace.warm_up_s), series[0][1])
             memory_end = series[-1][1]
             faults: dict[str, Any] = {}
 
             print("fault: Triton killed under load ...", flush=True)
-            thread, box = run_in_background(url, script, best, 30)
-            time.sleep(5)
+            thread, box = run_in_background(url, script, best, pace.triton_window_s)
+            time.sleep(pace.before_fault_s)
             killed_at = time.monotonic()
             os.killpg(stack.triton.pid or 0, signal.SIGKILL)
             stack.triton.stop()
@@ -186,24 +192,25 @@ def main(argv: list[str] | None = None) -> int:
             thread.join()
             faults["triton_killed"] |= box[0]
 
-            print("fault: PostgreSQL stopped 30 s under load ...", flush=True)
-            thread, box = run_in_background(url, script, best, 40)
-            time.sleep(5)
+            print(f"fault: PostgreSQL stopped {pace.postgres_down_s} s under load ...", flush=True)
+            thread, box = run_in_background(url, script, best, pace.postgres_window_s)
+            time.sleep(pace.before_fault_s)
             stack.postgres.stop()
-            time.sleep(30)
+            time.sleep(pace.postgres_down_s)
             spooled = writer_state(stack)["spooled"]
             stack.postgres.start()
             restarted = time.monotonic()
             thread.join()
             stack.wait_drained(300)
             drained = time.monotonic() - restarted
-            faults["postgres_down_30s"] = box[0] | {"spooled_at_restart": spooled, "drained_s_after_restart": drained}
+            after = {"spooled_at_restart": spooled, "drained_s_after_restart": drained}
+            faults[f"postgres_down_{pace.postgres_down_s}s"] = box[0] | after
 
             print("fault: a gateway restarted behind NGINX ...", flush=True)
-            thread, box = run_in_background(url, script, best, 20)
-            time.sleep(5)
+            thread, box = run_in_background(url, script, best, pace.gateway_window_s)
+            time.sleep(pace.before_fault_s)
             stack.gateways[0].stop()
-            time.sleep(5)
+            time.sleep(pace.gateway_down_s)
             stack.gateways[0].start()
             thread.join()
             faults["gateway_restarted"] = box[0]
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Soak and faults ({now_utc()})", "",
         "Whole local stack: NGINX -> 2 gateways -> Triton (ALS, 20,000 users x 50,000 items, 64 factors), "
         "feedback -> writer -> PostgreSQL; wrk through NGINX, every recommendation followed by its feedback.", "",
-        "## Finding the sustainable rate (10 s each)", "",
+        f"## Finding the sustainable rate ({pace.sweep_s} s each)", "",
         markdown_table(["concurrency", "req/s", "p50 ms", "p99 ms", "errors"], sweep_rows), "",
         f"## Sustained: concurrency {best} for {args.minutes:g} min", "",
         f"**{soak['rps']:,.0f} req/s** ({soak['requests']:,.0f} requests), p50 {soak['p50_ms']:.1f} ms, "
@@ -235,17 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(["process", "RSS start MiB", "RSS end MiB", "RSS growth", "private start MiB",
                         "private end MiB", "private growth"], rows), "",
         f"Largest growth of private (anonymous) memory: {max(growth.values()):+.1%} (goal < 5%), from the first "
-        "sample after a 60 s warm-up to the end (queues drained). RSS also counts shared pages: PostgreSQL's grows as "
-        "its shared buffers fill with the tables the soak writes. Private MiB every 15 s:", "",
+        f"sample after a {pace.warm_up_s} s warm-up to the end (queues drained). RSS also counts shared pages: "
+        "PostgreSQL's grows as its shared buffers fill with the tables the soak writes. "
+        f"Private MiB every {pace.sample_s} s:", "",
         markdown_table(["s", *memory_start], [[str(t), *(f"{m[name][1] / 1024:.0f}" for name in memory_start)]
                                              for t, m in series]), "",
         "## Faults under load (same concurrency)", "",
         markdown_table(["fault", "req/s", "p99 ms", "non-2xx", "details"], fault_rows), "",
         "During the Triton outage the gateway answers 503 (JSON, Retry-After) within its 500 ms deadline; those are "
         "the non-2xx of that row. Feedback keeps being acknowledged while PostgreSQL is down (spooled, then drained).",
-        "", f"Machine: {machine()['cpu']}, {machine()['cores']} cores; load average before {load_before}.", "",
+        "", machine_line(load_before), "",
     ])  # fmt: skip
-    stem = "soak" if args.minutes == 5 else f"soak-{args.minutes:g}min"
+    stem = "soak-quick" if args.quick else ("soak" if args.minutes == 5 else f"soak-{args.minutes:g}min")
     write_results(args.out, stem, markdown, {"sweep": sweep, "best_concurrency": best, "soak": soak,
                   "memory_start_kib": memory_start, "memory_end_kib": memory_end, "private_growth": growth,
                   "rss_growth": rss_growth,

@@ -24,47 +24,36 @@ One run does everything on one server:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
-from benchmarks._common import (
-    REPO_ROOT,
-    RESULTS_DIR,
-    git_revision,
-    load_average,
-    machine,
-    markdown_table,
-    now_utc,
-    versions,
-    write_results,
-)
-from benchmarks.perf_tools import (
+from benchmarks.harness.catalog import LOOKUP, Requests, build_and_publish, sample_requests, write_input_data
+from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, git_revision, load_average, machine, now_utc, versions
+from benchmarks.harness.perf_analyzer import (
+    PERCENTILE_HEADER,
     Measurement,
     PerfAnalyzer,
     PerfRow,
     PerfRun,
-    TreeMemory,
     find_perf_analyzer,
+    percentile_rows,
     run_perf_analyzer,
-    settled_tree_memory,
+    step_rows,
 )
+from benchmarks.harness.running import Floor, int_list, say, summarize, work_folder
+from benchmarks.harness.tables import fmt, markdown_table, write_results
+from recsys.stack.memory import TreeMemory, settled_tree_memory
 
 # Import-light names only at module level: trainer/recsys modules pull in torch, which --help does not need.
 ENSEMBLE_A, ENSEMBLE_B = "recsys_a", "recsys_b"
 SCORER_TS, SCORER_ONNX = "recsys_scorer_torchscript", "recsys_scorer_onnx"
-LOOKUP, TOPK = "recsys_lookup", "recsys_topk"
+TOPK = "recsys_topk"
 FUSED = "recsys_fused"  # lookup + ONNX scorer + top-k in one python model: the ensembles' comparison
 LOAD_ORDER = (LOOKUP, SCORER_TS, SCORER_ONNX, TOPK, ENSEMBLE_A, ENSEMBLE_B)
 DEFAULT_MODELS = (ENSEMBLE_A, ENSEMBLE_B, SCORER_TS, SCORER_ONNX, FUSED)
@@ -82,195 +71,7 @@ GOAL_P50_C1_MS = 2.5
 GOAL_THROUGHPUT_C4 = 1000.0
 GOAL_RSS_MIB = 1024.0  # 1 GiB
 
-Log = Callable[[str], None]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ catalog
-
-
-@dataclass(frozen=True)
-class Catalog:
-    users: int
-    items: int
-    factors: int
-    pairs: int
-    exclude_width: int  # H: what recsys_lookup emits (the longest published history)
-    factors_source: str
-    fit_seconds: float | None
-    publish_seconds: float
-    version: int
-
-
-@contextlib.contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """Sends this process's stdout and stderr (file descriptors, so C++ and exporter chatter too) to ``path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with path.open("ab") as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
-def build_and_publish(args: argparse.Namespace, work: Path, log_file: Path) -> Catalog:
-    """Synthetic plays -> ALS (or random factors) -> ``save_run`` -> ``publish`` into ``work/repository``."""
-    import torch
-
-    from trainer.artifacts import save_run
-    from trainer.data.synthetic import SyntheticConfig, generate
-    from trainer.models.als import ALS, ALSParams
-    from trainer.triton.publish import publish
-    from trainer.triton.repository import render_repository
-    from trainer.weighting import CorpusStats
-
-    config = SyntheticConfig(
-        n_users=args.users,
-        n_items=args.items,
-        n_genres=min(20, args.items),
-        mean_sessions_per_user=args.sessions,
-        mean_session_length=args.session_length,
-        seed=args.seed,
-    )
-    say(f"generating {args.users:,} users x {args.items:,} items ...")
-    data = generate(config).interactions
-    history = data.to_csr()
-    params = ALSParams(factors=args.factors, iterations=args.als_iterations, seed=args.seed)
-    model = ALS(params)
-    fit_seconds: float | None = None
-    if args.random_factors:
-        say("random factors (no fit): the scores are meaningless, the shapes and the serving path are real")
-        gen = torch.Generator().manual_seed(args.seed)
-        model.user_factors = torch.randn(data.n_users, args.factors, generator=gen) * 0.1
-        model.item_factors = torch.randn(data.n_items, args.factors, generator=gen) * 0.1
-        model.item_bias = None
-        model.n_users, model.n_items = data.n_users, data.n_items
-        model.corpus = CorpusStats.of(history)
-        source = "random"
-    else:
-        say(f"fitting ALS ({args.factors} factors, {args.als_iterations} iterations; quality is irrelevant here) ...")
-        began = time.perf_counter()
-        model.fit(data)
-        fit_seconds = time.perf_counter() - began
-        source = f"als ({args.als_iterations} iterations)"
-    run_dir = work / "run"
-    metrics = {"model": "als", "params": params.to_dict(), "note": "benchmarks.triton_perf: not evaluated"}
-    save_run(run_dir, model, data, metrics)
-
-    repository = work / "repository"
-    render_repository(repository)
-    say(f"publishing into {repository} (export + parity; exporter output goes to {log_file}) ...")
-    began = time.perf_counter()
-    with output_to(log_file):
-        published = publish(run_dir, repository)
-    publish_seconds = time.perf_counter() - began
-    lengths = np.diff(history.indptr)
-    return Catalog(
-        users=data.n_users,
-        items=data.n_items,
-        factors=args.factors,
-        pairs=int(history.nnz),
-        exclude_width=max(int(lengths.max()) if len(lengths) else 1, 1),
-        factors_source=source,
-        fit_seconds=fit_seconds,
-        publish_seconds=publish_seconds,
-        version=published.version,
-    )
-
-
-@dataclass(frozen=True)
-class Requests:
-    """Real requests drawn from what was published: external ids for the ensembles, indices and padded
-    exclusion rows (exactly what recsys_lookup emits) for the scorers."""
-
-    user_ids: list[str]
-    user_index: npt.NDArray[np.int64]
-    user_vector: npt.NDArray[np.float32]  # the lookup's rows for them (USER_VECTOR), [n, D + 1]
-    exclude: npt.NDArray[np.int64]  # (n, H), -1 padded
-    top_k: int
-
-
-def sample_requests(repository: Path, version: int, n: int, top_k: int, seed: int) -> Requests:
-    folder = repository / LOOKUP / str(version)
-    with np.load(folder / "ids.npz", allow_pickle=False) as npz:
-        users = npz["user_ids"]
-    with np.load(folder / "history.npz", allow_pickle=False) as npz:
-        indptr = npz["indptr"].astype(np.int64)
-        indices = npz["indices"].astype(np.int64)
-    lengths = np.diff(indptr)
-    width = max(int(lengths.max()) if len(lengths) else 1, 1)  # as recsys_lookup computes it
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(len(users), size=min(n, len(users)), replace=False)).astype(np.int64)
-    exclude = np.full((len(chosen), width), -1, dtype=np.int64)
-    for row, user in enumerate(chosen.tolist()):
-        items = indices[indptr[user] : indptr[user + 1]]
-        exclude[row, : len(items)] = items
-    vectors = np.load(folder / "users.npy", allow_pickle=False)[chosen]
-    return Requests(
-        user_ids=[str(u) for u in users[chosen].tolist()],
-        user_index=chosen,
-        user_vector=vectors,
-        exclude=exclude,
-        top_k=top_k,
-    )
-
-
-def write_input_data(requests: Requests, folder: Path) -> dict[str, Path]:
-    """perf_analyzer ``--input-data`` files: one for USER_ID-fed models, one for the scorers."""
-    folder.mkdir(parents=True, exist_ok=True)
-    by_id = {"data": [{"USER_ID": [uid], "TOP_K": [requests.top_k]} for uid in requests.user_ids]}
-    width = int(requests.exclude.shape[1])
-    by_index = {
-        "data": [
-            {
-                "USER_VECTOR": {"content": vector.tolist(), "shape": [len(vector)]},
-                "EXCLUDE": {"content": row.tolist(), "shape": [width]},
-                "TOP_K": [requests.top_k],
-            }
-            for vector, row in zip(requests.user_vector, requests.exclude, strict=True)
-        ]
-    }
-    paths = {"by_id": folder / "requests_by_user_id.json", "by_index": folder / "requests_by_user_index.json"}
-    paths["by_id"].write_text(json.dumps(by_id))
-    paths["by_index"].write_text(json.dumps(by_index))
-    return paths
-
-
 # ------------------------------------------------------------------------------------------------ floors
-
-
-@dataclass(frozen=True)
-class Floor:
-    """One query at a time, in this process, one thread: what the scorer's maths costs without Triton."""
-
-    runtime: str
-    queries: int
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-
-
-def _summary(runtime: str, seconds: list[float]) -> Floor:
-    ordered = sorted(seconds)
-    return Floor(
-        runtime=runtime,
-        queries=len(ordered),
-        p50_ms=statistics.median(ordered) * 1e3,
-        p99_ms=ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3,
-        mean_ms=statistics.fmean(ordered) * 1e3,
-    )
 
 
 def in_process_floors(repository: Path, version: int, requests: Requests, queries: int) -> list[Floor]:
@@ -303,7 +104,7 @@ def in_process_floors(repository: Path, version: int, requests: Requests, querie
                 began = time.perf_counter()
                 module(torch.from_numpy(user), torch.from_numpy(exclude), torch.from_numpy(k))
                 seconds.append(time.perf_counter() - began)
-        floors.append(_summary("torch.jit (TorchScript), 1 thread", seconds))
+        floors.append(summarize("torch.jit (TorchScript), 1 thread", seconds))
         del module
     finally:
         torch.set_num_threads(threads)
@@ -322,7 +123,7 @@ def in_process_floors(repository: Path, version: int, requests: Requests, querie
         began = time.perf_counter()
         session.run(["SCORES", "ITEMS"], feed)
         seconds.append(time.perf_counter() - began)
-    floors.append(_summary("onnxruntime (ONNX), 1 intra-op thread", seconds))
+    floors.append(summarize("onnxruntime (ONNX), 1 intra-op thread", seconds))
     return floors
 
 
@@ -527,10 +328,6 @@ def goal_checks(serving: Serving, concurrency: Sequence[int]) -> list[Check]:
     return checks
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def _met(check: Check) -> str:
     return "n/a" if check.met is None else ("yes" if check.met else "**no**")
 
@@ -558,27 +355,8 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
         "## Latency and throughput",
         "",
     ]
-    header = ["model", "c", "infer/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "avg ms", "queue ms", "infer ms"]
-    rows = []
-    for run in serving.runs:
-        rows += [
-            [
-                f"`{run.model}`",
-                str(row.concurrency),
-                f"{row.throughput:,.0f}",
-                _fmt(row.p50_ms),
-                _fmt(row.p90_ms),
-                _fmt(row.p95_ms),
-                _fmt(row.p99_ms),
-                _fmt(row.avg_ms),
-                _fmt(row.server_queue_ms),
-                _fmt(row.server_compute_infer_ms),
-            ]
-            for row in run.rows
-        ]
-        for level, why in run.failures.items():
-            rows.append([f"`{run.model}`", str(level), "failed", why[:80], "", "", "", "", "", ""])
-    lines += [markdown_table(header, rows), ""]
+    header = ["model", "c", *PERCENTILE_HEADER, "queue ms", "infer ms"]
+    lines += [markdown_table(header, percentile_rows(serving.runs)), ""]
     lines += [
         "*queue* and *infer* are the server's averages per request (for an ensemble, summed over its steps as "
         "perf_analyzer reports them); the client latencies include gRPC and the client itself.",
@@ -587,7 +365,7 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
         "",
         markdown_table(
             ["check", "value", "goal", "met", "detail"],
-            [[c.name, _fmt(c.value), c.goal, _met(c), c.detail] for c in checks],
+            [[c.name, fmt(c.value), c.goal, _met(c), c.detail] for c in checks],
         ),
         "",
         "## Where an ensemble request spends its time",
@@ -596,30 +374,10 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
         "*batch* = inferences / executions, the mean dynamic batch the step ran.",
         "",
     ]
-    step_rows = []
-    for ensemble in SCORER_OF:
-        ensemble_run = _run(serving, ensemble)
-        for ensemble_row in ensemble_run.rows if ensemble_run else ():
-            for stats in ensemble_row.server[1:]:
-                parts = stats.parts_ms
-                step_rows.append(
-                    [
-                        f"`{ensemble}`",
-                        str(ensemble_row.concurrency),
-                        f"`{stats.model}`",
-                        _fmt(stats.avg_request_ms),
-                        _fmt(parts.get("queue")),
-                        _fmt(parts.get("compute_input")),
-                        _fmt(parts.get("compute_infer")),
-                        _fmt(parts.get("compute_output")),
-                        _fmt(stats.mean_batch),
-                    ]
-                )
-    if step_rows:
+    steps = step_rows([run for run in serving.runs if run.model in SCORER_OF])
+    if steps:
         lines += [
-            markdown_table(
-                ["ensemble", "c", "step", "request", "queue", "input", "infer", "output", "batch"], step_rows
-            ),
+            markdown_table(["ensemble", "c", "step", "request", "queue", "input", "infer", "output", "batch"], steps),
             "",
         ]
     else:
@@ -640,10 +398,10 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
             floor_rows.append(
                 [
                     floor["runtime"],
-                    _fmt(floor["p50_ms"], 3),
-                    _fmt(floor["p99_ms"], 3),
-                    _fmt(None if served is None else served.p50_ms),
-                    _fmt(None if served is None or floor["p50_ms"] <= 0 else served.p50_ms / floor["p50_ms"], 1),
+                    fmt(floor["p50_ms"], 3),
+                    fmt(floor["p99_ms"], 3),
+                    fmt(None if served is None else served.p50_ms),
+                    fmt(None if served is None or floor["p50_ms"] <= 0 else served.p50_ms / floor["p50_ms"], 1),
                 ]
             )
         lines += [
@@ -664,18 +422,18 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
                 [
                     [
                         "numpy copy, 1 thread ((read + write) / s)",
-                        _fmt(bandwidth["numpy_copy_gbs"], 1),
-                        _fmt(item_mb / 1e3 / bandwidth["numpy_copy_gbs"] * 1e3, 2),
+                        fmt(bandwidth["numpy_copy_gbs"], 1),
+                        fmt(item_mb / 1e3 / bandwidth["numpy_copy_gbs"] * 1e3, 2),
                     ],
                     [
                         f"torch copy, {bandwidth['torch_threads']} threads ((read + write) / s)",
-                        _fmt(bandwidth["torch_copy_gbs"], 1),
-                        _fmt(item_mb / 1e3 / bandwidth["torch_copy_gbs"] * 1e3, 2),
+                        fmt(bandwidth["torch_copy_gbs"], 1),
+                        fmt(item_mb / 1e3 / bandwidth["torch_copy_gbs"] * 1e3, 2),
                     ],
                     [
                         f"torch sum, {bandwidth['torch_threads']} threads (read / s)",
-                        _fmt(bandwidth["torch_sum_gbs"], 1),
-                        _fmt(item_mb / 1e3 / bandwidth["torch_sum_gbs"] * 1e3, 2),
+                        fmt(bandwidth["torch_sum_gbs"], 1),
+                        fmt(item_mb / 1e3 / bandwidth["torch_sum_gbs"] * 1e3, 2),
                     ],
                 ],
             ),
@@ -692,8 +450,8 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
             [
                 [
                     label,
-                    _fmt(memory.rss_mib, 0),
-                    _fmt(memory.pss_mib, 0),
+                    fmt(memory.rss_mib, 0),
+                    fmt(memory.pss_mib, 0),
                     ", ".join(f"{k}: {v:,.0f}" for k, v in memory.per_process.items()),
                 ]
                 for label, memory in (
@@ -713,16 +471,6 @@ def render_markdown(payload: dict[str, Any], serving: Serving, checks: list[Chec
 
 
 # ------------------------------------------------------------------------------------------------ main
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
-    return values
 
 
 def _models(text: str) -> list[str]:
@@ -756,7 +504,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     size.add_argument("--seed", type=int, default=0)
     perf = parser.add_argument_group("measurement")
-    perf.add_argument("--concurrency", type=_int_list, default=[1, 4, 16], help="levels (default 1,4,16)")
+    perf.add_argument("--concurrency", type=int_list, default=[1, 4, 16], help="levels (default 1,4,16)")
     perf.add_argument(
         "--models",
         type=_models,
@@ -811,12 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         request_count=args.request_count, stability_percentage=args.stability, max_trials=args.max_trials
     )
     notes = []
-    with contextlib.ExitStack() as stack:
-        if args.keep:
-            work = Path(tempfile.mkdtemp(prefix="triton_perf-"))
-            say(f"work folder (kept): {work}")
-        else:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="triton_perf-")))
+    with work_folder("triton_perf-", keep=args.keep) as work:
         log_file = work / "publish.log"
         catalog = build_and_publish(args, work, log_file)
         repository = work / "repository"

@@ -10,7 +10,7 @@
 #   <tools>/lib/libb64.so.0d      -> nvidia_pytriton.libs/libb64-*.so.0d
 #   <tools>/lib/libcudart.so.12   -> nvidia_pytriton.libs/libcudart-*.so.12*
 #
-# Run perf_analyzer with LD_LIBRARY_PATH=<tools>/lib (benchmarks/perf_tools.py does that for you).
+# Run perf_analyzer with LD_LIBRARY_PATH=<tools>/lib (benchmarks/harness/perf_analyzer.py does that for you).
 #
 #   benchmarks/install_perf_analyzer.sh                 # into .cache/tools/perf_analyzer (git-ignored)
 #   TOOLS_DIR=/somewhere benchmarks/install_perf_analyzer.sh

@@ -9,7 +9,7 @@ One run does everything on one server:
    ``model.py`` copies) into a fresh model repository rendered by ``render_repository``;
 3. starts ``tritonserver`` (``recsys.stack.triton.TritonServer``, explicit model control, free ports), loads
    every model, and records the resident memory of the server and its python-backend stubs;
-4. runs perf_analyzer (``benchmarks/perf_tools.py``) at each concurrency level against both ensembles
+4. runs perf_analyzer (``benchmarks/harness/perf_analyzer.py``) at each concurrency level against both ensembles
    (``recsys_a`` TorchScript, ``recsys_b`` ONNX) and each scorer step alone, with real user ids / real
    exclusion lists as input data, so requests vary;
 5. times the same scorers in this process without Triton (one thread, one query: the maths floor) and, with

@@ -27,6 +27,7 @@ from trainer.exporting import (
     compare,
     ensure_parity,
     export_both,
+    masked_top_k,
     run_exports,
 )
 from trainer.models.base import FactorModel
@@ -71,18 +72,7 @@ class FactorScorer(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = torch.addmm(self.bias, user_vector, self.items_t)
         columns = torch.where(exclude >= 0, exclude, torch.full_like(exclude, self.n_items))
-        scores.scatter_(1, columns, -math.inf)
-        k_tensor = top_k.max().clamp(min=1, max=self.n_items)
-        if torch.jit.is_scripting():  # type: ignore[attr-defined]
-            k = int(k_tensor)
-        else:
-            # torch.export: k stays symbolic (an ONNX TopK input), with its valid range stated.
-            k = k_tensor.item()  # type: ignore[assignment]
-            torch._check(k >= 1)  # type: ignore[no-untyped-call]
-            torch._check(k <= self.n_items)  # type: ignore[no-untyped-call]
-        values, items = torch.topk(scores, k, dim=1)
-        items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
-        return values, items
+        return masked_top_k(scores, columns, top_k, self.n_items)
 
 
 def user_table(model: FactorModel) -> npt.NDArray[np.float32]:

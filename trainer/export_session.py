@@ -27,7 +27,15 @@ import torch
 
 from recsys.core.errors import ArtifactError, ConfigError
 from serving.contract import IDS_FILE, ITEM_SEQUENCE, METRICS_FILE, MODEL_FILE, PAD, TOP_K
-from trainer.exporting import ExportError, ParityReport, compare, ensure_parity, export_both, run_exports
+from trainer.exporting import (
+    ExportError,
+    ParityReport,
+    compare,
+    ensure_parity,
+    export_both,
+    masked_top_k,
+    run_exports,
+)
 from trainer.models.gru4rec import GRU4Rec
 
 logger = logging.getLogger(__name__)
@@ -143,18 +151,7 @@ class SessionScorer(torch.nn.Module):
         scores = torch.addmm(self.bias, hidden[self.n_layers - 1], self.items_t)
         scores = torch.where(valid.any(dim=1, keepdim=True), scores, self.fallback)
         columns = torch.where(valid, item_sequence, torch.full_like(item_sequence, self.n_items))
-        scores.scatter_(1, columns, -math.inf)
-        k_tensor = top_k.max().clamp(min=1, max=self.n_items)
-        if torch.jit.is_scripting():  # type: ignore[attr-defined]
-            k = int(k_tensor)
-        else:
-            # torch.export: k stays symbolic (an ONNX TopK input), with its valid range stated.
-            k = k_tensor.item()  # type: ignore[assignment]
-            torch._check(k >= 1)  # type: ignore[no-untyped-call]
-            torch._check(k <= self.n_items)  # type: ignore[no-untyped-call]
-        values, top = torch.topk(scores, k, dim=1)
-        top = torch.where(torch.isinf(values), torch.full_like(top, -1), top)
-        return values, top
+        return masked_top_k(scores, columns, top_k, self.n_items)
 
 
 def build_session_scorer(model: GRU4Rec) -> SessionScorer:

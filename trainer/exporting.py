@@ -60,6 +60,28 @@ def quiet_export() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+def masked_top_k(
+    scores: torch.Tensor, columns: torch.Tensor, top_k: torch.Tensor, n_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last part of every exported scorer: ``columns`` (item indices; ``n_items`` is the ``-inf`` sink that
+    padding points to) masked in place, then the top ``max(top_k)`` per row; ids -1 where fewer items remain.
+
+    Scriptable (TorchScript compiles it with the module that calls it) and exportable (``k`` stays symbolic for
+    ``torch.export``, becoming an ONNX TopK input).
+    """
+    scores.scatter_(1, columns, -math.inf)
+    k_tensor = top_k.max().clamp(min=1, max=n_items)
+    if torch.jit.is_scripting():  # type: ignore[attr-defined]
+        k = int(k_tensor)
+    else:
+        k = k_tensor.item()  # type: ignore[assignment]
+        torch._check(k >= 1)  # type: ignore[no-untyped-call]
+        torch._check(k <= n_items)  # type: ignore[no-untyped-call]
+    values, items = torch.topk(scores, k, dim=1)
+    items = torch.where(torch.isinf(values), torch.full_like(items, -1), items)
+    return values, items
+
+
 def export_torchscript(module: torch.nn.Module, path: Path) -> Path:
     with quiet_export():
         scripted = torch.jit.script(module)

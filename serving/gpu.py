@@ -73,12 +73,24 @@ def load_weights(folder: Path, fmt: str) -> tuple[torch.Tensor, torch.Tensor, in
         import onnx
         from onnx import numpy_helper
 
-        model = onnx.load(str(folder / ONNX_FILE), load_external_data=True)
+        # External data (a model over protobuf's 2 GB) is read straight from its file: through protobuf it took
+        # 16 s for 8.5M items against 4 s for model.pt.
+        model = onnx.load(str(folder / ONNX_FILE), load_external_data=False)
         found = {init.name: init for init in model.graph.initializer if init.name in ("items_t", "bias")}
         if set(found) != {"items_t", "bias"}:
             raise ValueError(f"{folder / ONNX_FILE} has no items_t/bias initializers (found {sorted(found)})")
-        items_t = torch.from_numpy(numpy_helper.to_array(found["items_t"]).astype(np.float32, copy=False))
-        bias = torch.from_numpy(numpy_helper.to_array(found["bias"]).astype(np.float32, copy=False))
+
+        def array(init: onnx.TensorProto) -> npt.NDArray[np.float32]:
+            if init.data_location != onnx.TensorProto.EXTERNAL:
+                return numpy_helper.to_array(init).astype(np.float32)  # a writable copy
+            where = {entry.key: entry.value for entry in init.external_data}
+            if init.data_type != onnx.TensorProto.FLOAT:
+                raise ValueError(f"{init.name}: external data of type {init.data_type}, expected FLOAT")
+            count = int(np.prod(init.dims))
+            data = np.fromfile(folder / where["location"], np.float32, count, offset=int(where.get("offset", 0)))
+            return data.reshape(tuple(init.dims))
+
+        items_t, bias = torch.from_numpy(array(found["items_t"])), torch.from_numpy(array(found["bias"]))
         return items_t, bias, int(items_t.shape[1]) - 1
     raise ValueError(f"unknown scorer format {fmt!r} (torchscript or onnx)")
 

@@ -63,6 +63,9 @@ FUSED = "recsys_fused"
 ENSEMBLE_A = "recsys_a"  # factor model, TorchScript scorer
 ENSEMBLE_B = "recsys_b"  # factor model, ONNX scorer
 ENSEMBLE_POPULAR = "recsys_popular"  # popularity minus what the listener heard, for personal-vs-popular tests
+#: Where torch.onnx puts the weights of a graph over protobuf's 2 GB limit (from about 8M items x 64 factors); it
+#: travels with model.onnx, which names it.
+ONNX_DATA_FILE = f"{ONNX_FILE}.data"
 
 SESSION_LOOKUP = "recsys_session_lookup"
 SESSION_SCORER = "recsys_session_scorer"
@@ -164,7 +167,7 @@ def _export_factor(run_dir: Path, staging: Path, options: Options) -> Exported:
         raise ExportError(f"{run_dir}: a {run.model.name} model cannot be served by the factor scorer")
     parity = export_all(run.model, run.history, staging)
     files = {IDS_FILE: run_dir / IDS_FILE, HISTORY_FILE: run_dir / HISTORY_FILE}
-    files |= {name: staging / name for name in (TORCHSCRIPT_FILE, ONNX_FILE, USERS_FILE, FOLD_IN_FILE)}
+    files |= {name: staging / name for name in (TORCHSCRIPT_FILE, ONNX_FILE, ONNX_DATA_FILE, USERS_FILE, FOLD_IN_FILE)}
     return Exported(files, parity, {"n_items": run.model.n_items, "n_users": run.model.n_users})
 
 
@@ -175,9 +178,9 @@ FACTOR = Family(
         LOOKUP: (IDS_FILE, HISTORY_FILE, USERS_FILE, FOLD_IN_FILE),
         LOOKUP_POPULAR: (IDS_FILE, HISTORY_FILE, USERS_FILE),
         SCORER_TORCHSCRIPT: (TORCHSCRIPT_FILE,),
-        SCORER_ONNX: (ONNX_FILE,),
+        SCORER_ONNX: (ONNX_FILE, ONNX_DATA_FILE),
         TOPK: (IDS_FILE,),
-        FUSED: (IDS_FILE, HISTORY_FILE, USERS_FILE, ONNX_FILE),
+        FUSED: (IDS_FILE, HISTORY_FILE, USERS_FILE, ONNX_FILE, ONNX_DATA_FILE),
     },
     ensembles={
         ENSEMBLE_A: (LOOKUP, SCORER_TORCHSCRIPT, TOPK),
@@ -186,7 +189,7 @@ FACTOR = Family(
     },
     build_steps=_factor_steps,
     export=_export_factor,
-    optional_files=(FOLD_IN_FILE,),
+    optional_files=(FOLD_IN_FILE, ONNX_DATA_FILE),
 )
 
 # ------------------------------------------------------------------------------------------------ session

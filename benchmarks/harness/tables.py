@@ -19,9 +19,10 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A GitHub Markdown table; cells are written with ``str``."""
+    """A GitHub Markdown table; cells are written with ``str``, a ``|`` inside one escaped (a failure's reason
+    quoting a tool's output would otherwise split its row)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

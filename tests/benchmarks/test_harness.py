@@ -61,6 +61,7 @@ def perf_row(concurrency: int, server: tuple[ModelServerStats, ...] = ()) -> Per
 
 def test_markdown_table_and_columns() -> None:
     assert markdown_table(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
+    assert markdown_table(["a"], [["x | y"]]).endswith("| x \\| y |")
     columns = [Column[tuple[str, float]]("name", lambda r: r[0]), Column("value", lambda r: fmt(r[1], 1))]
     assert table(columns, [("x", 1234.56)]) == "| name | value |\n|---|---|\n| x | 1,234.6 |"
     assert fmt(None) == "-"

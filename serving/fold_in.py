@@ -13,6 +13,20 @@ import numpy.typing as npt
 from serving.weights import weigh
 
 
+def closed_form_step(
+    gram: npt.NDArray[np.float64], others: npt.NDArray[np.float64], confidence: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """One row of an ALS half-sweep against the fixed other side: ``(G + Y^T (C - I) Y)^-1 Y^T c`` where ``Y`` are
+    the ``others`` this row interacted with (their confidences ``c``) and ``G = Y_all^T Y_all + lambda I``.
+
+    A listener's vector against the item factors (the live fold-in) and a new item's vector against the user
+    factors (``trainer.new_items``) are both this step.
+    """
+    a = gram + (others.T * (confidence - 1.0)) @ others
+    solved: npt.NDArray[np.float64] = np.linalg.solve(a, others.T @ confidence)
+    return solved
+
+
 class FoldIn:
     """The ALS closed-form user step against the published item factors, in numpy: a listener's vector from their
     plays, ``x = (G + Y_u^T (C_u - I) Y_u)^-1 Y_u^T c_u`` with ``G = Y^T Y + lambda I`` and the confidences of the
@@ -35,9 +49,7 @@ class FoldIn:
             mean_user_total=self.mean_user_total, k1=self.k1, b=self.b,
         )  # fmt: skip
         keep = weights > 0
-        ys, confidence = self.items[items[keep]], 1.0 + self.alpha * weights[keep].astype(np.float64)
-        a = self.gram + (ys.T * (confidence - 1.0)) @ ys
-        x = np.linalg.solve(a, ys.T @ confidence)
+        x = closed_form_step(self.gram, self.items[items[keep]], 1.0 + self.alpha * weights[keep].astype(np.float64))
         return np.append(x, 0.0).astype(np.float32)
 
 

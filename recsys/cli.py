@@ -1,7 +1,9 @@
 """``recsys``: the single command line of the project (typer).
 
-Deliberate errors (bad data, bad options, missing runs) print one line and exit with status 2; anything else
-is a bug and keeps its traceback.
+Commands only parse options and print: the work is in the packages below (the demo in :mod:`recsys.demo`, the
+A/B report's glue in :mod:`recsys.ab_report`, the run tables in :mod:`recsys.tables`). Deliberate errors (bad
+data, bad options, missing runs) print one line and exit with status 2; anything else is a bug and keeps its
+traceback. The service images do not use this CLI: they run ``python -m gateway`` and ``python -m feedback``.
 """
 
 from __future__ import annotations
@@ -12,31 +14,27 @@ import json
 import signal
 import sys
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from recsys.core.errors import ConfigError, RecsysError
 from recsys.core.logs import configure_logging
 from recsys.core.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from gateway.experiment import Experiment
+from recsys.tables import metrics_table, recommendation_table
 
 app = typer.Typer(
     name="recsys",
-    help="Real-time music recommendation: train, evaluate, tune and inspect models.",
+    help="Real-time music recommendation: train, evaluate and tune models, publish them to Triton, run the "
+    "serving stack, simulate listeners and report the A/B test.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
 out = Console()
-
-METRIC_COLUMNS = ("ndcg@10", "recall@20", "map@10", "coverage@10", "mean_popularity@10")
 
 DataOpt = Annotated[
     str,
@@ -45,7 +43,12 @@ DataOpt = Annotated[
         help="'synthetic', a HetRec Last.fm 2K folder, a Last.fm-1K log (.tsv), or a CSV/TSV/Parquet table.",
     ),
 ]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="popularity, bpr or als.")]
+#: Every model of ``trainer.models.registry`` (a test keeps this list whole).
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="popularity, bpr, als or gru4rec.")]
+#: Only the models with a search space in ``trainer.tune`` (a test keeps this list whole).
+TuneModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="als or bpr (the models with a search space; the others cannot be tuned).")
+]
 UserColOpt = Annotated[str | None, typer.Option("--user-col", help="Table column holding user ids.")]
 ItemColOpt = Annotated[str | None, typer.Option("--item-col", help="Table column holding item ids.")]
 WeightColOpt = Annotated[
@@ -106,17 +109,6 @@ def _load(data: str, user_col: str | None, item_col: str | None, weight_col: str
     return load_dataset(data, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col)
 
 
-def metrics_table(rows: dict[str, dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("model")
-    for column in (*METRIC_COLUMNS, "fit s"):
-        table.add_column(column, justify="right")
-    for name, metrics in rows.items():
-        values = [f"{metrics[c]:.4f}" for c in METRIC_COLUMNS]
-        table.add_row(name, *values, f"{metrics.get('fit_seconds', 0.0):.2f}")
-    return table
-
-
 @app.command()
 def train(
     ctx: typer.Context,
@@ -133,7 +125,7 @@ def train(
     seed: SeedOpt = None,
     refit: Annotated[bool, typer.Option(help="After evaluating, fit again on all data for serving.")] = False,
 ) -> None:
-    """Train one model, evaluate it on a held-out split, and write the run (model, ids, metrics.json)."""
+    """Train one model, evaluate it on a held-out split, and write the run (model, ids, history, metrics.json)."""
     from trainer.pipeline import save_result, train_and_evaluate
 
     settings = _settings(ctx)
@@ -161,9 +153,12 @@ def train(
 def tune(
     ctx: typer.Context,
     data: DataOpt = "synthetic",
-    model: ModelOpt = "als",
+    model: TuneModelOpt = "als",
     trials: Annotated[int, typer.Option(help="Number of Optuna trials.")] = 30,
-    metric: Annotated[str, typer.Option(help="Validation metric to maximise.")] = "ndcg@10",
+    metric: Annotated[
+        str,
+        typer.Option(help="Validation metric to maximise: ndcg, recall, map, coverage or mean_popularity, @10 or @20."),
+    ] = "ndcg@10",
     param: ParamOpt = None,
     user_col: UserColOpt = None,
     item_col: ItemColOpt = None,
@@ -217,23 +212,12 @@ def recommend(
         out.print(recommendation_table(run, external, items[0], scores[0]))
 
 
-def recommendation_table(run: Any, user: object, items: Any, scores: Any) -> Table:
-    table = Table(title=f"top-{len(items)} for user {user} ({run.model.name})")
-    table.add_column("#", justify="right")
-    table.add_column("item id")
-    table.add_column("item")
-    table.add_column("score", justify="right")
-    for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
-        if item < 0:
-            break
-        table.add_row(str(rank), str(run.item_ids.ids[item]), run.item_label(int(item)), f"{score:.3f}")
-    return table
-
-
 @app.command()
 def demo(
     ctx: typer.Context,
-    out_dir: Annotated[Path, typer.Option("--out", help="Where the demo's runs go.")] = Path("runs/demo"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where the demo's runs, model repository, stack and A/B report go.")
+    ] = Path("runs/demo"),
     users: Annotated[int, typer.Option(help="Show recommendations for this many users.")] = 3,
     serve: Annotated[
         bool, typer.Option(help="Publish ALS, start the local stack, answer through it and run a simulated A/B test.")
@@ -241,97 +225,9 @@ def demo(
     listeners: Annotated[int, typer.Option(help="Simulated listeners of the demo's A/B test.")] = 400,
 ) -> None:
     """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend, serve."""
-    from trainer.artifacts import load_run
-    from trainer.data.synthetic import SyntheticConfig, generate
-    from trainer.pipeline import save_result, train_and_evaluate
+    from recsys.demo import run_demo
 
-    settings = _settings(ctx)
-    world = generate(SyntheticConfig())
-    data = world.interactions
-    out.print(
-        f"synthetic music world: {data.n_users} listeners, {data.n_items} artists, {len(data)} listener-artist "
-        f"pairs from {len(data.events) if data.events is not None else 0} plays"
-    )
-    rows: dict[str, dict[str, Any]] = {}
-    for name in ("popularity", "bpr", "als"):
-        result = train_and_evaluate(
-            data, name, seed=settings.seed, device=settings.device, show_progress=settings.progress, source="synthetic"
-        )
-        save_result(result, out_dir / name)
-        rows[name] = result.metrics
-    out.print(metrics_table(rows, "synthetic · random-holdout"))
-    run = load_run(out_dir / "als")
-    for external in run.user_ids.ids[:users].tolist():
-        index = run.user_ids.index(external)
-        assert index is not None
-        items, scores = run.model.recommend([index], 10, exclude=run.history)
-        out.print(recommendation_table(run, external, items[0], scores[0]))
-    out.print(f"runs written to {out_dir}")
-    if serve:
-        _demo_serving(out_dir, [str(u) for u in run.user_ids.ids[:users].tolist()], world, listeners)
-
-
-def _demo_serving(out_dir: Path, user_ids: list[str], world: Any, listeners: int) -> None:
-    """Publishes the demo's ALS run, starts the whole local stack (PostgreSQL, Triton, writer, gateway, NGINX) on
-    free ports, answers through Triton over gRPC and through NGINX over REST, runs a short simulated
-    personal-vs-popular experiment and prints its A/B report; stops everything at the end."""
-    import asyncio
-    import shutil
-
-    import httpx
-
-    from recsys.core.triton_client import TritonRecommender
-    from recsys.simulate import simulate
-    from recsys.stack.local import LocalStack, StackConfig, StackPorts
-    from recsys.stack.postgres import default_data_dir
-    from trainer.triton.family import ENSEMBLE_A, ENSEMBLE_B
-    from trainer.triton.publish import publish as run_publish
-
-    repository = out_dir / "model_repository"
-    shutil.rmtree(repository, ignore_errors=True)
-    published = run_publish(out_dir / "als", repository)
-    out.print(f"published ALS as version {published.version} into {repository} (TorchScript and ONNX, parity ok)")
-    experiment_file = Path(__file__).resolve().parents[1] / "gateway" / "experiments" / "personal-vs-popular.yaml"
-    config = StackConfig(
-        model_repository=repository,
-        workdir=out_dir / "stack",
-        ports=StackPorts.free(),
-        experiment_file=experiment_file,
-        postgres_dir=default_data_dir().with_name(default_data_dir().name + "-demo"),
-    )
-    stack = LocalStack(config)
-    stack.postgres.start()
-    stack.postgres.reset_database()  # the demo's own database: each demo reports on its own traffic only
-    started = datetime.now(UTC)
-    with stack:
-        out.print(f"stack up: NGINX {stack.nginx_url} -> gateway {stack.gateway_url} -> Triton, writer -> PostgreSQL")
-        client = TritonRecommender(f"127.0.0.1:{config.ports.triton_grpc}")
-        try:
-            for model in (ENSEMBLE_A, ENSEMBLE_B):
-                for answer in client.recommend(model, [*user_ids[:1], "listener-nobody-knows"], top_k=10):
-                    kind = "popularity fallback" if answer.fallback else "personal"
-                    out.print(
-                        f"Triton {model} v{answer.model_version} over gRPC: user {answer.user_id} ({kind}) -> "
-                        f"{', '.join(answer.item_ids)}"
-                    )
-        finally:
-            client.close()
-        user = user_ids[0]
-        body = httpx.post(
-            f"{stack.nginx_url}/recommend", json={"user_id": user, "top_k": 5}, headers={"X-User-Id": user}
-        ).json()
-        out.print(f"REST through NGINX: POST /recommend {{user_id: {user}, top_k: 5}} ->")
-        out.print_json(data=body)
-        out.print(f"simulating {listeners} listeners x 5 requests (clicks and skips by their true tastes) ...")
-        summary = asyncio.run(simulate(stack.nginx_url, world, listeners=listeners, requests_per_listener=5))
-        if summary.errors:
-            raise ConfigError(f"simulation saw errors: {dict(summary.errors)}")
-        stack.wait_drained()
-        print_ab_report(
-            stack.database_url, stack.experiment, started, datetime.now(UTC), planned_users=2 * listeners,
-            json_out=out_dir / "ab-report.json", plot=out_dir / "ab-report.png", bucket="minute",
-        )  # fmt: skip
-    out.print("stack stopped")
+    run_demo(out, _settings(ctx), out_dir, users=users, serve=serve, listeners=listeners)
 
 
 RepositoryOpt = Annotated[
@@ -541,63 +437,17 @@ def ab_report(
     ] = "day",
 ) -> None:
     """A/B report from PostgreSQL [RECSYS_DATABASE_URL]: per group CTR, skips, latency; differences with
-    intervals and p-values; sample-ratio-mismatch check; always-valid (sequential) interval."""
+    intervals and p-values; sample-ratio-mismatch check against the experiment's shares [RECSYS_EXPERIMENT_FILE];
+    always-valid (sequential) interval."""
     from gateway.main import experiment_of
+    from recsys.ab_report import print_ab_report, report_window
 
     settings = _settings(ctx)
-    end = (until or datetime.now(UTC)).replace(tzinfo=(until.tzinfo if until and until.tzinfo else UTC))
-    start = (since or end - timedelta(days=30)).replace(tzinfo=(since.tzinfo if since and since.tzinfo else UTC))
+    start, end = report_window(since, until, datetime.now(UTC))
     print_ab_report(
-        settings.database_url.get_secret_value(), experiment_of(settings), start, end,
+        out, settings.database_url.get_secret_value(), experiment_of(settings), start, end,
         control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
-
-
-def print_ab_report(
-    database_url: str,
-    experiment: Experiment,
-    start: datetime,
-    end: datetime,
-    *,
-    control: str = "A",
-    alpha: float = 0.05,
-    planned_users: int = 10_000,
-    json_out: Path | None = None,
-    plot: Path | None = None,
-    bucket: str = "day",
-) -> None:
-    """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked); the series over
-    time is cumulative per ``bucket`` (minute, hour or day, in UTC)."""
-    import asyncio
-
-    from feedback.queries import load_report_input
-    from feedback.report import ReportError, build_report, parse_bucket, plot_ctr, to_json, to_table
-
-    try:
-        checked = parse_bucket(bucket)
-    except ReportError as exc:
-        raise ConfigError(f"--bucket: {exc}") from None
-    shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
-    try:
-        data, flagged = asyncio.run(load_report_input(database_url, start, end, bucket=checked))
-    except OSError as exc:
-        raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
-    try:
-        report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
-    except ReportError as exc:
-        raise ConfigError(f"no report: {exc}") from None
-    out.print(to_table(report))
-    out.print(
-        f"feedback left out as flagged: {flagged.orphan} without an impression, {flagged.click_not_shown} clicks on "
-        f"items not shown, {flagged.mismatch} with another user or group than the impression"
-    )
-    if json_out is not None:
-        payload = to_json(report) | {"flagged_feedback": dataclasses.asdict(flagged)}
-        json_out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        out.print(f"JSON written to {json_out}")
-    if plot is not None:
-        plot_ctr(report, plot)
-        out.print(f"plot written to {plot}")
 
 
 def run() -> None:

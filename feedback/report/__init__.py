@@ -6,8 +6,10 @@ One module per job, all reading the frozen dataclasses of :mod:`~feedback.report
 * :mod:`~feedback.report.clean`: the input DataFrames checked and normalised;
 * :mod:`~feedback.report.build`: ``build_report(ReportInput) -> Report``, pure (the statistics are
   :mod:`feedback.stats`; the SQL that fills ``ReportInput`` is :mod:`feedback.queries`);
-* :mod:`~feedback.report.document`: ``to_json``; :mod:`~feedback.report.plot`: the PNG (matplotlib);
-  :mod:`~feedback.report.tables`: the terminal tables (rich).
+* :mod:`~feedback.report.document`: ``to_json``;
+* :mod:`~feedback.report.plot`: the PNG (matplotlib), imported on its own so this package stays light.
+
+The terminal tables (rich) are the CLI's: :mod:`recsys.ab_report`.
 
 The series is cumulative per time bucket (:data:`BUCKETS`: a minute, an hour or a UTC day), so that a one-minute
 demo and a month-long experiment both get a readable curve; ``period`` is always the bucket's start in UTC.
@@ -35,10 +37,6 @@ from feedback.report.model import (
     parse_bucket,
 )
 
-# The renderers below are re-exported until the CLI imports them from their own modules (matplotlib, rich).
-from feedback.report.plot import ctr_figure, plot_ctr
-from feedback.report.tables import comparison_table, summary_table, to_table
-
 __all__ = [
     "BUCKETS",
     "BUCKET_WIDTH",
@@ -57,11 +55,6 @@ __all__ = [
     "SeriesDifferencePoint",
     "SeriesGroupPoint",
     "build_report",
-    "comparison_table",
-    "ctr_figure",
     "parse_bucket",
-    "plot_ctr",
-    "summary_table",
     "to_json",
-    "to_table",
 ]

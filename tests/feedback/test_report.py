@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import datetime as dt
 import io
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -30,12 +33,11 @@ from feedback.report import (
     ReportError,
     ReportInput,
     build_report,
-    ctr_figure,
     parse_bucket,
-    plot_ctr,
     to_json,
-    to_table,
 )
+from feedback.report.plot import ctr_figure, plot_ctr
+from recsys.ab_report import to_table
 
 D1, D2 = dt.date(2026, 3, 1), dt.date(2026, 3, 2)
 P1, P2 = (dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC) for d in (D1, D2))  # their periods, as reported
@@ -378,3 +380,13 @@ def test_single_bucket_is_drawn_as_error_bars(tmp_path: Path) -> None:
     pixels = mpimg.imread(path)
     assert pixels.shape[:2] == (700, 900)
     assert float(pixels[..., :3].std()) > 0.05
+
+
+def test_the_report_package_loads_neither_matplotlib_nor_rich() -> None:
+    """``feedback.report`` (and the queries that fill it) import pandas and scipy only: the PNG is asked for on its
+    own (``feedback.report.plot``), and the terminal tables are the CLI's (``recsys.ab_report``)."""
+    code = "import sys, feedback.report, feedback.queries; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    loaded = set(ast.literal_eval(result.stdout.strip()))
+    assert "pandas" in loaded  # the check sees what was imported
+    assert not loaded & {"matplotlib", "rich", "typer", "torch", "trainer"}, loaded

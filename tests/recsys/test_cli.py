@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -102,8 +103,39 @@ def test_bad_setting_is_one_line(tmp_path: Path) -> None:
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
     done = recsys("--help", cwd=tmp_path)
-    for command in ("train", "tune", "recommend", "demo"):
+    commands = ("train", "tune", "recommend", "demo", "publish", "render-repo", "serve", "simulate", "stack")
+    for command in (*commands, "ab-report"):
         assert command in done.stdout
+
+
+def _option_help(command: str, option: str) -> str:
+    import typer.main
+
+    from recsys.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    params = {opt: p for p in commands[command].params for opt in p.opts}
+    help_text = getattr(params[option], "help", None)
+    assert isinstance(help_text, str)
+    return help_text
+
+
+def _names(help_text: str) -> set[str]:
+    """``"als or bpr (why)."`` -> {"als", "bpr"}: the listed names, before any parenthesis."""
+    return set(re.findall(r"[a-z0-9_]+", help_text.split("(")[0])) - {"or", "and"}
+
+
+def test_model_help_names_every_registered_model() -> None:
+    """Regression: `--model` said "popularity, bpr or als" after gru4rec had joined the registry."""
+    from trainer.models.registry import MODELS
+
+    assert _names(_option_help("train", "--model")) == set(MODELS)
+
+
+def test_tune_model_help_names_only_the_tunable_models() -> None:
+    from trainer.tune import SEARCH_SPACES
+
+    assert _names(_option_help("tune", "--model")) == set(SEARCH_SPACES)
 
 
 def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path) -> None:

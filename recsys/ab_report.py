@@ -1,13 +1,90 @@
-"""The report as rich tables for a terminal: the CLI's rendering (the writer service never imports it)."""
+"""The A/B report on a terminal: what ``recsys ab-report`` and the demo print.
+
+The window is read from PostgreSQL (:mod:`feedback.queries`), the report built by :mod:`feedback.report`, printed
+as rich tables, and written as JSON and PNG when asked. The tables live here, on the CLI's side: the writer
+service and :mod:`feedback.report` itself never import rich.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from feedback.report.model import METRIC_LABELS, Interval, Report
+from recsys.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.experiment import Experiment
+
+DEFAULT_WINDOW = timedelta(days=30)
+
+
+def report_window(since: datetime | None, until: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    """``[since, until)`` with the defaults of ``recsys ab-report`` (the 30 days before ``now``); naive times are
+    taken as UTC."""
+    end = (until or now).replace(tzinfo=(until.tzinfo if until and until.tzinfo else UTC))
+    start = (since or end - DEFAULT_WINDOW).replace(tzinfo=(since.tzinfo if since and since.tzinfo else UTC))
+    return start, end
+
+
+def print_ab_report(
+    out: Console,
+    database_url: str,
+    experiment: Experiment,
+    start: datetime,
+    end: datetime,
+    *,
+    control: str = "A",
+    alpha: float = 0.05,
+    planned_users: int = 10_000,
+    json_out: Path | None = None,
+    plot: Path | None = None,
+    bucket: str = "day",
+) -> None:
+    """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked); the series over
+    time is cumulative per ``bucket`` (minute, hour or day, in UTC)."""
+    from feedback.queries import load_report_input
+    from feedback.report import ReportError, build_report, parse_bucket, to_json
+
+    try:
+        checked = parse_bucket(bucket)
+    except ReportError as exc:
+        raise ConfigError(f"--bucket: {exc}") from None
+    shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
+    try:
+        data, flagged = asyncio.run(load_report_input(database_url, start, end, bucket=checked))
+    except OSError as exc:
+        raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
+    try:
+        report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
+    except ReportError as exc:
+        raise ConfigError(f"no report: {exc}") from None
+    out.print(to_table(report))
+    out.print(
+        f"feedback left out as flagged: {flagged.orphan} without an impression, {flagged.click_not_shown} clicks on "
+        f"items not shown, {flagged.mismatch} with another user or group than the impression"
+    )
+    if json_out is not None:
+        payload = to_json(report) | {"flagged_feedback": dataclasses.asdict(flagged)}
+        json_out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        out.print(f"JSON written to {json_out}")
+    if plot is not None:
+        from feedback.report.plot import plot_ctr  # matplotlib only when a plot is asked for
+
+        plot_ctr(report, plot)
+        out.print(f"plot written to {plot}")
+
+
+# --- tables -------------------------------------------------------------------------------------------------------
 
 
 def _pct(x: float, digits: int = 2) -> str:

@@ -140,7 +140,7 @@ def test_bad_ranges_and_tables_are_one_line_errors(database: str, tmp_path: Path
     with pytest.raises(ConfigError, match="not before until"):
         day_range(date(2026, 12, 2), date(2026, 12, 2))
     with pytest.raises(ConfigError, match="are days"):
-        day_range(DAY, DAY + timedelta(days=1))  # type: ignore[arg-type]
+        day_range(DAY, DAY + timedelta(days=1))
     with pytest.raises(ConfigError, match="unknown table"):
         export_log(database, date(2026, 12, 1), date(2026, 12, 2), tmp_path, tables=("clicks",))
     with pytest.raises(DataError, match="cannot connect"):

@@ -1,20 +1,23 @@
-"""One entry point from a data-set spec (``synthetic``, a folder or a file) to :class:`Interactions`.
+"""One entry point from a data-set spec (``synthetic``, a folder, a file or the log) to :class:`Interactions`.
 
 The CLI passes whatever the user typed; this module decides which loader fits, so that the common sources
-need no options and only a generic table has to say which columns hold users and items.
+need no options and only a generic table has to say which columns hold users and items. The feedback log (a
+``postgresql://`` URL or a folder of its Parquet export) alone takes a window, a decay and a base run.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from pathlib import Path
 
-from recsys.core.errors import DataError
+from recsys.core.errors import ConfigError, DataError
 from trainer.data.hetrec import PLAYS_FILE, load_hetrec
 from trainer.data.interactions import Interactions
 from trainer.data.lastfm1k import COLUMNS as LASTFM1K_COLUMNS
 from trainer.data.lastfm1k import load_lastfm1k
+from trainer.data.log import is_log_folder, is_postgres_url, load_log
 from trainer.data.synthetic import SyntheticConfig, generate
 from trainer.data.table import PARQUET_SUFFIXES, load_table
 
@@ -33,14 +36,27 @@ def load_dataset(
     weight_col: str | None = None,
     time_col: str | None = None,
     synthetic: SyntheticConfig | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    decay_days: float | None = None,
+    base: Path | None = None,
 ) -> Interactions:
-    """``synthetic``, a HetRec folder, a Last.fm-1K log, or any table with named user and item columns."""
+    """``synthetic``, a HetRec folder, a Last.fm-1K log, any table with named user and item columns, or the
+    feedback log (``postgresql://...`` or an export folder) from ``since`` until ``until``, its weights halved
+    every ``decay_days``, merged with the history of the run in ``base``."""
     columns = {
         "--user-col": user_col,
         "--item-col": item_col,
         "--weight-col": weight_col,
         "--time-col": time_col,
     }
+    log_options = {"--since": since, "--until": until, "--decay-days": decay_days, "--base": base}
+    if is_postgres_url(spec) or (Path(spec).is_dir() and is_log_folder(Path(spec))):
+        _ignore_columns(columns, "the feedback log")
+        return load_log(spec, since=since, until=until, decay_days=decay_days, base=base).interactions
+    given = [flag for flag, value in log_options.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only for the feedback log (a postgresql:// URL or an export folder)")
     if spec == SYNTHETIC:
         _ignore_columns(columns, "the synthetic data set")
         return generate(synthetic or SyntheticConfig()).interactions

@@ -63,3 +63,31 @@ class FeedbackResponse(_message.Message):
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     def __init__(self, event_id: _Optional[str] = ...) -> None: ...
+
+class Play(_message.Message):
+    __slots__ = ("user_id", "item_id", "ts_ms", "ms_played", "event_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TS_MS_FIELD_NUMBER: _ClassVar[int]
+    MS_PLAYED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    ts_ms: int
+    ms_played: int
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., ts_ms: _Optional[int] = ..., ms_played: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class PlaysRequest(_message.Message):
+    __slots__ = ("plays",)
+    PLAYS_FIELD_NUMBER: _ClassVar[int]
+    plays: _containers.RepeatedCompositeFieldContainer[Play]
+    def __init__(self, plays: _Optional[_Iterable[_Union[Play, _Mapping]]] = ...) -> None: ...
+
+class PlaysResponse(_message.Message):
+    __slots__ = ("accepted", "event_ids")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, accepted: _Optional[int] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...

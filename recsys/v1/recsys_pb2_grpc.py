@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RecommenderStub(object):
-    """Recommendations and feedback for listeners (one service, both transports).
+    """Recommendations, feedback on them, and organic plays for listeners (one service, both transports).
     """
 
     def __init__(self, channel):
@@ -45,10 +45,15 @@ class RecommenderStub(object):
                 request_serializer=recsys_dot_v1_dot_recsys__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_recsys__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.Plays = channel.unary_unary(
+                '/recsys.v1.Recommender/Plays',
+                request_serializer=recsys_dot_v1_dot_recsys__pb2.PlaysRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_recsys__pb2.PlaysResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
-    """Recommendations and feedback for listeners (one service, both transports).
+    """Recommendations, feedback on them, and organic plays for listeners (one service, both transports).
     """
 
     def Recommend(self, request, context):
@@ -60,6 +65,14 @@ class RecommenderServicer(object):
 
     def Feedback(self, request, context):
         """What the listener did with a recommendation list; acknowledged once it is durably accepted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Plays(self, request, context):
+        """Organic plays from the listener's player (a batch of 1..100); acknowledged once durably accepted, stored once
+        per event_id, and folded into the listener's recommendations within about a second.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +91,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     request_deserializer=recsys_dot_v1_dot_recsys__pb2.FeedbackRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_recsys__pb2.FeedbackResponse.SerializeToString,
             ),
+            'Plays': grpc.unary_unary_rpc_method_handler(
+                    servicer.Plays,
+                    request_deserializer=recsys_dot_v1_dot_recsys__pb2.PlaysRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_recsys__pb2.PlaysResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recsys.v1.Recommender', rpc_method_handlers)
@@ -87,7 +105,7 @@ def add_RecommenderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Recommender(object):
-    """Recommendations and feedback for listeners (one service, both transports).
+    """Recommendations, feedback on them, and organic plays for listeners (one service, both transports).
     """
 
     @staticmethod
@@ -134,6 +152,33 @@ class Recommender(object):
             '/recsys.v1.Recommender/Feedback',
             recsys_dot_v1_dot_recsys__pb2.FeedbackRequest.SerializeToString,
             recsys_dot_v1_dot_recsys__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Plays(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/Plays',
+            recsys_dot_v1_dot_recsys__pb2.PlaysRequest.SerializeToString,
+            recsys_dot_v1_dot_recsys__pb2.PlaysResponse.FromString,
             options,
             channel_credentials,
             insecure,

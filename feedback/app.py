@@ -45,7 +45,7 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics) -> 
         openapi_extra={"requestBody": {"content": {"application/json": {"schema": EventBatch.model_json_schema()}}}},
     )
     async def events(request: Request) -> Response:
-        """Impressions and feedback; 202 means on disk, to reach PostgreSQL even if it is down right now."""
+        """Impressions, feedback and plays; 202 means on disk, to reach PostgreSQL even if it is down right now."""
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return error_response(413, "body_too_large", f"request body over {MAX_BODY_BYTES} bytes")

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    field_validator,
+)
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]  # PostgreSQL text has no NUL
 Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=4e9)]
 Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=3.6e6)]
+
+#: The accepted window of a play's time, as the gateway's (``gateway/service.py``; the layers may not share code):
+#: 2000-01-01T00:00:00Z, and at most this far past the writer's clock (the gateway checked it a moment earlier).
+PLAY_TS_MIN_MS = 946_684_800_000
+PLAY_MAX_FUTURE_MS = 5 * 60 * 1000
+MAX_MS_PLAYED = 24 * 3600 * 1000  # one day; the column is an integer (2^31 ms is 24.8 days)
 
 
 class _Event(BaseModel):
@@ -40,7 +57,26 @@ class Feedback(_Event):
     inference_time_ms: Millis | None = None
 
 
-Event = Annotated[Impression | Feedback, Field(discriminator="kind")]
+class Play(_Event):
+    """An organic play from the listener's player (table ``plays``); ``ts_ms`` is the client's epoch ms."""
+
+    kind: Literal["play"]
+    event_id: Id
+    ts_ms: Annotated[StrictInt, Field(ge=PLAY_TS_MIN_MS)]
+    user_id: Id
+    item_id: Id
+    ms_played: Annotated[StrictInt, Field(ge=0, le=MAX_MS_PLAYED)] | None = None
+
+    @field_validator("ts_ms")
+    @classmethod
+    def _not_in_the_future(cls, ts_ms: int) -> int:
+        """Checked at intake only: a spooled play replayed days later is not re-validated, so it cannot expire."""
+        if ts_ms > time.time() * 1000 + PLAY_MAX_FUTURE_MS:
+            raise ValueError(f"ts_ms is more than {PLAY_MAX_FUTURE_MS // 1000} s in the future")
+        return ts_ms
+
+
+Event = Annotated[Impression | Feedback | Play, Field(discriminator="kind")]
 
 
 class EventBatch(_Event):

@@ -3,7 +3,7 @@ DO NOTHING per table, all in one transaction (COPY alone cannot skip duplicates)
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -15,6 +15,15 @@ IMPRESSION_COLUMNS = (
 FEEDBACK_COLUMNS = (
     "event_id", "ts", "request_id", "user_id", "ab_group", "clicked_item", "skipped_items", "inference_time_ms",
 )  # fmt: skip
+PLAY_COLUMNS = ("event_id", "ts", "user_id", "item_id", "ms_played")  # received and seq: the table's defaults
+
+#: Event kind -> (table, columns), in the order a batch writes them.
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "impression": ("impressions", IMPRESSION_COLUMNS),
+    "feedback": ("feedback", FEEDBACK_COLUMNS),
+    "play": ("plays", PLAY_COLUMNS),
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: SQLSTATE classes of a batch the database refuses as data (22 data exception, 23 integrity violation): only
 #: those are set aside as dead letters; every other error is retried (disk full, read-only after a failover,
@@ -42,22 +51,29 @@ def _ts(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def rows_of(payloads: list[bytes]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Spool payloads (validated JSON events) -> impression rows and feedback rows, in column order."""
-    impressions, feedback = [], []
+def _ts_ms(millis: int) -> datetime:
+    """Exact, unlike ``fromtimestamp(ms / 1000)``, whose float can land a microsecond off."""
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+def rows_of(payloads: list[bytes]) -> dict[str, list[tuple[Any, ...]]]:
+    """Spool payloads (validated JSON events) -> rows in column order, by event kind (every kind of ``TABLES``)."""
+    rows: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind in TABLES}
     for payload in payloads:
         e = orjson.loads(payload)
         if e["kind"] == "impression":
-            impressions.append(
+            rows["impression"].append(
                 (e["request_id"], _ts(e["ts"]), e["user_id"], e["group"], e["model"], e["model_version"],
                  e["items"], e["latency_ms"], e["fallback"])
             )  # fmt: skip
+        elif e["kind"] == "play":
+            rows["play"].append((e["event_id"], _ts_ms(e["ts_ms"]), e["user_id"], e["item_id"], e.get("ms_played")))
         else:
-            feedback.append(
+            rows["feedback"].append(
                 (e["event_id"], _ts(e["ts"]), e["request_id"], e["user_id"], e["group"], e.get("clicked_item"),
                  e.get("skipped_items", []), e.get("inference_time_ms"))
             )  # fmt: skip
-    return impressions, feedback
+    return rows
 
 
 async def _copy_insert(conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: list[Any]) -> int:
@@ -72,27 +88,22 @@ async def _copy_insert(conn: asyncpg.Connection, table: str, columns: tuple[str,
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def write_batch(conn: asyncpg.Connection, payloads: list[bytes]) -> tuple[int, int]:
-    """Writes one batch atomically; returns (impressions, feedback) newly stored (duplicates are skipped)."""
-    impressions, feedback = rows_of(payloads)
+async def write_batch(conn: asyncpg.Connection, payloads: list[bytes]) -> dict[str, int]:
+    """Writes one batch atomically; returns the events newly stored by kind (duplicates are skipped)."""
+    rows = rows_of(payloads)
+    written = dict.fromkeys(TABLES, 0)
     async with conn.transaction():
-        n_imp = await _copy_insert(conn, "impressions", IMPRESSION_COLUMNS, impressions) if impressions else 0
-        n_fb = await _copy_insert(conn, "feedback", FEEDBACK_COLUMNS, feedback) if feedback else 0
-    return n_imp, n_fb
+        for kind, (table, columns) in TABLES.items():
+            if rows[kind]:
+                written[kind] = await _copy_insert(conn, table, columns, rows[kind])
+    return written
 
 
 async def insert_one_by_one(conn: asyncpg.Connection, payloads: list[bytes]) -> None:
     """One INSERT per event: the baseline of ``benchmarks/feedback_write.py`` (and the dead-letter sorting path)."""
-    impressions, feedback = rows_of(payloads)
-    imp_sql = (
-        f"INSERT INTO impressions ({', '.join(IMPRESSION_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-        "ON CONFLICT DO NOTHING"
-    )
-    fb_sql = (
-        f"INSERT INTO feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-        "ON CONFLICT DO NOTHING"
-    )
-    for row in impressions:
-        await conn.execute(imp_sql, *row)
-    for row in feedback:
-        await conn.execute(fb_sql, *row)
+    rows = rows_of(payloads)
+    for kind, (table, columns) in TABLES.items():
+        values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING"
+        for row in rows[kind]:
+            await conn.execute(sql, *row)

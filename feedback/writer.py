@@ -107,17 +107,17 @@ class DatabaseWriter:
         start = time.perf_counter()
         payloads = [r.payload for r in batch]
         try:
-            n_imp, n_fb = await write_batch(conn, payloads)
+            written = await write_batch(conn, payloads)
         except asyncpg.PostgresError as exc:
             if not is_data_error(exc):
                 raise  # retried by the loop: the same batch can succeed later
-            n_imp, n_fb = await self._sort_out(conn, payloads, exc)
+            written = await self._sort_out(conn, payloads, exc)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
         self.spool.commit(batch)
-        self.metrics.written.labels("impression").inc(n_imp)
-        self.metrics.written.labels("feedback").inc(n_fb)
+        for kind, n in written.items():
+            self.metrics.written.labels(kind).inc(n)
 
-    async def _sort_out(self, conn: asyncpg.Connection, payloads: list[bytes], exc: Exception) -> tuple[int, int]:
+    async def _sort_out(self, conn: asyncpg.Connection, payloads: list[bytes], exc: Exception) -> dict[str, int]:
         """A batch the database refused as data: store events one by one, dead-letter those that still fail."""
         log.error("batch of %d refused (%s); writing its events one by one", len(payloads), exc)
         for payload in payloads:
@@ -127,7 +127,7 @@ class DatabaseWriter:
                 if not is_data_error(one):
                     raise
                 self._dead_letter(payload, one)
-        return 0, 0  # counted as written only by the batch path; the dead letters are counted apart
+        return {}  # counted as written only by the batch path; the dead letters are counted apart
 
     def _dead_letter(self, payload: bytes, exc: Exception) -> None:
         path: Path = self.spool.directory / "dead-letter.jsonl"

@@ -1,9 +1,9 @@
-"""Delivery of impressions and feedback from the gateway to the feedback writer (HTTP, JSON).
+"""Delivery of impressions, feedback and plays from the gateway to the feedback writer (HTTP, JSON).
 
 Two promises, deliberately different:
-- feedback is forwarded before the client gets its 202, and the writer acknowledges only once the event is in its
-  fsync'd spool, so an acknowledged click is never lost; a writer that does not ack in time -> 503, client retries
-  with the same ``event_id`` and the writer stores it once;
+- feedback (and a batch of plays, in one post) is forwarded before the client gets its 202, and the writer
+  acknowledges only once the events are in its fsync'd spool, so an acknowledged click or play is never lost; a
+  writer that does not ack in time -> 503, client retries with the same ``event_id`` and the writer stores it once;
 - impressions are queued in memory and sent in batches off the request path (the hot path must not wait on the
   writer), every 250 ms or 2,000 impressions: each HTTP post costs about as much gateway CPU as a few dozen
   recommendations, so small batches showed up as a tenth of the gateway's CPU under load. They are retried while
@@ -82,6 +82,10 @@ class EventSink:
 
     async def send_feedback(self, event: dict[str, Any]) -> None:
         await self._post([event])
+
+    async def send_events(self, events: list[dict[str, Any]]) -> None:
+        """Events the client waits on (a batch of plays): returns once the writer has all of them on disk."""
+        await self._post(events)
 
     async def writer_ready(self) -> bool:
         try:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from gateway.service import FeedbackEvent, GatewayError, GatewayService
+from gateway.service import FeedbackEvent, GatewayError, GatewayService, PlayEvent
 from recsys.v1 import recsys_pb2, recsys_pb2_grpc
 
 T = TypeVar("T")
@@ -88,6 +88,26 @@ class RecommenderServicer(recsys_pb2_grpc.RecommenderServicer):
             return recsys_pb2.FeedbackResponse(event_id=event_id)
 
         return await self._counted("grpc/Feedback", context, call)
+
+    async def Plays(  # noqa: N802 (generated name)
+        self, request: recsys_pb2.PlaysRequest, context: Context
+    ) -> recsys_pb2.PlaysResponse:
+        async def call() -> recsys_pb2.PlaysResponse:
+            event_ids = await self.service.plays(
+                [
+                    PlayEvent(
+                        user_id=play.user_id,
+                        item_id=play.item_id,
+                        ts_ms=play.ts_ms,  # unset is 0, 1970: refused by the service's time window
+                        ms_played=play.ms_played if play.HasField("ms_played") else None,
+                        event_id=play.event_id or None,
+                    )
+                    for play in request.plays
+                ]
+            )
+            return recsys_pb2.PlaysResponse(accepted=len(event_ids), event_ids=event_ids)
+
+        return await self._counted("grpc/Plays", context, call)
 
 
 def add_to_server(server: grpc.aio.Server, service: GatewayService) -> None:

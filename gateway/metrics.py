@@ -35,6 +35,9 @@ class GatewayMetrics:
         self.group_mismatch = Counter(
             "ab_group_mismatch", "X-AB-Group headers that disagree with the experiment config", registry=r
         )
+        self.plays = Counter(
+            "organic_plays", "organic plays acknowledged by the writer (POST /plays, gRPC Plays)", registry=r
+        )
         self.impressions_dropped = Counter(
             "gateway_impressions_dropped", "impressions not delivered to the writer (buffer full)", registry=r
         )

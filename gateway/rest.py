@@ -14,8 +14,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse, RecommendRequest, RecommendResponse
-from gateway.service import FeedbackEvent, GatewayError, GatewayService
+from gateway.schemas import (
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    Play,
+    PlayBatch,
+    PlaysRequest,
+    PlaysResponse,
+    RecommendRequest,
+    RecommendResponse,
+)
+from gateway.service import PLAYS_MAX_BODY_BYTES, FeedbackEvent, GatewayError, GatewayService, PlayEvent
 from recsys.core.asgi import error_response, json_response
 
 log = logging.getLogger(__name__)
@@ -26,7 +36,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ROUTES = frozenset({"/recommend", "/feedback", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+ROUTES = frozenset({"/recommend", "/feedback", "/plays", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid request (bad top_k, unknown group, ...)"},
     413: {"model": ErrorResponse, "description": "body too large"},
@@ -37,12 +47,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class EdgeMiddleware:
-    """Request counting/timing by route and status, and the body-size cap (413 before the body is parsed)."""
+    """Request counting/timing by route and status, and the body-size cap (413 before the body is parsed): ``/plays``
+    takes a batch and has its own, larger cap (``PLAYS_MAX_BODY_BYTES``), every other route ``max_body_bytes``."""
 
     def __init__(self, app: ASGIApp, service: GatewayService, max_body_bytes: int) -> None:
         self.app = app
         self.service = service
         self.max_body_bytes = max_body_bytes
+        self.plays_max_body_bytes = max(max_body_bytes, PLAYS_MAX_BODY_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,32 +70,33 @@ class EdgeMiddleware:
                 status = message["status"]
             await send(message)
 
+        limit = self.plays_max_body_bytes if scope["path"] == "/plays" else self.max_body_bytes
         try:
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                await self._too_large(scope, receive, send_counted)
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await self._too_large(limit, scope, receive, send_counted)
             else:
-                await self.app(scope, self._capped(receive), send_counted)
+                await self.app(scope, self._capped(limit, receive), send_counted)
         finally:
             metrics = self.service.metrics
             metrics.requests.labels(route, scope["method"], str(status)).inc()
             metrics.request_duration_ms.labels(route).observe((time.perf_counter() - start) * 1000.0)
 
-    def _capped(self, receive: Receive) -> Receive:
+    def _capped(self, limit: int, receive: Receive) -> Receive:
         seen = 0
 
         async def capped() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:  # a chunked body without Content-Length: FastAPI passes this through
-                raise StarletteHTTPException(413, f"request body over {self.max_body_bytes} bytes")
+            if seen > limit:  # a chunked body without Content-Length: FastAPI passes this through
+                raise StarletteHTTPException(413, f"request body over {limit} bytes")
             return message
 
         return capped
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
+    async def _too_large(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, "body_too_large", f"request body over {limit} bytes")
         await response(scope, receive, send)
 
 
@@ -99,6 +112,10 @@ def _group_key(request: Request, user_id: str) -> str:
                 raise GatewayError.invalid(f"{source} {value[:40]!r} differs from the body's user_id")
             return value
     return user_id
+
+
+def _play_event(play: Play) -> PlayEvent:
+    return PlayEvent(str(play.user_id), play.item_id, play.ts_ms, play.ms_played, play.event_id)
 
 
 def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastAPI:
@@ -186,6 +203,14 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
             )
         )
         return json_response({"event_id": event_id, "status": "accepted"}, 202)
+
+    @app.post("/plays", status_code=202, response_model=PlaysResponse, responses=ERRORS)
+    async def plays(body: PlaysRequest) -> Response:
+        """Organic plays from the listener's player, one or ``{"plays": [...]}``; 202 once the writer has them all on
+        disk. Retries are stored once (by ``event_id``, sent or derived)."""
+        received = body.plays if isinstance(body, PlayBatch) else [body]
+        event_ids = await service.plays([_play_event(p) for p in received])
+        return json_response({"accepted": len(event_ids), "event_ids": event_ids, "status": "accepted"}, 202)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, StrictStr, Tag
 
-from gateway.service import MAX_ID_CHARS, MAX_SKIPPED_ITEMS
+from gateway.service import (
+    MAX_ID_CHARS,
+    MAX_MS_PLAYED,
+    MAX_PLAYS_PER_REQUEST,
+    MAX_SKIPPED_ITEMS,
+    PLAY_MAX_FUTURE_MS,
+    PLAY_TS_MIN_MS,
+)
 
 # No NUL: PostgreSQL text cannot store it, so it is refused here rather than lost later.
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00]+$")]
@@ -49,6 +56,42 @@ class FeedbackRequest(_Body):
 
 class FeedbackResponse(_Body):
     event_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class Play(_Body):
+    """One organic play from the listener's player; the same fields as ``recsys.v1.Play``."""
+
+    user_id: UserId
+    item_id: Id
+    ts_ms: StrictInt = Field(
+        ge=PLAY_TS_MIN_MS,
+        description=f"when the play began, epoch milliseconds (client clock): from 2000-01-01 to at most "
+        f"{PLAY_MAX_FUTURE_MS // 60_000} minutes past the gateway's clock (later: 400)",
+    )
+    ms_played: StrictInt | None = Field(
+        None, ge=0, le=MAX_MS_PLAYED, description="how long it played (ms, up to one day); absent = unknown"
+    )
+    event_id: Id | None = Field(None, description="idempotency key; from user_id, item_id and ts_ms when absent")
+
+
+class PlayBatch(_Body):
+    plays: list[Play] = Field(min_length=1, max_length=MAX_PLAYS_PER_REQUEST)
+
+
+def _plays_shape(body: Any) -> str:
+    """A body with a ``plays`` field is a batch, anything else one play: the errors then name one shape's fields,
+    not both shapes' (a plain union would report a single play's mistakes next to "plays: field required")."""
+    return "batch" if isinstance(body, dict) and "plays" in body else "play"
+
+
+#: ``POST /plays`` takes one play or ``{"plays": [...]}``.
+PlaysRequest = Annotated[Annotated[Play, Tag("play")] | Annotated[PlayBatch, Tag("batch")], Discriminator(_plays_shape)]
+
+
+class PlaysResponse(_Body):
+    accepted: int = Field(description="plays acknowledged (on the writer's disk)")
+    event_ids: list[str] = Field(description="the key of each play, in request order (retries with it store once)")
     status: Literal["accepted"] = "accepted"
 
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,23 @@ log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 256
 MAX_SKIPPED_ITEMS = 1000
+
+# Limits of organic plays, here once: the REST schema, the OpenAPI document, the body cap and the checks below read
+# them (the writer, which may not import the gateway, repeats them in feedback/events.py).
+#: Plays per request: a player flushes what it buffered while offline in a few requests, and one request is one
+#: writer round trip and one fsync, acknowledged or refused as a whole.
+MAX_PLAYS_PER_REQUEST = 100
+#: The body cap of ``POST /plays`` (gateway and NGINX; other routes keep RECSYS_MAX_BODY_BYTES, 16 KiB): a full batch
+#: with every id at MAX_ID_CHARS ASCII characters is about 85 KB of JSON, so a valid batch is never refused for its
+#: size, while the cap stays small enough to read into memory at once.
+PLAYS_MAX_BODY_BYTES = 128 * 1024
+#: The accepted window of a play's time: from 2000-01-01T00:00:00Z (no earlier play can exist; epoch seconds sent
+#: as milliseconds land in 1970) to this far past the gateway's clock (players' clocks drift; microseconds sent as
+#: milliseconds land centuries ahead).
+PLAY_TS_MIN_MS = 946_684_800_000
+PLAY_MAX_FUTURE_MS = 5 * 60 * 1000
+#: The longest play: one day (mixes and podcasts run for hours; the column is a 32-bit integer of milliseconds).
+MAX_MS_PLAYED = 24 * 3600 * 1000
 
 
 class GatewayError(RecsysError):
@@ -64,6 +82,24 @@ class FeedbackEvent:
     skipped_items: tuple[str, ...]
     inference_time_ms: float | None = None
     event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PlayEvent:
+    """One organic play from the listener's player (not a click on a recommendation)."""
+
+    user_id: str
+    item_id: str
+    ts_ms: int  # when the play began, client clock, epoch milliseconds
+    ms_played: int | None = None
+    event_id: str | None = None
+
+
+def derived_play_id(play: PlayEvent) -> str:
+    """The key of a play sent without one: who played what, when. ``ms_played`` is left out on purpose: a player that
+    reports the same play again with a longer duration must not store it twice (the first report is kept)."""
+    content = ["play", play.user_id, play.item_id, play.ts_ms]
+    return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
 
 
 def derived_event_id(event: FeedbackEvent) -> str:
@@ -206,6 +242,45 @@ class GatewayService:
         if event.skipped_items:
             self.metrics.skips.labels(event.group).inc(len(event.skipped_items))
         return event_id
+
+    async def plays(self, plays: Sequence[PlayEvent]) -> list[str]:
+        """Forwards a batch of organic plays to the writer in one call; returns their keys, in order, once the writer
+        has them on disk (all or none: a refused or unanswered batch is retried whole, and stored once)."""
+        if not 1 <= len(plays) <= MAX_PLAYS_PER_REQUEST:
+            raise GatewayError.invalid(f"send 1 to {MAX_PLAYS_PER_REQUEST} plays per request, got {len(plays)}")
+        now_ms = int(time.time() * 1000)
+        payloads: list[dict[str, Any]] = []
+        for n, play in enumerate(plays):
+            where = f"plays[{n}]." if len(plays) > 1 else ""
+            _check_id(f"{where}user_id", play.user_id)
+            _check_id(f"{where}item_id", play.item_id)
+            if play.event_id is not None:
+                _check_id(f"{where}event_id", play.event_id)
+            if not PLAY_TS_MIN_MS <= play.ts_ms <= now_ms + PLAY_MAX_FUTURE_MS:
+                raise GatewayError.invalid(
+                    f"{where}ts_ms {play.ts_ms} is not a play time: epoch milliseconds from 2000-01-01 to at most "
+                    f"{PLAY_MAX_FUTURE_MS // 60_000} minutes from now ({now_ms})"
+                )
+            if play.ms_played is not None and not 0 <= play.ms_played <= MAX_MS_PLAYED:
+                raise GatewayError.invalid(f"{where}ms_played must be between 0 and {MAX_MS_PLAYED} (one day)")
+            payloads.append(
+                {
+                    "kind": "play",
+                    "event_id": play.event_id or derived_play_id(play),
+                    "ts_ms": play.ts_ms,
+                    "user_id": play.user_id,
+                    "item_id": play.item_id,
+                    "ms_played": play.ms_played,
+                }
+            )
+        try:
+            await self.events.send_events(payloads)
+        except WriterUnavailableError as exc:
+            raise GatewayError.unavailable(f"plays are not accepted right now: {exc}") from None
+        except WriterRejectedError as exc:
+            raise GatewayError.invalid(str(exc)) from None
+        self.metrics.plays.inc(len(payloads))
+        return [p["event_id"] for p in payloads]
 
     async def readiness(self) -> dict[str, Any]:
         """Triton up and every model of the experiment loaded = ready; the writer's state is reported beside it."""

@@ -9,11 +9,12 @@ rollback recipe, ``MODEL_VERSION`` in answers). A family's version N is complete
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from recsys.core.errors import ArtifactError
-from serving.contract import CONFIG_FILE
+from serving.contract import CONFIG_FILE, MANIFEST_FILE
 from trainer.triton.configs import Flavour, ModelConfig, as_override, flavour_of, only_version, parse, pinned, render
 from trainer.triton.family import FAMILIES, Family, Options
 
@@ -93,6 +94,27 @@ def next_version(repository: Path) -> int:
     that died half-way never blocks the next one)."""
     used = set().union(*(_numbers(repository / model) for family in FAMILIES for model in family.steps))
     return max(used) + 1 if used else 1
+
+
+def manifest(repository: Path, family: Family, version: int) -> dict[str, Any]:
+    """The ``publish.json`` of ``family``'s ``version``: which run it came from, parity, metrics, sizes."""
+    path = repository / family.steps[0] / str(version) / MANIFEST_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: no readable manifest ({exc})") from exc
+    return data
+
+
+def served_run(repository: Path, family: Family) -> tuple[int, Path]:
+    """The newest complete version of ``family`` and the run directory it was published from."""
+    available = versions(repository, family)
+    if not available:
+        raise ArtifactError(f"{repository}: no published version of the {family.name} models")
+    run = Path(str(manifest(repository, family, available[-1]).get("run", "")))
+    if not run.is_dir():
+        raise ArtifactError(f"{repository}: version {available[-1]} was published from {run}, which is gone")
+    return available[-1], run
 
 
 def published_families(repository: Path) -> list[Family]:

@@ -5,6 +5,7 @@
 #                                       caches}, python_backend_stubs/<STUBS>/ and nvidia_pytriton.libs/ (without the
 #                                       bundled libpython3.13), plus perf_analyzer/bin/perf_analyzer (tritonclient 2.51)
 #   .cache/gpu_bundle/numpy-1.26.4-cp312-*.whl   numpy < 2 for the python-backend stubs (pip install --target there)
+#   .cache/gpu_bundle/wheels/*.whl      the dependencies the GPU image lacks (pydantic, tritonclient, ...)
 #   .cache/gpu_bundle/MANIFEST          sizes and sha256 sums
 #
 # The whole folder stays under the device tool's 64 MiB carry limit (about 50 MiB). Idempotent: rebuilds the tarball
@@ -58,7 +59,21 @@ if ! ls "$BUNDLE"/numpy-1.26.4-"$tag"-*.whl >/dev/null 2>&1; then
         --platform manylinux2014_x86_64 numpy==1.26.4 -d "$BUNDLE"
 fi
 
-(cd "$BUNDLE" && { du -b ./*.xz ./*.whl; sha256sum ./*.xz ./*.whl; } >MANIFEST.tmp && mv -f MANIFEST.tmp MANIFEST)
+# The project's dependencies the GPU image lacks (`recsys publish` / `render-repo` import them), at the versions of
+# this environment; gpu_triton.sh installs them only when its Python cannot import them.
+mkdir -p "$BUNDLE/wheels"
+pins=$("$PY" -c '
+from importlib.metadata import version
+names = ["pydantic", "pydantic-core", "pydantic-settings", "python-dotenv", "annotated-types", "typing-inspection",
+         "tritonclient", "python-rapidjson", "protobuf", "typing-extensions"]
+print(" ".join(f"{n}=={version(n)}" for n in names))')
+# shellcheck disable=SC2086  # one word per pin
+"$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$NUMPY_PY" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$BUNDLE/wheels" $pins
+
+(cd "$BUNDLE" && { du -b ./*.xz ./*.whl ./wheels/*.whl; sha256sum ./*.xz ./*.whl ./wheels/*.whl; } >MANIFEST.tmp \
+    && mv -f MANIFEST.tmp MANIFEST)
 total=$(du -sb "$BUNDLE" | cut -f1)
 echo "bundle $BUNDLE: $((total / 1048576)) MiB" >&2
 if [ "$total" -gt $((64 * 1048576)) ]; then

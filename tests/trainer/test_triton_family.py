@@ -192,11 +192,12 @@ def test_versions_are_one_counter_and_complete_per_family(tmp_path: Path) -> Non
     render_repository(tmp_path)
     assert versions(tmp_path, FACTOR) == versions(tmp_path, SESSION) == []
     assert next_version(tmp_path) == 1
-    for model in FACTOR.steps:
-        (tmp_path / model / "1").mkdir()
-    for model in SESSION.steps:
-        (tmp_path / model / "2").mkdir()
+    for family, version in ((FACTOR, 1), (SESSION, 2)):
+        for model in family.steps:
+            (tmp_path / model / str(version)).mkdir()
+            (tmp_path / model / str(version) / "model.py").touch()
     (tmp_path / SESSION_LOOKUP / "3").mkdir()  # a publish that died half-way
+    (tmp_path / SESSION_LOOKUP / "3" / "ids.npz").touch()
     assert versions(tmp_path, FACTOR) == [1]
     assert versions(tmp_path, SESSION) == [2]
     assert next_version(tmp_path) == 4
@@ -235,3 +236,24 @@ def test_bad_flavour_and_length_are_config_errors(tmp_path: Path) -> None:
         render_repository(tmp_path, "docker")
     with pytest.raises(ConfigError, match="sequence_length must be >= 1"):
         Options(sequence_length=0)
+
+
+def test_a_renamed_family_serves_a_second_lineage_beside_the_first(tmp_path: Path) -> None:
+    arm = FACTOR.renamed("_static")
+    assert arm.steps == tuple(f"{m}_static" for m in FACTOR.steps)
+    assert arm.ensembles["recsys_a_static"] == tuple(f"{m}_static" for m in FACTOR.ensembles[ENSEMBLE_A])
+    assert arm.source_of("recsys_lookup_static") == LOOKUP
+    render_repository(tmp_path, families=(FACTOR, arm))
+    config = read_config(tmp_path, "recsys_a_static")
+    assert [s.model_name for s in config.ensemble_scheduling.step] == list(arm.ensembles["recsys_a_static"])
+    assert read_config(tmp_path, "recsys_lookup_static").name == "recsys_lookup_static"
+    assert FACTOR.steps == (
+        LOOKUP,
+        "recsys_lookup_popular",
+        SCORER_TORCHSCRIPT,
+        SCORER_ONNX,
+        "recsys_topk",
+        "recsys_fused",
+    )
+    with pytest.raises(ConfigError, match="suffix"):
+        FACTOR.renamed("-x")

@@ -22,7 +22,7 @@ thread (``benchmarks/results/gru4rec.md``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,6 +114,33 @@ class Family:
     build_steps: Callable[[Flavour, Options], list[ModelConfig]]
     export: Callable[[Path, Path, Options], Exported]  # (run dir, staging folder, options); imports torch
     optional_files: tuple[str, ...] = ()  # files a run may lack (ALS's fold-in data; BPR has none)
+    sources: Mapping[str, str] = field(default_factory=dict)  # a renamed step -> the model whose code it runs
+
+    def source_of(self, model: str) -> str:
+        """The ``triton_models/`` folder whose ``model.py`` the step ``model`` runs."""
+        return self.sources.get(model, model)
+
+    def renamed(self, suffix: str) -> Family:
+        """The same family under other model names (``recsys_b`` -> ``recsys_b<suffix>``): one repository can then
+        serve several lineages of it side by side, e.g. the arms of an experiment that pin different versions."""
+        if not suffix or not suffix.replace("_", "").isalnum():
+            raise ConfigError(f"a family suffix is letters, digits and _, got {suffix!r}")
+        build = self.build_steps
+
+        def build_steps(flavour: Flavour, options: Options) -> list[ModelConfig]:
+            configs = build(flavour, options)
+            for config in configs:
+                config.name += suffix
+            return configs
+
+        return replace(
+            self,
+            name=self.name + suffix,
+            files={model + suffix: files for model, files in self.files.items()},
+            ensembles={name + suffix: tuple(s + suffix for s in chain) for name, chain in self.ensembles.items()},
+            build_steps=build_steps,
+            sources={model + suffix: self.source_of(model) for model in self.files},
+        )
 
     @property
     def steps(self) -> tuple[str, ...]:

@@ -53,10 +53,14 @@ def run_family(run_dir: Path) -> Family:
     return family_for_model(str(model))
 
 
-def publish(run_dir: Path, repository: Path, *, version: int | None = None) -> Published:
+def publish(run_dir: Path, repository: Path, *, version: int | None = None, family: Family | None = None) -> Published:
     """Exports the run, checks parity, and writes version ``version`` (default: the repository's next number) of
-    every step of its family; renders the family's configs (local flavour) where they are missing."""
-    family = run_family(run_dir)
+    every step of its family (``family``: the run's own by default, or a renamed instance of it); renders the
+    family's configs (local flavour) where they are missing."""
+    own = run_family(run_dir)
+    family = family or own
+    if family.models != own.models:
+        raise ArtifactError(f"{run_dir}: a {own.name} run cannot be published as the {family.name} models")
     repository.mkdir(parents=True, exist_ok=True)
     if not has_configs(repository, family):
         render(repository, families=(family,))
@@ -83,7 +87,7 @@ def publish(run_dir: Path, repository: Path, *, version: int | None = None) -> P
         for model, files in family.files.items():
             folder = staging / model
             folder.mkdir()
-            shutil.copy2(model_code(model), folder / MODEL_CODE_FILE)
+            shutil.copy2(model_code(family.source_of(model)), folder / MODEL_CODE_FILE)
             for name in files:
                 source = exported.files[name]
                 if source.exists() or name not in family.optional_files:

@@ -90,9 +90,15 @@ def versions(repository: Path, family: Family) -> list[int]:
 
 
 def next_version(repository: Path) -> int:
-    """One counter for the whole repository: after the highest number any step of any family holds (a publish
-    that died half-way never blocks the next one)."""
-    used = set().union(*(_numbers(repository / model) for family in FAMILIES for model in family.steps))
+    """One counter for the whole repository: after the highest number any model folder holds with files in it
+    (ensembles' empty ``1/`` does not count; a publish that died half-way never blocks the next one)."""
+    used = {
+        int(version.name)
+        for model in (repository.iterdir() if repository.is_dir() else ())
+        if model.is_dir()
+        for version in model.iterdir()
+        if version.is_dir() and version.name.isdigit() and any(version.iterdir())
+    }
     return max(used) + 1 if used else 1
 
 

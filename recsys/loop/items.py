@@ -21,7 +21,7 @@ from recsys.core.errors import RecsysError
 from recsys.loop.records import Cycle, Decision
 from trainer.artifacts import load_run
 from trainer.new_items import CatalogueRules, admit, extend_run
-from trainer.triton.family import FACTOR
+from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
 from trainer.triton.repository import ModelControl, activate, served_run
 
@@ -71,12 +71,14 @@ def refresh_items(
     workdir: Path,
     *,
     rules: CatalogueRules | None = None,
+    family: Family = FACTOR,
 ) -> Cycle:
-    """One refresh (see the module docstring); the cycle says what it did (``unchanged`` when nothing qualified)."""
+    """One refresh of ``family`` (the factor family, or a renamed instance of it; see the module docstring); the
+    cycle says what it did (``unchanged`` when nothing qualified)."""
     rules = rules or CatalogueRules()
     started, clock = datetime.now(UTC), time.perf_counter()
     durations: dict[str, float] = {}
-    served, run_dir = served_run(repository, FACTOR)
+    served, run_dir = served_run(repository, family)
     known = load_run(run_dir).item_ids.ids.astype(str).tolist()
     plays = new_item_plays(dsn, known, rules.min_listeners)
     durations["read_s"] = round(time.perf_counter() - clock, 3)
@@ -96,10 +98,10 @@ def refresh_items(
     if not extended.added:
         return done("unchanged", f"{len(admitted)} item(s) qualify, but not from listeners the model knows yet")
     step = time.perf_counter()
-    published = publish(extended.run_dir, repository)
+    published = publish(extended.run_dir, repository, family=family)
     durations["publish_s"] = round(time.perf_counter() - step, 3)
     step = time.perf_counter()
-    activate(control, repository, FACTOR, published.version)
+    activate(control, repository, family, published.version)
     durations["swap_s"] = round(time.perf_counter() - step, 3)
     log.info("new items %s served as version %d", ", ".join(extended.added), published.version)
     shown = ", ".join(extended.added[:5]) + (" ..." if len(extended.added) > 5 else "")

@@ -123,9 +123,9 @@ def served_run(repository: Path, family: Family) -> tuple[int, Path]:
     return available[-1], run
 
 
-def published_families(repository: Path) -> list[Family]:
-    """The families with at least one complete version in ``repository``."""
-    return [family for family in FAMILIES if versions(repository, family)]
+def published_families(repository: Path, families: tuple[Family, ...] = FAMILIES) -> list[Family]:
+    """The ``families`` with at least one complete version in ``repository``."""
+    return [family for family in families if versions(repository, family)]
 
 
 def activate(control: ModelControl, repository: Path, family: Family, version: int, *, retire: bool = True) -> None:
@@ -147,12 +147,12 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
 
 
-def load_all(control: ModelControl, repository: Path) -> dict[str, int]:
+def load_all(control: ModelControl, repository: Path, families: tuple[Family, ...] = FAMILIES) -> dict[str, int]:
     """Loads the newest complete version of every published family, ensembles pinned to it; returns
     family name -> version. Pinned from the start (not ``latest``), so a later :func:`activate` switches
     atomically."""
     loaded = {}
-    for family in published_families(repository):
+    for family in published_families(repository, families):
         available = versions(repository, family)
         # The policy keeps two versions: retire the older one at once, unless there is only one.
         activate(control, repository, family, available[-1], retire=len(available) > 1)

@@ -596,7 +596,8 @@ def measure_size(
                 )
                 result.setdefault("unstable_levels", {})[model] = [c for c in unstable if again.row(c) is not None]
             runs.append(run)
-            result["runs"] = [run.to_json() for run in runs]
+            result["runs"] = [r.to_json() for r in runs]
+            args.save()  # a run stopped by its time limit keeps every model measured so far
         result["nvidia_smi"] = nvidia_smi()
     if (work / "perf_analyzer").is_dir():
         with tarfile.open(args.out / f"gpu_serving-{tag}-perf.tar.gz", "w:gz") as tar:
@@ -761,6 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.numpy_dir is not None:
         args.numpy_dir = args.numpy_dir.absolute()
+    args.save = lambda: None
     if args.prepare_only:
         for items in args.items:
             prepare(args, items)
@@ -796,6 +798,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"out of time budget before {items:,} items")
             break
         size: dict[str, Any] = {"items": items, "users": args.users, "factors": args.factors}
+        payload["sizes"].append(size)
+
+        def save(size: dict[str, Any] = size) -> None:
+            if size["items"] == 1_000_000:
+                payload["goals"] = goals(size)
+            payload["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            payload["seconds"] = time.monotonic() - _T0
+            (args.out / "gpu_serving.json").write_text(json.dumps(payload, indent=2) + "\n")
+            (args.out / "gpu_serving.md").write_text(render(payload))
+
+        args.save = save
         try:
             if position == 0 and len(args.items) > 1:
                 size.update(prepare(args, items))
@@ -805,16 +818,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         say(f"background preparation of {later:,} items failed")
                 size["prepared_before"] = True
             measure_size(args, items, bits, analyzer, size, background.get(items))
-        except (Exception, SystemExit) as exc:  # one size failing keeps the other's figures
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # one size failing keeps the other's figures
             say(f"{items:,} items failed: {type(exc).__name__}: {exc}")
             size["error"], status = f"{type(exc).__name__}: {exc}", 1
-        payload["sizes"].append(size)
-        if items == 1_000_000:
-            payload["goals"] = goals(size)
-        payload["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        payload["seconds"] = time.monotonic() - _T0
-        (args.out / "gpu_serving.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (args.out / "gpu_serving.md").write_text(render(payload))
+            if isinstance(exc, KeyboardInterrupt):  # the time limit: keep what was measured, stop
+                save()
+                break
+        save()
     print((args.out / "gpu_serving.md").read_text())
     return status
 

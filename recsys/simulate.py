@@ -108,3 +108,81 @@ async def simulate(
 
         await asyncio.gather(*(worker(np.random.default_rng([seed, n])) for n in range(concurrency)))
     return summary
+
+
+def organic_plays(
+    world: SyntheticWorld,
+    users: npt.NDArray[np.int64],
+    per_user: int,
+    rng: np.random.Generator,
+    *,
+    available: npt.NDArray[np.bool_] | None = None,
+    boost: npt.NDArray[np.float64] | None = None,
+) -> list[tuple[int, int]]:
+    """(user index, item index) plays from the listeners' own players: a genre by the listener's taste, then an
+    item of that genre by popularity (times ``boost``, e.g. a new release's), among ``available`` items."""
+    n_genres = world.user_taste.shape[1]
+    weight = world.item_popularity * (1.0 if boost is None else boost)
+    if available is not None:
+        weight = np.where(available, weight, 0.0)
+    members = [np.flatnonzero((world.item_genre == g) & (weight > 0)) for g in range(n_genres)]
+    shares = [weight[m] / weight[m].sum() if len(m) else m for m in members]
+    out: list[tuple[int, int]] = []
+    for user in users.tolist():
+        taste = world.user_taste[user].astype(np.float64)
+        genres = rng.choice(n_genres, size=per_user, p=taste / taste.sum())
+        out.extend(
+            (user, int(rng.choice(members[genre], p=shares[genre]))) for genre in genres.tolist() if len(members[genre])
+        )
+    return out
+
+
+@dataclass
+class PlaysSummary:
+    accepted: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    acked_at: dict[int, float] = field(default_factory=dict)  # batch number -> when its 202 arrived (monotonic)
+
+
+async def post_plays(
+    base_url: str,
+    world: SyntheticWorld,
+    plays: list[tuple[int, int]],
+    *,
+    batch: int = 100,
+    concurrency: int = 4,
+    on_ack: Any = None,
+) -> PlaysSummary:
+    """Sends ``plays`` to ``POST /plays`` in batches; ``on_ack(batch_plays, monotonic_time)`` after each 202."""
+    import time
+
+    user_ids, item_ids = world.interactions.user_ids.ids, world.interactions.item_ids.ids
+    now_ms = int(time.time() * 1000)
+    summary = PlaysSummary()
+    chunks = [plays[i : i + batch] for i in range(0, len(plays), batch)]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(len(chunks)):
+        queue.put_nowait(n)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                n = queue.get_nowait()
+                body: dict[str, list[dict[str, object]]] = {
+                    "plays": [
+                        {"user_id": str(user_ids[u]), "item_id": str(item_ids[i]), "ts_ms": now_ms - 1000 + k}
+                        for k, (u, i) in enumerate(chunks[n])
+                    ]
+                }
+                response = await client.post("/plays", json=body)
+                if response.status_code != 202:
+                    summary.errors[f"plays {response.status_code}"] += 1
+                    continue
+                summary.accepted += len(chunks[n])
+                summary.acked_at[n] = time.monotonic()
+                if on_ack is not None:
+                    on_ack(chunks[n], summary.acked_at[n])
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary

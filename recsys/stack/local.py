@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from gateway.experiment import Experiment, load_experiment
 from recsys.stack.nginx import LocalNginx
@@ -26,6 +26,9 @@ from recsys.stack.postgres import LocalPostgres, default_data_dir
 from recsys.stack.process import ServiceError, ServiceProcess
 from recsys.stack.prometheus import LocalPrometheus
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+
+if TYPE_CHECKING:
+    from trainer.triton.family import Family
 
 __all__ = ["LocalStack", "ServiceError", "ServiceProcess", "StackConfig", "StackPorts", "free_port"]
 
@@ -71,6 +74,7 @@ class StackConfig:
     triton_timeout_ms: int = 500
     prometheus: bool = False  # also run Prometheus, scraping the gateways, the writer and Triton
     scrape_interval: str = "5s"
+    families: tuple[Family, ...] | None = None  # what load_models loads (default: every family of the repository)
 
 
 class LocalStack:
@@ -197,7 +201,10 @@ class LocalStack:
         """The newest published version of every family in the repository, ensembles pinned to it."""
         from trainer.triton.repository import load_all
 
-        load_all(self.triton, self.config.model_repository)
+        if self.config.families is None:
+            load_all(self.triton, self.config.model_repository)
+        else:
+            load_all(self.triton, self.config.model_repository, self.config.families)
 
     def wait_writer_database(self, timeout_s: float = 30.0) -> None:
         """Until the writer has reached PostgreSQL (and applied the migrations)."""

@@ -10,8 +10,12 @@
   on the host keeps the GPU fed under concurrency;
 * everything else (ensembles, the session family) is returned unchanged.
 
-The counts are the ones measured in ``benchmarks/results/gpu_serving.md`` (H200, 16 cores). ``count`` of a
-``KIND_GPU`` group is per GPU (no ``gpus`` list: every GPU of the node), so a multi-GPU node scales by itself.
+The counts are NOT yet tuned on this code: they are starting values from the earlier benchmark of a stand-alone
+GPU scorer on one H200 (``benchmarks/results/gpu_triton.md``: 4 GPU instances with batching reached 10-14k
+infer/s at concurrency 64-256, one instance without queue delay had the best latency at concurrency 1), and no
+queue delay, which cost ~0.5 ms at concurrency 1 there. ``benchmarks/gpu_serving.py`` measures this flavour; its
+figures should replace these values. ``count`` of a ``KIND_GPU`` group is per GPU (no ``gpus`` list: every GPU
+of the node), so a multi-GPU node scales by itself.
 """
 
 from __future__ import annotations

@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     spool_dir: Path = Field(Path(".cache/feedback-spool"), description="the writer's durable queue of accepted events")
     write_batch_size: int = Field(2000, gt=0, description="events per database write")
     write_interval_ms: int = Field(50, gt=0, description="longest wait before a partial batch is written")
+    # the training loop (recsys retrain)
+    loop_dir: Path = Field(Path("runs/loop"), description="where the loop writes its runs (retrains, new items)")
+    catalogue_min_listeners: int = Field(
+        3, ge=1, description="distinct listeners whose plays let an unseen item into the catalogue"
+    )
+    catalogue_max_plays: float = Field(5.0, ge=1, description="one listener's plays of a new item count at most this")
+    retrain_window_minutes: float = Field(15.0, gt=0, description="newest log held out to gate a retrain on")
+    retrain_tolerance: float = Field(0.02, ge=0, lt=1, description="relative NDCG@10 a candidate may lose")
+    retrain_min_users: int = Field(20, ge=1, description="listeners with new plays needed to judge a candidate")
 
     @property
     def triton_grpc_url(self) -> str:

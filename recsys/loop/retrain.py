@@ -1,0 +1,167 @@
+"""One gated retraining cycle: read the log -> warm-train -> gate -> publish -> hot swap, recorded either way.
+
+1. The served version's run is the base: its factors start the fit and its history is merged in, so the log is
+   read only since the base's own data ended (``metrics.json`` ``log.until``), never twice.
+2. The newest ``window`` of the log is held out by time. A candidate warm-trained on everything before it is
+   compared with the served model on it (:func:`trainer.gate.gate`); a candidate worse beyond the tolerance, with
+   NaN weights, or without enough listeners to judge is refused, and the served version keeps answering.
+3. A candidate that passes is trained once more the same way on everything, window included (validate, then
+   refit: the window's plays, new releases among them, are what the next hour's listeners want), exported with
+   the parity check and hot-swapped in (ensembles pinned: no request fails during the swap).
+
+Every outcome, ``failed`` included, is one row of ``retrain_cycles``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from recsys.core.errors import ConfigError, DataError, RecsysError
+from recsys.loop.records import Cycle, Decision
+from trainer.artifacts import Run, load_run, save_run
+from trainer.data.interactions import Interactions
+from trainer.data.log import LogData, load_log
+from trainer.exporting import ExportError
+from trainer.gate import Ranker, Window, as_strings, gate
+from trainer.models.base import Recommender
+from trainer.triton.family import FACTOR, Family
+from trainer.triton.publish import publish
+from trainer.triton.repository import ModelControl, activate, served_run
+from trainer.warm import DEFAULT_FRACTION, warm_start
+
+log = logging.getLogger(__name__)
+
+PASSES = {"als": "iterations", "bpr": "epochs"}  # what a warm start shortens
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    window: timedelta = timedelta(minutes=15)  # the newest events, held out for the gate
+    tolerance: float = 0.02  # the candidate may be this much (relative NDCG@10) below the served model
+    min_users: int = 20  # listeners with new plays in the window needed to judge
+    decay_days: float | None = None  # half-life of the log's weights (None: no decay)
+    iterations: int | None = None  # warm iterations / epochs (None: the warm start's share of the cold run's)
+    params: Mapping[str, Any] | None = None  # hyperparameters over the cold run's (the factor count must stay)
+
+    def __post_init__(self) -> None:
+        if self.window <= timedelta(0):
+            raise ConfigError(f"the gate window must be positive, got {self.window}")
+        if self.min_users < 1:
+            raise ConfigError(f"min_users must be >= 1, got {self.min_users}")
+
+
+def window_of(newest: LogData) -> Window:
+    """The held-out events as external ids: every (listener, item) played, every skip."""
+    data = newest.interactions
+    return Window(
+        users=as_strings(data.user_ids.external(data.users)),
+        items=as_strings(data.item_ids.external(data.items)),
+        skip_users=as_strings(newest.skips.user_ids),
+        skip_items=as_strings(newest.skips.item_ids),
+    )
+
+
+def warm_params(base: Run, options: RetrainOptions) -> dict[str, Any]:
+    """The cold run's parameters (kept in every cycle's metrics) with the warm share of its passes: scaling the
+    previous cycle's own, already reduced, passes again would shrink them cycle after cycle."""
+    params = dict(base.metrics.get("params") or base.model.params.to_dict()) | dict(options.params or {})
+    passes = PASSES[base.model.name]
+    params[passes] = options.iterations or max(1, round(int(params[passes]) * DEFAULT_FRACTION))
+    return params
+
+
+def _since(base: Run) -> datetime | None:
+    until = (base.metrics.get("log") or {}).get("until")
+    return None if until is None else datetime.fromisoformat(str(until))
+
+
+def _ranker(model: Recommender, data: Interactions) -> Ranker:
+    return Ranker(model, data.user_ids, data.item_ids, data.to_csr())
+
+
+def retrain_cycle(
+    repository: Path,
+    dsn: str,
+    control: ModelControl,
+    workdir: Path,
+    options: RetrainOptions | None = None,
+    *,
+    family: Family = FACTOR,
+    now: datetime | None = None,
+) -> Cycle:
+    """One cycle for ``family`` (see the module docstring); never raises for a refused or failed cycle: the
+    returned :class:`Cycle` says what happened and why."""
+    options = options or RetrainOptions()
+    started = now or datetime.now(UTC)
+    durations: dict[str, float] = {}
+    served, run_dir = served_run(repository, family)
+    base = load_run(run_dir)
+    since, window_start = _since(base), started - options.window
+    fields: dict[str, Any] = {"served_version": served, "data_since": since, "data_until": started}
+
+    def done(decision: Decision, reason: str, **more: Any) -> Cycle:
+        log.info("retrain %s: %s", decision, reason)
+        return Cycle(
+            kind="retrain", started=started, finished=datetime.now(UTC), decision=decision, reason=reason,
+            durations=durations, **(fields | more),
+        )  # fmt: skip
+
+    clock = time.perf_counter()
+    try:
+        before = load_log(dsn, since=since, until=window_start, decay_days=options.decay_days, base=base)
+        newest = load_log(dsn, since=window_start, until=started)
+    except DataError as exc:
+        return done("refused", f"nothing to gate on: {exc}")
+    except RecsysError as exc:
+        return done("failed", f"the log is not readable: {exc}")
+    durations["read_s"] = round(time.perf_counter() - clock, 3)
+
+    clock = time.perf_counter()
+    candidate = warm_start(base, before.interactions, params=warm_params(base, options)).model
+    durations["train_s"] = round(time.perf_counter() - clock, 3)
+    report = gate(
+        Ranker(base.model, base.user_ids, base.item_ids, base.history),
+        _ranker(candidate, before.interactions),
+        window_of(newest),
+        tolerance=options.tolerance,
+        min_users=options.min_users,
+    )
+    fields["gate"] = report.as_dict()
+    if not report.passed:
+        return done("refused", report.reason)
+
+    clock = time.perf_counter()
+    everything = load_log(dsn, since=since, until=started, decay_days=options.decay_days, base=base)
+    warm = warm_start(base, everything.interactions, params=warm_params(base, options))
+    final = warm.model
+    durations["refit_s"] = round(time.perf_counter() - clock, 3)
+    out = workdir / f"cycle-{started:%Y%m%dT%H%M%S%f}"
+    metrics = {
+        **{k: v for k, v in base.metrics.items() if k in ("params", "split", "seed")},
+        "model": final.name,
+        "log": everything.summary | {"until": started.isoformat()},
+        "gate": report.as_dict(),
+        "warm_from": str(run_dir.resolve()),
+        **warm.summary(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    save_run(out, final, everything.interactions, metrics)
+    clock = time.perf_counter()
+    try:
+        published = publish(out, repository, family=family)
+    except ExportError as exc:
+        return done("refused", f"export refused: {exc}")
+    durations["publish_s"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    try:
+        activate(control, repository, family, published.version)
+    except RecsysError as exc:
+        return done("failed", f"version {published.version} did not load: {exc}", published_version=published.version)
+    durations["swap_s"] = round(time.perf_counter() - clock, 3)
+    return done("promoted", f"version {published.version}: {report.reason}", published_version=published.version)

@@ -1,0 +1,154 @@
+"""A gated retraining cycle against a real PostgreSQL and a real Triton: a candidate trained warm on the log is
+gated on the newest window and swapped in under traffic with no failed request; a worse one is refused and the
+served version keeps answering; a quiet log refuses for want of evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pytest
+
+from feedback.migrate import migrate
+from recsys.core.errors import ConfigError
+from recsys.core.triton_client import TritonRecommender
+from recsys.loop.retrain import RetrainOptions, retrain_cycle
+from recsys.loop.runner import Plan, parse_duration, run_loop
+from recsys.simulate import organic_plays
+from recsys.stack.ports import free_port
+from recsys.stack.postgres import LocalPostgres, find_bin_dir
+from recsys.stack.process import ServiceError
+from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from trainer.triton.family import ENSEMBLE_B, FACTOR
+from trainer.triton.publish import publish
+from trainer.triton.repository import load_all, versions
+
+NOW = datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Served:
+    database: str
+    server: TritonServer
+    repository: Path
+
+
+@pytest.fixture(scope="module")
+def served(served_run: Path, served_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    try:
+        find_bin_dir()
+    except ServiceError as exc:
+        pytest.skip(str(exc))
+    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-retrain-", dir="/var/tmp" if os.geteuid() == 0 else None))
+    postgres = LocalPostgres(data_dir, port=free_port())
+    repository = tmp_path_factory.mktemp("retrain-repo")
+    publish(served_run, repository)
+    try:
+        postgres.start()
+        asyncio.run(_with(postgres.url, migrate))
+        _log_plays(postgres.url, served_world)
+        with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
+            load_all(triton, repository)
+            yield Served(postgres.url, triton, repository)
+    finally:
+        postgres.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def _with(url: str, work: Any) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def _log_plays(url: str, world: Any) -> None:
+    """An hour of organic plays by the listeners' true tastes: 45 minutes before the gate window, 15 in it."""
+    rng = np.random.default_rng(5)
+    users, items = world.interactions.user_ids.ids, world.interactions.item_ids.ids
+    rows = []
+    for minutes_ago, per_user in ((50, 6), (5, 4)):
+        for n, (u, i) in enumerate(organic_plays(world, np.arange(world.n_users), per_user, rng)):
+            ts = NOW - timedelta(minutes=minutes_ago, seconds=n % 600)
+            rows.append((f"{minutes_ago}-{n}", ts, str(users[u]), str(items[i])))
+
+    async def insert(conn: asyncpg.Connection) -> None:
+        await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
+
+    asyncio.run(_with(url, insert))
+
+
+def test_a_worse_candidate_is_refused_and_the_served_version_keeps_answering(served: Served, tmp_path: Path) -> None:
+    options = RetrainOptions(window=timedelta(minutes=15), params={"regularization": 1e6})
+    cycle = retrain_cycle(served.repository, served.database, served.server, tmp_path, options, now=NOW)
+    assert cycle.decision == "refused", cycle.reason
+    assert "below the served" in cycle.reason
+    assert cycle.gate is not None
+    assert cycle.gate["candidate"]["ndcg@10"] < cycle.gate["served"]["ndcg@10"]
+    assert versions(served.repository, FACTOR) == [1]
+    client = TritonRecommender(served.server.urls.grpc)
+    try:
+        assert {a.model_version for a in client.recommend(ENSEMBLE_B, ["1", "2"])} == {1}
+    finally:
+        client.close()
+
+
+def test_a_quiet_window_is_no_evidence(served: Served, tmp_path: Path) -> None:
+    later = NOW + timedelta(hours=2)  # nothing was played in the two hours before this
+    cycle = retrain_cycle(served.repository, served.database, served.server, tmp_path, RetrainOptions(), now=later)
+    assert cycle.decision == "refused"
+    assert "nothing to gate on" in cycle.reason
+
+
+def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(served: Served, tmp_path: Path) -> None:
+    errors: list[Exception] = []
+    done = threading.Event()
+
+    def traffic() -> None:
+        client = TritonRecommender(served.server.urls.grpc, timeout_s=30)
+        try:
+            while not done.is_set():
+                try:
+                    client.recommend(ENSEMBLE_B, [str(u) for u in range(1, 9)], top_k=10)
+                except Exception as exc:  # every failure counts
+                    errors.append(exc)
+        finally:
+            client.close()
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        options = RetrainOptions(window=timedelta(minutes=15), tolerance=0.2)
+        cycles = run_loop(
+            served.repository, served.database, served.server, tmp_path, Plan(), options=options,
+        )  # fmt: skip
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert not errors, errors[:3]
+    retrain = next(c for c in cycles if c.kind == "retrain")
+    assert retrain.decision == "promoted", retrain.reason
+    assert retrain.published_version == versions(served.repository, FACTOR)[-1] == 2
+    assert retrain.gate is not None
+    assert retrain.gate["candidate"]["users"] >= 20
+    assert {"read_s", "train_s", "refit_s", "publish_s", "swap_s"} <= set(retrain.durations)
+
+
+def test_durations_parse_and_bad_ones_are_one_line_errors() -> None:
+    assert parse_duration("15m") == timedelta(minutes=15)
+    assert parse_duration("30s") == timedelta(seconds=30)
+    assert parse_duration("1.5h") == timedelta(minutes=90)
+    for bad in ("15", "m", "-3m", "0s", "1w"):
+        with pytest.raises(ConfigError, match="is not a duration"):
+            parse_duration(bad)

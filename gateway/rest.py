@@ -38,7 +38,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ROUTES = frozenset({"/recommend", "/feedback", "/plays", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "invalid request (bad top_k, unknown group, ...)"},
+    400: {"model": ErrorResponse, "description": "invalid request (bad top_k, unknown group, play time out of range)"},
     413: {"model": ErrorResponse, "description": "body too large"},
     415: {"model": ErrorResponse, "description": "body is not sent as JSON"},
     422: {"model": ErrorResponse, "description": "body does not match the schema"},

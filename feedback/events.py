@@ -22,9 +22,10 @@ Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=4e9)]
 Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=3.6e6)]
 
 #: The accepted window of a play's time, as the gateway's (``gateway/service.py``; the layers may not share code):
-#: 2000-01-01T00:00:00Z, and at most this far past the writer's clock (the gateway checked it a moment earlier).
+#: from 2000-01-01T00:00:00Z to the gateway's 5 minutes past the clock plus one minute, so that a writer on another
+#: host whose clock is a little behind never refuses a play the gateway has just accepted.
 PLAY_TS_MIN_MS = 946_684_800_000
-PLAY_MAX_FUTURE_MS = 5 * 60 * 1000
+PLAY_MAX_FUTURE_MS = 6 * 60 * 1000
 MAX_MS_PLAYED = 24 * 3600 * 1000  # one day; the column is an integer (2^31 ms is 24.8 days)
 
 

@@ -14,9 +14,9 @@ import json
 import signal
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from recsys.core.errors import ConfigError, RecsysError
 from recsys.core.logs import configure_logging
 from recsys.core.settings import Settings, get_settings
 from recsys.tables import metrics_table, recommendation_table
+
+if TYPE_CHECKING:
+    from trainer.data.interactions import Interactions
 
 app = typer.Typer(
     name="recsys",
@@ -103,10 +106,12 @@ def parse_params(model_name: str, pairs: list[str] | None) -> dict[str, Any]:
     return params
 
 
-def _load(data: str, user_col: str | None, item_col: str | None, weight_col: str | None, time_col: str | None):  # type: ignore[no-untyped-def]
+def _load(
+    data: str, user_col: str | None, item_col: str | None, weight_col: str | None, time_col: str | None, **log: Any
+) -> Interactions:
     from trainer.data.load import load_dataset
 
-    return load_dataset(data, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col)
+    return load_dataset(data, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col, **log)
 
 
 @app.command()
@@ -124,13 +129,26 @@ def train(
     device: DeviceOpt = None,
     seed: SeedOpt = None,
     refit: Annotated[bool, typer.Option(help="After evaluating, fit again on all data for serving.")] = False,
+    since: Annotated[datetime | None, typer.Option(help="The feedback log from this time (UTC) on.")] = None,
+    until: Annotated[datetime | None, typer.Option(help="The feedback log until this time (UTC).")] = None,
+    decay_days: Annotated[
+        float | None, typer.Option(help="Half-life of the log's weights in days (a play this old counts half).")
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="Merge the history of this run directory with the log (warm data).")
+    ] = None,
 ) -> None:
-    """Train one model, evaluate it on a held-out split, and write the run (model, ids, history, metrics.json)."""
+    """Train one model, evaluate it on a held-out split, and write the run (model, ids, history, metrics.json).
+
+    ``--data postgresql://...`` (or a folder written by ``recsys feedback export``) trains on the feedback log:
+    plays and clicks as positives (skips kept as negatives for evaluation), ``--since``/``--until``,
+    ``--decay-days`` and ``--base`` apply to it only."""
     from trainer.pipeline import save_result, train_and_evaluate
 
     settings = _settings(ctx)
     params = parse_params(model, param)
-    interactions = _load(data, user_col, item_col, weight_col, time_col)
+    log_options = {"since": _utc(since), "until": _utc(until), "decay_days": decay_days, "base": base}
+    interactions = _load(data, user_col, item_col, weight_col, time_col, **log_options)
     result = train_and_evaluate(
         interactions,
         model,
@@ -448,6 +466,106 @@ def ab_report(
         out, settings.database_url.get_secret_value(), experiment_of(settings), start, end,
         control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """Times on the command line are UTC unless they say otherwise."""
+    return None if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@app.command()
+def retrain(
+    ctx: typer.Context,
+    repository: RepositoryOpt = None,
+    every: Annotated[
+        str | None, typer.Option(help="Keep cycling: retrain every DURATION (30s, 15m, 1h); default: one cycle.")
+    ] = None,
+    items_every: Annotated[
+        str | None, typer.Option(help="Between retrains, add new releases every DURATION (default: with each).")
+    ] = None,
+    items_only: Annotated[bool, typer.Option(help="Only add new releases (no retrain).")] = False,
+    window: Annotated[
+        float | None, typer.Option(help="Minutes of newest log held out for the gate [RECSYS_RETRAIN_WINDOW_MINUTES].")
+    ] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="Relative NDCG@10 a candidate may lose [RECSYS_RETRAIN_TOLERANCE].")
+    ] = None,
+    decay_days: Annotated[float | None, typer.Option(help="Half-life of the log's weights in days.")] = None,
+    triton_http: Annotated[
+        str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (model control).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve the loop's Prometheus metrics on 127.0.0.1:PORT.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print each cycle as one JSON line.")] = False,
+) -> None:
+    """The training loop: new releases (the closed-form item step + a fast publish) and a gated warm retrain
+    (log -> warm start -> gate on the newest window -> publish -> hot swap) of the served factor model, each cycle
+    recorded in PostgreSQL (retrain_cycles); a refused or failed cycle leaves the served version alone."""
+    from recsys.loop.retrain import RetrainOptions
+    from recsys.loop.runner import LoopMetrics, Plan, parse_duration, run_loop
+    from recsys.stack.triton import TritonControl
+    from trainer.new_items import CatalogueRules
+
+    settings = _settings(ctx)
+    plan = Plan(
+        every=None if every is None else parse_duration(every),
+        items_every=None if items_every is None else parse_duration(items_every),
+        items_only=items_only,
+    )
+    options = RetrainOptions(
+        window=timedelta(minutes=settings.retrain_window_minutes if window is None else window),
+        tolerance=settings.retrain_tolerance if tolerance is None else tolerance,
+        min_users=settings.retrain_min_users,
+        decay_days=decay_days,
+    )
+    rules = CatalogueRules(settings.catalogue_min_listeners, settings.catalogue_max_plays)
+    metrics = None
+    if metrics_port is not None:
+        metrics = LoopMetrics()
+        metrics.serve(metrics_port)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
+
+    def show(cycle: Any) -> None:
+        if json_out:
+            print(json.dumps(cycle.as_dict()), flush=True)
+        else:
+            version = f" -> version {cycle.published_version}" if cycle.published_version else ""
+            out.print(f"{cycle.kind} {cycle.decision}{version} in {cycle.seconds:.1f} s: {cycle.reason}")
+
+    http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    with contextlib.suppress(KeyboardInterrupt):
+        run_loop(
+            repository or settings.model_repository, settings.database_url.get_secret_value(),
+            TritonControl.at(http), settings.loop_dir, plan,
+            options=options, rules=rules, stop=stopping, on_cycle=show, metrics=metrics,
+        )  # fmt: skip
+
+
+feedback_app = typer.Typer(help="The feedback log: export it for training and archives.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of the day-partitioned Parquet (S3 on EKS).")],
+    since: Annotated[datetime, typer.Option(help="First day (UTC) to export.")],
+    until: Annotated[datetime | None, typer.Option(help="Day (UTC) after the last one [default: tomorrow].")] = None,
+) -> None:
+    """Write plays, feedback and impressions of the days [since, until) as day-partitioned Parquet
+    (DIR/<table>/day=YYYY-MM-DD/); rerunning a day replaces it. `recsys train --data DIR` reads it back."""
+    from feedback.log_export import export_log
+
+    settings = _settings(ctx)
+    last = until.date() if until else (datetime.now(UTC) + timedelta(days=1)).date()
+    summary = export_log(settings.database_url.get_secret_value(), since.date(), last, out_dir)
+    for table, days in summary.rows.items():
+        out.print(f"{table}: {sum(days.values()):,} rows over {len(days)} day(s)")
+    if summary.missing_tables:
+        out.print(f"not in the database: {', '.join(summary.missing_tables)}")
+    out.print(f"{summary.total:,} rows written under {summary.out}")
 
 
 def run() -> None:

@@ -124,3 +124,21 @@ def test_bpr_export_has_no_fold_in_data_and_als_has_it(exported: Any, split: Any
     als = ALS(ALSParams(iterations=2)).fit(split.train)
     export_all(als, split.train.to_csr(), tmp_path)
     assert (tmp_path / "fold_in.npz").exists()
+
+
+def test_parity_accepts_tied_items_in_either_order_but_not_a_wrong_id() -> None:
+    """Regression (the drift benchmark's world): items with identical factors tie exactly, ONNX's TopK ordered
+    them differently from torch's, and publish refused a correct export."""
+    from trainer.exporting import compare
+
+    full = np.array([[0.9, 0.5, 0.5, 0.1]], dtype=np.float32)  # the reference's own scores of items 0..3
+
+    def score_of(items: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+        return np.take_along_axis(full, np.maximum(items, 0), axis=1)
+
+    reference = (np.array([[0.9, 0.5, 0.5]], np.float32), np.array([[0, 1, 2]]))
+    swapped = (np.array([[0.9, 0.5, 0.5]], np.float32), np.array([[0, 2, 1]]))
+    assert not compare(reference, {"onnx": swapped}).ok  # strict without the reference's scores
+    assert compare(reference, {"onnx": swapped}, score_of=score_of).ok
+    wrong = (np.array([[0.9, 0.5, 0.5]], np.float32), np.array([[0, 1, 3]]))  # same scores, another item
+    assert not compare(reference, {"onnx": wrong}, score_of=score_of).ok

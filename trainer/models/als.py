@@ -21,7 +21,7 @@ import torch
 from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
 from trainer.models._als_cpu import cg_solve
-from trainer.models.base import FactorModel
+from trainer.models.base import FactorModel, InitialFactors
 from trainer.models.base import Params as _Params
 from trainer.progress import track
 from trainer.weighting import CorpusStats, Weighting, confidence, weighting
@@ -165,16 +165,26 @@ class ALS(FactorModel):
             item_idf=arrays["item_idf"].astype(np.float64), mean_user_total=float(arrays["mean_user_total"][0])
         )
 
-    def fit(self, train: Interactions, *, show_progress: bool = False) -> Self:
+    def cold_factors(self, n_users: int, n_items: int) -> InitialFactors:
+        p = self.params
+        gen = torch.Generator(device="cpu").manual_seed(p.seed)
+        users = torch.rand(n_users, p.factors, generator=gen) * p.init_scale
+        items = torch.rand(n_items, p.factors, generator=gen) * p.init_scale
+        return InitialFactors(users.numpy(), items.numpy())
+
+    def fit(self, train: Interactions, *, show_progress: bool = False, initial: InitialFactors | None = None) -> Self:
+        """Alternates exact (or CG) user and item solves; from ``initial``, the first user solve already fits the
+        new plays to the known items, which is why a warm start needs only a few iterations."""
         p = self.params
         plays = train.to_csr()
         self.corpus = CorpusStats.of(plays)
         weights = confidence(plays, p.weighting, k1=p.bm25_k1, b=p.bm25_b, stats=self.corpus)
         users = _Side.of(weights, p.alpha, self.device, solver=p.solver)
         items = _Side.of(weights.T.tocsr(), p.alpha, self.device, solver=p.solver)
-        gen = torch.Generator(device="cpu").manual_seed(p.seed)
-        self.user_factors = (torch.rand(train.n_users, p.factors, generator=gen) * p.init_scale).to(self.device)
-        self.item_factors = (torch.rand(train.n_items, p.factors, generator=gen) * p.init_scale).to(self.device)
+        start = initial if initial is not None else self.cold_factors(train.n_users, train.n_items)
+        start.check(train.n_users, train.n_items, p.factors)
+        self.user_factors = torch.from_numpy(np.array(start.user_factors, dtype=np.float32)).to(self.device)
+        self.item_factors = torch.from_numpy(np.array(start.item_factors, dtype=np.float32)).to(self.device)
         self.item_bias = None
         self.n_users, self.n_items = train.n_users, train.n_items
         for _ in track(range(p.iterations), "ALS", total=p.iterations, enabled=show_progress):

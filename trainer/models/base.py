@@ -150,14 +150,53 @@ class Recommender(ABC):
         return cast(Self, model)  # the issubclass check above: a model of the class it was asked on
 
 
+@dataclass(frozen=True)
+class InitialFactors:
+    """Where a factor model's fit starts: one row per user and item of the training data (CPU arrays).
+
+    A cold fit draws them at random (:meth:`FactorModel.cold_factors`); a warm start (``trainer/warm.py``) passes
+    a published run's factors, aligned by external id, with new users and items drawn as a cold fit would.
+    """
+
+    user_factors: npt.NDArray[np.float32]
+    item_factors: npt.NDArray[np.float32]
+    item_bias: npt.NDArray[np.float32] | None = None
+
+    def check(self, n_users: int, n_items: int, factors: int) -> None:
+        """One-line error when the shapes do not fit the data and the model about to start from them."""
+        expected: dict[str, tuple[int, ...]] = {"user factors": (n_users, factors), "item factors": (n_items, factors)}
+        found: dict[str, tuple[int, ...]] = {
+            "user factors": self.user_factors.shape,
+            "item factors": self.item_factors.shape,
+        }
+        if self.item_bias is not None:
+            expected["item bias"] = (n_items,)
+            found["item bias"] = self.item_bias.shape
+        for what, shape in expected.items():
+            if tuple(found[what]) != shape:
+                raise ConfigError(f"initial {what} have shape {tuple(found[what])}, the fit needs {shape}")
+
+
 class FactorModel(Recommender):
-    """A model whose score is ``user_factors @ item_factors.T (+ item_bias)``: what the exporters need."""
+    """A model whose score is ``user_factors @ item_factors.T (+ item_bias)``: what the exporters need.
+
+    Factor models can start from given factors (``fit(..., initial=...)``): that is how a retrain continues
+    from the served model instead of starting over (warm start).
+    """
 
     def __init__(self, params: Params | None = None, *, device: str | torch.device = "cpu") -> None:
         super().__init__(params, device=device)
         self.user_factors = torch.empty(0, 0)
         self.item_factors = torch.empty(0, 0)
         self.item_bias: torch.Tensor | None = None
+
+    @abstractmethod
+    def fit(self, train: Interactions, *, show_progress: bool = False, initial: InitialFactors | None = None) -> Self:
+        """Learns from ``train``, starting from ``initial`` when given (else from :meth:`cold_factors`)."""
+
+    @abstractmethod
+    def cold_factors(self, n_users: int, n_items: int) -> InitialFactors:
+        """The random start of a cold fit (seeded by the model's parameters)."""
 
     def score(self, users: npt.NDArray[np.integer[Any]]) -> torch.Tensor:
         self._check_fitted()

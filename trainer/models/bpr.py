@@ -17,7 +17,7 @@ from torch.nn import functional
 
 from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
-from trainer.models.base import FactorModel
+from trainer.models.base import FactorModel, InitialFactors
 from trainer.models.base import Params as _Params
 from trainer.progress import track
 
@@ -50,7 +50,20 @@ class BPR(FactorModel):
     params_type = BPRParams
     params: BPRParams
 
-    def fit(self, train: Interactions, *, show_progress: bool = False) -> Self:
+    def cold_factors(self, n_users: int, n_items: int) -> InitialFactors:
+        gen = torch.Generator(device=self.device).manual_seed(self.params.seed)
+        users, items = self._draw(n_users, n_items, gen)
+        return InitialFactors(users.cpu().numpy(), items.cpu().numpy(), np.zeros(n_items, dtype=np.float32))
+
+    def _draw(self, n_users: int, n_items: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cold user and item factors, drawn from ``gen`` (the fit goes on drawing its batches from it)."""
+        p = self.params
+        users = torch.empty(n_users, p.factors, device=self.device).normal_(0.0, p.init_scale, generator=gen)
+        items = torch.empty(n_items, p.factors, device=self.device).normal_(0.0, p.init_scale, generator=gen)
+        return users, items
+
+    def fit(self, train: Interactions, *, show_progress: bool = False, initial: InitialFactors | None = None) -> Self:
+        """Runs ``epochs`` of sampled pairwise steps; from ``initial`` (a warm start) fewer epochs reach as far."""
         p = self.params
         dev = self.device
         gen = torch.Generator(device=dev).manual_seed(p.seed)
@@ -69,10 +82,18 @@ class BPR(FactorModel):
         user_emb = torch.nn.Embedding(n_users, p.factors, sparse=True, device=dev)
         item_emb = torch.nn.Embedding(n_items, p.factors, sparse=True, device=dev)
         item_bias = torch.nn.Embedding(n_items, 1, sparse=True, device=dev)
+        cold_users, cold_items = self._draw(n_users, n_items, gen)  # drawn either way: batches follow the same gen
         with torch.no_grad():
-            user_emb.weight.normal_(0.0, p.init_scale, generator=gen)
-            item_emb.weight.normal_(0.0, p.init_scale, generator=gen)
-            item_bias.weight.zero_()
+            if initial is None:
+                user_emb.weight.copy_(cold_users)
+                item_emb.weight.copy_(cold_items)
+                item_bias.weight.zero_()
+            else:
+                initial.check(n_users, n_items, p.factors)
+                user_emb.weight.copy_(torch.from_numpy(np.asarray(initial.user_factors, dtype=np.float32)))
+                item_emb.weight.copy_(torch.from_numpy(np.asarray(initial.item_factors, dtype=np.float32)))
+                bias = initial.item_bias if initial.item_bias is not None else np.zeros(n_items, dtype=np.float32)
+                item_bias.weight.copy_(torch.from_numpy(np.asarray(bias, dtype=np.float32))[:, None])
         optimizer = torch.optim.SparseAdam(
             [*user_emb.parameters(), *item_emb.parameters(), *item_bias.parameters()], lr=p.learning_rate
         )

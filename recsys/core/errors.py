@@ -15,6 +15,8 @@
     │   ├── NotReadyError        (recsys.stack.process) it did not become ready in time
     │   └── TritonServerError    (recsys.stack.triton) the local Triton cannot be found, started or reached
     ├── PromtoolError            (recsys.monitoring.prometheus) promtool is missing or rejected a file
+    ├── LogUnreadableError       (recsys.loop.items) the feedback log cannot be read; the served version stays
+    ├── RecordError              (recsys.loop.records) a loop cycle ran but could not be recorded
     ├── AwsError                 (scripts.aws) an AWS helper failed (botocore's errors translated at the boundary)
     └── PerfAnalyzerError        (benchmarks.perf_tools) perf_analyzer is missing or failed
 

@@ -262,6 +262,7 @@ class ServiceProcess:
         began = time.monotonic() if began is None else began
         if _wait_group_gone(process.pid, self.group_grace_s):  # e.g. stubs outlive a dead server for a moment
             killed = _kill_group(process) or killed
+            _wait_group_gone(process.pid, 5.0)  # SIGKILL lands asynchronously: return once it has
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(10)
         self.returncode = process.returncode

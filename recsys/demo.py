@@ -2,7 +2,8 @@
 
 Train popularity, BPR and ALS and compare them; show a few listeners' top-10; then (``serve``) publish ALS, start
 the whole local stack on free ports, answer through Triton over gRPC and through NGINX over REST, run a short
-simulated personal-vs-popular experiment and print its A/B report; everything is stopped at the end.
+simulated personal-vs-popular experiment and print its A/B report, log organic plays and run one cycle of the
+training loop (new releases, a gated warm retrain); everything is stopped at the end.
 """
 
 from __future__ import annotations
@@ -113,4 +114,29 @@ def serve_demo(out: Console, out_dir: Path, user_ids: list[str], world: Any, lis
             out, stack.database_url, stack.experiment, started, datetime.now(UTC), planned_users=2 * listeners,
             json_out=out_dir / "ab-report.json", plot=out_dir / "ab-report.png", bucket="minute",
         )  # fmt: skip
+        one_loop_cycle(out, stack, repository, world, out_dir / "loop", started)
     out.print("stack stopped")
+
+
+def one_loop_cycle(out: Console, stack: Any, repository: Path, world: Any, workdir: Path, started: datetime) -> None:
+    """The way back: listeners play music in their own player, then one cycle of the training loop (new releases,
+    then a gated warm retrain on the log) runs against the live stack and says what it decided."""
+    import numpy as np
+
+    from recsys.loop.retrain import RetrainOptions
+    from recsys.loop.runner import Plan, run_loop
+    from recsys.simulate import organic_plays, post_plays
+
+    rng = np.random.default_rng(0)
+    plays = organic_plays(world, np.arange(world.n_users), 3, rng)
+    posted = asyncio.run(post_plays(stack.nginx_url, world, plays))
+    if posted.errors:
+        raise ConfigError(f"organic plays saw errors: {dict(posted.errors)}")
+    stack.wait_drained()
+    out.print(f"{posted.accepted:,} organic plays logged (POST /plays); one cycle of the training loop:")
+    window = (datetime.now(UTC) - started) * 0.6  # the newest part of the demo's log judges the candidate
+    for cycle in run_loop(
+        repository, stack.database_url, stack.triton, workdir, Plan(), options=RetrainOptions(window=window)
+    ):
+        version = f" -> version {cycle.published_version}" if cycle.published_version else ""
+        out.print(f"  {cycle.kind} {cycle.decision}{version} in {cycle.seconds:.1f} s: {cycle.reason}")

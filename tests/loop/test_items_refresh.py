@@ -4,72 +4,24 @@ played by one listener never enters the catalogue; each refresh is recorded."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import numpy as np
-import pytest
+from loop_support import Served, on_database
 
-from feedback.migrate import migrate
 from recsys.core.triton_client import TritonRecommender
 from recsys.loop.items import refresh_items
 from recsys.loop.records import record
-from recsys.stack.ports import free_port
-from recsys.stack.postgres import LocalPostgres, find_bin_dir
-from recsys.stack.process import ServiceError
-from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 from trainer.artifacts import load_run
 from trainer.new_items import CatalogueRules
 from trainer.triton.family import ENSEMBLE_A, FACTOR
-from trainer.triton.publish import publish
-from trainer.triton.repository import load_all, versions
+from trainer.triton.repository import versions
 
 RELEASE, SPAM = "release-2026-12", "spam-item"
-
-
-@dataclass(frozen=True)
-class Served:
-    database: str
-    server: TritonServer
-    repository: Path
-
-
-@pytest.fixture(scope="module")
-def served(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    try:
-        find_bin_dir()
-    except ServiceError as exc:
-        pytest.skip(str(exc))
-    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-loop-", dir="/var/tmp" if os.geteuid() == 0 else None))
-    postgres = LocalPostgres(data_dir, port=free_port())
-    repository = tmp_path_factory.mktemp("loop-repo")
-    publish(served_run, repository)
-    try:
-        postgres.start()
-        asyncio.run(_run(postgres.url, migrate))
-        with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
-            load_all(triton, repository)
-            yield Served(postgres.url, triton, repository)
-    finally:
-        postgres.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-async def _run(url: str, work: Any) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await work(conn)
-    finally:
-        await conn.close()
 
 
 def _play(url: str, rows: list[tuple[str, str]]) -> None:
@@ -81,7 +33,7 @@ def _play(url: str, rows: list[tuple[str, str]]) -> None:
             [(f"{user}-{item}-{n}", now, user, item) for n, (user, item) in enumerate(rows)],
         )
 
-    asyncio.run(_run(url, work))
+    on_database(url, work)
 
 
 def test_a_release_reaches_its_genres_fans_and_spam_never_does(

@@ -4,13 +4,7 @@ served version keeps answering; a quiet log refuses for want of evidence."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,59 +12,17 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
+from loop_support import Served, on_database
 
-from feedback.migrate import migrate
 from recsys.core.errors import ConfigError
 from recsys.core.triton_client import TritonRecommender
 from recsys.loop.retrain import RetrainOptions, retrain_cycle
 from recsys.loop.runner import Plan, parse_duration, run_loop
 from recsys.simulate import organic_plays
-from recsys.stack.ports import free_port
-from recsys.stack.postgres import LocalPostgres, find_bin_dir
-from recsys.stack.process import ServiceError
-from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 from trainer.triton.family import ENSEMBLE_B, FACTOR
-from trainer.triton.publish import publish
-from trainer.triton.repository import load_all, versions
+from trainer.triton.repository import versions
 
 NOW = datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Served:
-    database: str
-    server: TritonServer
-    repository: Path
-
-
-@pytest.fixture(scope="module")
-def served(served_run: Path, served_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    try:
-        find_bin_dir()
-    except ServiceError as exc:
-        pytest.skip(str(exc))
-    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-retrain-", dir="/var/tmp" if os.geteuid() == 0 else None))
-    postgres = LocalPostgres(data_dir, port=free_port())
-    repository = tmp_path_factory.mktemp("retrain-repo")
-    publish(served_run, repository)
-    try:
-        postgres.start()
-        asyncio.run(_with(postgres.url, migrate))
-        _log_plays(postgres.url, served_world)
-        with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
-            load_all(triton, repository)
-            yield Served(postgres.url, triton, repository)
-    finally:
-        postgres.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-async def _with(url: str, work: Any) -> Any:
-    conn = await asyncpg.connect(url)
-    try:
-        return await work(conn)
-    finally:
-        await conn.close()
 
 
 def _log_plays(url: str, world: Any) -> None:
@@ -86,37 +38,44 @@ def _log_plays(url: str, world: Any) -> None:
     async def insert(conn: asyncpg.Connection) -> None:
         await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
 
-    asyncio.run(_with(url, insert))
+    on_database(url, insert)
 
 
-def test_a_worse_candidate_is_refused_and_the_served_version_keeps_answering(served: Served, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def logged(served: Served, served_world: Any) -> Served:
+    """The served stack with an hour of plays in its log."""
+    _log_plays(served.database, served_world)
+    return served
+
+
+def test_a_worse_candidate_is_refused_and_the_served_version_keeps_answering(logged: Served, tmp_path: Path) -> None:
     options = RetrainOptions(window=timedelta(minutes=15), params={"regularization": 1e6})
-    cycle = retrain_cycle(served.repository, served.database, served.server, tmp_path, options, now=NOW)
+    cycle = retrain_cycle(logged.repository, logged.database, logged.server, tmp_path, options, now=NOW)
     assert cycle.decision == "refused", cycle.reason
     assert "below the served" in cycle.reason
     assert cycle.gate is not None
     assert cycle.gate["candidate"]["ndcg@10"] < cycle.gate["served"]["ndcg@10"]
-    assert versions(served.repository, FACTOR) == [1]
-    client = TritonRecommender(served.server.urls.grpc)
+    assert versions(logged.repository, FACTOR) == [1]
+    client = TritonRecommender(logged.server.urls.grpc)
     try:
         assert {a.model_version for a in client.recommend(ENSEMBLE_B, ["1", "2"])} == {1}
     finally:
         client.close()
 
 
-def test_a_quiet_window_is_no_evidence(served: Served, tmp_path: Path) -> None:
+def test_a_quiet_window_is_no_evidence(logged: Served, tmp_path: Path) -> None:
     later = NOW + timedelta(hours=2)  # nothing was played in the two hours before this
-    cycle = retrain_cycle(served.repository, served.database, served.server, tmp_path, RetrainOptions(), now=later)
+    cycle = retrain_cycle(logged.repository, logged.database, logged.server, tmp_path, RetrainOptions(), now=later)
     assert cycle.decision == "refused"
     assert "nothing to gate on" in cycle.reason
 
 
-def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(served: Served, tmp_path: Path) -> None:
+def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(logged: Served, tmp_path: Path) -> None:
     errors: list[Exception] = []
     done = threading.Event()
 
     def traffic() -> None:
-        client = TritonRecommender(served.server.urls.grpc, timeout_s=30)
+        client = TritonRecommender(logged.server.urls.grpc, timeout_s=30)
         try:
             while not done.is_set():
                 try:
@@ -131,7 +90,7 @@ def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(ser
     try:
         options = RetrainOptions(window=timedelta(minutes=15), tolerance=0.2)
         cycles = run_loop(
-            served.repository, served.database, served.server, tmp_path, Plan(), options=options,
+            logged.repository, logged.database, logged.server, tmp_path, Plan(), options=options,
         )  # fmt: skip
     finally:
         done.set()
@@ -139,7 +98,7 @@ def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(ser
     assert not errors, errors[:3]
     retrain = next(c for c in cycles if c.kind == "retrain")
     assert retrain.decision == "promoted", retrain.reason
-    assert retrain.published_version == versions(served.repository, FACTOR)[-1] == 2
+    assert retrain.published_version == versions(logged.repository, FACTOR)[-1] == 2
     assert retrain.gate is not None
     assert retrain.gate["candidate"]["users"] >= 20
     assert {"read_s", "train_s", "refit_s", "publish_s", "swap_s"} <= set(retrain.durations)

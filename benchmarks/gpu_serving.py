@@ -630,8 +630,15 @@ def _machine(info: dict[str, Any]) -> str:
 
 
 def render(payload: dict[str, Any]) -> str:
+    title = "# The published repository on a GPU (gpu flavour)"
+    if payload["device"] == "cpu":
+        title = (
+            "# The gpu flavour on CPU instances: the end-to-end test of benchmarks/gpu_serving.py\n\n"
+            "The device scorer runs on CPU torch (fp32 candidates) and the GPU groups are CPU instances: these are no "
+            "GPU figures, only the proof that the script, the flavour and the served answers work end to end."
+        )
     lines = [
-        "# The published repository on a GPU (gpu flavour)",
+        title,
         "",
         f"{payload['finished_at']}; {_machine(payload['machine'])}; command: `{payload['command']}`.",
         "",
@@ -659,9 +666,9 @@ def render(payload: dict[str, Any]) -> str:
                 f"1 query {floor['batch_1_ms']:.3f} ms; batch 64 {floor['batch_64_ms']:.3f} ms "
                 f"({floor['batch_64_us_per_query']:.1f} us/query); batch 256 {floor['batch_256_ms']:.3f} ms "
                 f"({floor['batch_256_us_per_query']:.1f} us/query)",
-                f"* HBM bound: one fp16 pass reads {floor['pass_bytes'] / 1e9:.2f} GB; at the measured "
-                f"{floor['copy_gbs_read_plus_write']:,.0f} GB/s that is {bound:.0f} us per batch, i.e. at most "
-                f"{1e6 / bound:,.0f} batches/s ({64e6 / bound:,.0f} queries/s at batch 64)",
+                f"* memory bound: one {floor['precision']} pass reads {floor['pass_bytes'] / 1e9:.2f} GB; at the "
+                f"measured {floor['copy_gbs_read_plus_write']:,.0f} GB/s that is {bound:.0f} us per batch, i.e. at "
+                f"most {1e6 / bound:,.0f} batches/s ({64e6 / bound:,.0f} queries/s at batch 64)",
             ]
         parity = size.get("served_parity")
         if parity:
@@ -680,11 +687,20 @@ def render(payload: dict[str, Any]) -> str:
             cells = []
             for c in concurrency:
                 row = _row(size, model, c)
-                cells.append("-" if row is None else f"{row['throughput']:,.0f}")
-            p50 = [_row(size, model, c) for c in (1, 64)]
-            p50_cells = ["-" if row is None else f"{row['p50_ms']:.2f}" for row in p50]
+                mark = "*" if c in size.get("unstable_levels", {}).get(model, []) else ""
+                cells.append("-" if row is None else f"{row['throughput']:,.0f}{mark}")
+            p50 = [(c, _row(size, model, c)) for c in (1, 64)]
+            p50_cells = [
+                "-"
+                if row is None
+                else f"{row['p50_ms']:.2f}" + ("*" if c in size.get("unstable_levels", {}).get(model, []) else "")
+                for c, row in p50
+            ]
             lines.append(f"| `{model}` | " + " | ".join([*cells, *p50_cells]) + " |")
         lines.append("")
+    if any(size.get("unstable_levels") for size in payload["sizes"]):
+        lines += ["\\* perf_analyzer found no stable window (within the stability rule) there; the figure is its "
+                  "last windows accepted as measured.", ""]  # fmt: skip
     goals = payload.get("goals")
     if goals:
         lines += ["## Goals (1M items, through the ensembles)", ""]
@@ -781,7 +797,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.harness.facts import machine
 
     payload: dict[str, Any] = {
-        "command": " ".join(["python -m benchmarks.gpu_serving", *(argv if argv is not None else sys.argv[1:])]),
+        # gpu_triton.sh passes how it was called (the command to repeat); else this module's own command line
+        "command": os.environ.get("GPU_SERVING_COMMAND")
+        or " ".join(["python -m benchmarks.gpu_serving", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "device": args.device,
         "factors": args.factors,

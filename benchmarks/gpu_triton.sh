@@ -61,6 +61,7 @@ echo "== set up in $(($(date +%s) - t0)) s"
     >"$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
+export GPU_SERVING_COMMAND="DEVICE=$DEVICE BUDGET_S=$BUDGET_S${ARGS:+ ARGS=\"$ARGS\"} bash benchmarks/gpu_triton.sh"
 set +e
 # shellcheck disable=SC2086  # ARGS is a list of words on purpose
 timeout --signal=INT --kill-after=15 $((BUDGET_S + 25)) "$PY" -m benchmarks.gpu_serving \

@@ -14,15 +14,18 @@ and the sink masked, top-k, ``-1`` where a row runs out of items), from the same
   a scaled copy that cannot overflow: every column divided by its largest magnitude, every user row by the bound
   ``g = sum_j |u_j| c_j`` of its own scores, so each scaled score lies in [-1, 1]. The candidates are then scored
   again in fp32 from an fp32 copy, and ranked: the returned scores are fp32 scores.
-* Why that is exact: each scaled fp16 score is within ``eps`` (:func:`candidate_error`, about 2e-3 for fp16)
+* Why that is exact: each scaled fp16 score is within ``eps`` (:func:`candidate_error`, 2.9e-3 for fp16)
   of the true scaled score. If the k-th fp32 score of a row, scaled, is above the last candidate's fp16 score +
   ``eps``, no item outside the candidates can beat it, so the row's ids are the fp32 ranking's. Rows where that
   cannot be shown (near-ties at the candidate cut, or ``margin`` too small) are scored again in full fp32 on the
-  device. The answer is therefore the fp32 answer, not an approximation; ``dtype=fp32`` skips fp16 altogether.
+  device. The answer is therefore the fp32 answer, not an approximation; ``precision=fp32`` skips fp16 altogether.
 
 Inputs arrive in host memory (the lookup before this step is a CPU model) and move in one host-to-device copy per
-input and batch; top-k runs on the device, and the whole batch's (scores, ids) come back in one copy. Only torch
-and numpy are imported (never ``trainer``, nor ``onnx``: :func:`onnx_initializers`).
+input and batch; top-k runs on the device, and the whole batch's (scores, ids) come back in one copy. Why not
+per-response DLPack device tensors: the next step (recsys_topk) runs on the CPU, so Triton would copy each
+response out on its own; the earlier stand-alone GPU scorer measured that slower (11.5k against 14.4k infer/s at
+concurrency 256, ``benchmarks/results/gpu_triton.md``). Only torch and numpy are imported (never ``trainer``,
+nor ``onnx``: :func:`onnx_initializers`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp16", "fp32"]
 #: Candidates scored again in fp32 beyond each row's k. The exactness check does not depend on it; it only sets
-#: how often a row needs the full fp32 pass (near-ties within ~2e-3 of the bound at the cut).
+#: how often a row needs the full fp32 pass (near-ties within ~3e-3 of the bound at the cut).
 MARGIN = 64
 #: Inner dimension padded to a multiple of this (tensor-core friendly shapes).
 ALIGN = 8

@@ -57,7 +57,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 echo "== set up in $(($(date +%s) - t0)) s"
-{ nvidia-smi || true; "$PY" -c 'import torch, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__)'; } \
+{ nvidia-smi || true; df -h /dev/shm /tmp || true; "$PY" -c 'import torch, numpy; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__)'; } \
     >"$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 

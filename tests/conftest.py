@@ -85,3 +85,52 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
     local.postgres.reset_database()
     with local:
         yield local
+
+
+@pytest.fixture(scope="session")
+def loop_database():  # type: ignore[no-untyped-def]
+    """A PostgreSQL of the loop tests' own (fresh folder, free port), migrated as the writer does it."""
+    import os
+    import shutil
+    import tempfile
+
+    from tests_support import on_database
+
+    from feedback.migrate import migrate
+    from recsys.stack.ports import free_port
+    from recsys.stack.postgres import LocalPostgres, find_bin_dir
+    from recsys.stack.process import ServiceError
+
+    try:
+        find_bin_dir()
+    except ServiceError as exc:
+        pytest.skip(str(exc))
+    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-loop-", dir="/var/tmp" if os.geteuid() == 0 else None))
+    postgres = LocalPostgres(data_dir, port=free_port())
+    try:
+        postgres.start()
+        on_database(postgres.url, migrate)
+        yield postgres.url
+    finally:
+        postgres.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def served(loop_database: str, served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The loop tests' Triton serving ``served_run`` as version 1, on an emptied ``loop_database``."""
+    from tests_support import Served, on_database
+
+    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+    from trainer.triton.publish import publish
+    from trainer.triton.repository import load_all
+
+    async def empty(conn):  # type: ignore[no-untyped-def]
+        await conn.execute("TRUNCATE plays, feedback, impressions, retrain_cycles")
+
+    on_database(loop_database, empty)
+    repository = tmp_path_factory.mktemp("loop-repo")
+    publish(served_run, repository)
+    with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
+        load_all(triton, repository)
+        yield Served(loop_database, triton, repository)

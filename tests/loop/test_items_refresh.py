@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
-from loop_support import Served, on_database
+from tests_support import Served, on_database
 
 from recsys.core.triton_client import TritonRecommender
 from recsys.loop.items import refresh_items

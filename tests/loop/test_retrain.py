@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
-from loop_support import Served, on_database
+from tests_support import Served, on_database
 
 from recsys.core.errors import ConfigError
 from recsys.core.triton_client import TritonRecommender

@@ -1,4 +1,4 @@
-"""Shared by the loop tests and their fixtures (tests/loop/conftest.py)."""
+"""Helpers the tests share beside the fixtures of tests/conftest.py (importable from any test folder)."""
 
 from __future__ import annotations
 

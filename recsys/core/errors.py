@@ -18,7 +18,7 @@
     ├── LogUnreadableError       (recsys.loop.items) the feedback log cannot be read; the served version stays
     ├── RecordError              (recsys.loop.records) a loop cycle ran but could not be recorded
     ├── AwsError                 (scripts.aws) an AWS helper failed (botocore's errors translated at the boundary)
-    └── PerfAnalyzerError        (benchmarks.perf_tools) perf_analyzer is missing or failed
+    └── PerfAnalyzerError        (benchmarks.harness.perf_analyzer) perf_analyzer is missing or failed
 
 Subclasses live in their own packages and import this root; the kernel imports none of them. The CLI prints
 ``str(exc)`` for these and exits with status 2; anything else is a bug and keeps its traceback.

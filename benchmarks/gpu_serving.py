@@ -15,7 +15,10 @@ For each catalogue size (default 1M and 10M items, 64 factors):
 5. served parity: 200 listeners through recsys_a, recsys_b and recsys_fused against the published TorchScript
    file run on the CPU in this process (ids, and scores to 1e-5);
 6. perf_analyzer over gRPC at concurrency 1, 16, 64, 256 for recsys_a, recsys_b, the TorchScript scorer alone
-   (fed the lookup's rows) and recsys_fused.
+   (fed the lookup's rows) and recsys_fused;
+7. with ``--variants`` (e.g. ``s1=scorer:1;s4=scorer:4,host:8;d200=delay:200``, no spaces), the same repository
+   again with other instance counts, queue delays or max batch (:class:`Variant`), for ``--variant-models`` at
+   ``--variant-concurrency``: how ``trainer/triton/gpu.py``'s counts are tuned by measurement.
 
 Results (``gpu_serving.{json,md}``) are rewritten after every catalogue, so a run stopped by its time budget keeps
 what it measured. ``--device cpu`` runs the same thing on CPU instances (the device scorer code on CPU torch, fp32)
@@ -475,6 +478,116 @@ def served_parity(server: Server, scorer_dir: Path, lookup_dir: Path, requests: 
 # ------------------------------------------------------------------------------------------------ one size
 
 
+def _measurement(args: argparse.Namespace) -> Measurement:
+    return Measurement(
+        mode="time_windows", interval_ms=args.interval_ms, stability_percentage=args.stability, max_trials=args.trials
+    )
+
+
+def measure_models(
+    args: argparse.Namespace,
+    analyzer: PerfAnalyzer,
+    server: Server,
+    models: Sequence[str],
+    concurrency: Sequence[int],
+    work: Path,
+    files: dict[str, Path],
+    result: dict[str, Any],
+    tag: str,
+) -> None:
+    """perf_analyzer on each model at each level into ``result["runs"]``; levels with no stable window are measured
+    once more with every window accepted, and listed in ``result["unstable_levels"]``."""
+    states = server.states()
+    runs: list[PerfRun] = []
+    for model in models:
+        if not states.get(model, "").startswith("READY"):
+            say(f"[{tag}] skipping {model}: {states.get(model)}")
+            continue
+        if time.monotonic() > args.deadline:
+            say(f"[{tag}] out of time budget: {model} not measured")
+            break
+        common: dict[str, Any] = {
+            "work_dir": work / "perf_analyzer",
+            "input_data": files["by_row"] if model == SCORER_TS else files["by_id"],
+            "timeout_s": args.pa_timeout,
+            "log": say,
+        }
+        url = f"127.0.0.1:{server.grpc}"
+        run = run_perf_analyzer(analyzer, model, url, concurrency=concurrency, measurement=_measurement(args), **common)
+        unstable = [c for c, why in run.failures.items() if "stable" in why]
+        if unstable:
+            say(f"[{tag}] {model}: no stable measurement at {unstable}; once more without the stability rule")
+            relaxed = Measurement(mode="time_windows", interval_ms=args.interval_ms, stability_percentage=1000.0,
+                                  max_trials=3)  # fmt: skip
+            again = run_perf_analyzer(analyzer, model, url, concurrency=unstable, measurement=relaxed, **common)
+            run = dataclasses.replace(
+                run,
+                rows=tuple(sorted((*run.rows, *again.rows), key=lambda r: r.concurrency)),
+                failures={c: w for c, w in run.failures.items() if again.row(c) is None},
+            )
+            result.setdefault("unstable_levels", {})[model] = [c for c in unstable if again.row(c) is not None]
+        runs.append(run)
+        result["runs"] = [r.to_json() for r in runs]
+        args.save()  # a run stopped by its time limit keeps every model measured so far
+
+
+#: What a variant may change: GPU instances of the scorers / of the fused model, instances of the host steps
+#: (lookup, top-k), the scorers' and fused model's queue delay (us) and the scorers' max batch.
+VARIANT_KEYS = ("scorer", "fused", "host", "delay", "batch")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another batching/instance setting of the same published repository (``--variants``), measured after the
+    rendered one: how the gpu flavour's counts get tuned by measurement."""
+
+    name: str
+    settings: dict[str, int]
+
+    @classmethod
+    def parse(cls, text: str) -> Variant:
+        """``name=key:value,key:value`` with keys from :data:`VARIANT_KEYS`."""
+        name, _, body = text.partition("=")
+        settings = {}
+        for pair in filter(None, body.split(",")):
+            key, _, value = pair.partition(":")
+            if key not in VARIANT_KEYS or not value.isdigit():
+                raise argparse.ArgumentTypeError(f"variant {text!r}: {pair!r} is not one of {VARIANT_KEYS}:<int>")
+            settings[key] = int(value)
+        if not name or not settings:
+            raise argparse.ArgumentTypeError(f"variant {text!r}: expected name=key:value[,key:value]")
+        return cls(name, settings)
+
+    def apply(self, repository: Path) -> dict[Path, str]:
+        """Rewrites the configs (as messages); returns the original texts to restore."""
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        targets = {
+            "scorer": (SCORER_TS, SCORER_ONNX),
+            "fused": (FUSED,),
+            "host": (LOOKUP, TOPK),
+            "delay": (SCORER_TS, SCORER_ONNX, FUSED),
+            "batch": (SCORER_TS, SCORER_ONNX),
+        }
+        original: dict[Path, str] = {}
+        for key, value in self.settings.items():
+            for model in targets[key]:
+                path = repository / model / "config.pbtxt"
+                text = path.read_text()
+                original.setdefault(path, text)
+                config = text_format.Parse(text, mc.ModelConfig())
+                if key in ("scorer", "fused", "host"):
+                    for group in config.instance_group:
+                        group.count = value
+                elif key == "delay":
+                    config.dynamic_batching.max_queue_delay_microseconds = value
+                else:
+                    config.max_batch_size = value
+                path.write_text(text_format.MessageToString(config))
+        return original
+
+
 def _tag(items: int) -> str:
     return f"{items // 1_000_000}m" if items >= 1_000_000 else f"{items}"
 
@@ -552,11 +665,7 @@ def measure_size(
     say(f"[{tag}] in-process floor ...")
     result["floor"] = device_floor(repository / SCORER_TS / str(version), args.floor_device, requests)
     say(f"[{tag}] floor: {json.dumps(result['floor'])}")
-    measurement = Measurement(
-        mode="time_windows", interval_ms=args.interval_ms, stability_percentage=args.stability, max_trials=args.trials
-    )
-    result["measurement"] = " ".join(measurement.args())
-    runs: list[PerfRun] = []
+    result["measurement"] = " ".join(_measurement(args).args())
     began = time.monotonic()
     with tritonserver(bits, repository, args.device, args.numpy_dir, log, args.ready_timeout) as server:
         result["states"] = server.states()
@@ -566,39 +675,26 @@ def measure_size(
             server, repository / SCORER_TS / str(version), repository / LOOKUP / str(version), requests
         )
         say(f"[{tag}] served parity: {json.dumps(result['served_parity'])}")
-        for model in args.models:
-            if not result["states"].get(model, "").startswith("READY"):
-                say(f"[{tag}] skipping {model}: {result['states'].get(model)}")
-                continue
-            if time.monotonic() > args.deadline:
-                say(f"[{tag}] out of time budget: {model} not measured")
-                break
-            common: dict[str, Any] = {
-                "work_dir": work / "perf_analyzer",
-                "input_data": files["by_row"] if model == SCORER_TS else files["by_id"],
-                "timeout_s": args.pa_timeout,
-                "log": say,
-            }
-            url = f"127.0.0.1:{server.grpc}"
-            run = run_perf_analyzer(
-                analyzer, model, url, concurrency=args.concurrency, measurement=measurement, **common
-            )
-            unstable = [c for c, why in run.failures.items() if "stable" in why]
-            if unstable:  # measured again, each window accepted: marked as such in the results
-                say(f"[{tag}] {model}: no stable measurement at {unstable}; once more without the stability rule")
-                relaxed = Measurement(mode="time_windows", interval_ms=args.interval_ms, stability_percentage=1000.0,
-                                      max_trials=3)  # fmt: skip
-                again = run_perf_analyzer(analyzer, model, url, concurrency=unstable, measurement=relaxed, **common)
-                run = dataclasses.replace(
-                    run,
-                    rows=tuple(sorted((*run.rows, *again.rows), key=lambda r: r.concurrency)),
-                    failures={c: w for c, w in run.failures.items() if again.row(c) is None},
-                )
-                result.setdefault("unstable_levels", {})[model] = [c for c in unstable if again.row(c) is not None]
-            runs.append(run)
-            result["runs"] = [r.to_json() for r in runs]
-            args.save()  # a run stopped by its time limit keeps every model measured so far
+        measure_models(args, analyzer, server, args.models, args.concurrency, work, files, result, tag)
         result["nvidia_smi"] = nvidia_smi()
+    for variant in args.variants:
+        if time.monotonic() > args.deadline:
+            say(f"[{tag}] out of time budget: variant {variant.name} not measured")
+            break
+        entry: dict[str, Any] = {"name": variant.name, "settings": variant.settings}
+        result.setdefault("variants", []).append(entry)
+        original = variant.apply(repository)
+        try:
+            entry["configs"] = instance_groups(repository)
+            with tritonserver(bits, repository, args.device, args.numpy_dir, log, args.ready_timeout) as server:
+                entry["states"] = server.states()
+                say(f"[{tag}] variant {variant.name} {variant.settings}: {entry['configs']}")
+                measure_models(
+                    args, analyzer, server, args.variant_models, args.variant_concurrency, work, files, entry, tag
+                )
+        finally:
+            for path, text in original.items():
+                path.write_text(text)
     if (work / "perf_analyzer").is_dir():
         with tarfile.open(args.out / f"gpu_serving-{tag}-perf.tar.gz", "w:gz") as tar:
             tar.add(work / "perf_analyzer", arcname=f"perf_analyzer-{tag}")
@@ -698,7 +794,30 @@ def render(payload: dict[str, Any]) -> str:
             ]
             lines.append(f"| `{model}` | " + " | ".join([*cells, *p50_cells]) + " |")
         lines.append("")
-    if any(size.get("unstable_levels") for size in payload["sizes"]):
+        if size.get("variants"):
+            lines += [
+                "Variants of the same repository (rendered configs above are the baseline):",
+                "",
+                "| variant | settings | model | c | infer/s | p50 ms | p99 ms |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for variant in size["variants"]:
+                settings = ", ".join(f"{k} {v}" for k, v in variant["settings"].items())
+                for run in variant.get("runs", []):
+                    for row in run["rows"]:
+                        mark = (
+                            "*"
+                            if row["concurrency"] in variant.get("unstable_levels", {}).get(run["model"], [])
+                            else ""
+                        )
+                        lines.append(
+                            f"| {variant['name']} | {settings} | `{run['model']}` | {row['concurrency']} | "
+                            f"{row['throughput']:,.0f}{mark} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} |"
+                        )
+            lines.append("")
+    unstable = [size.get("unstable_levels") for size in payload["sizes"]]
+    unstable += [v.get("unstable_levels") for size in payload["sizes"] for v in size.get("variants", [])]
+    if any(unstable):
         lines += ["\\* perf_analyzer found no stable window (within the stability rule) there; the figure is its "
                   "last windows accepted as measured.", ""]  # fmt: skip
     goals = payload.get("goals")
@@ -760,6 +879,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--pa-timeout", type=float, default=60.0)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--variants",
+        type=lambda text: [Variant.parse(v) for v in text.split(";") if v],
+        default=[],
+        help="after the rendered configs, measure these settings too, e.g. 's1=scorer:1;d200=delay:200,batch:128' "
+        f"(keys {', '.join(VARIANT_KEYS)})",
+    )
+    parser.add_argument("--variant-models", type=lambda s: s.split(","), default=[ENSEMBLE_A, FUSED])
+    parser.add_argument("--variant-concurrency", type=_ints, default=[1, 64])
     parser.add_argument("--budget-s", type=float, default=1e9, help="stop measuring new models after this")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--seed", type=int, default=0)

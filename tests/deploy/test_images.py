@@ -23,7 +23,7 @@ from deploy_support import ROOT, YAMLLINT_CONFIG, run, tool
 from image_support import Layout, lay_out
 
 DOCKER = ROOT / "docker"
-DOCKERFILES = {name: DOCKER / f"{name}.Dockerfile" for name in ("triton", "gateway", "feedback", "nginx")}
+DOCKERFILES = {name: DOCKER / f"{name}.Dockerfile" for name in ("triton", "gateway", "feedback", "nginx", "trainer")}
 #: Source folders other issues write; a COPY of one that does not exist yet is reported as a skip, not a failure.
 PENDING = {"gateway", "feedback", "protos", "nginx"}
 #: What the production Triton image's python steps import: the serving/ package, copied whole.
@@ -46,8 +46,10 @@ class Stage:
 
 
 def parse_dockerfile(path: Path) -> list[Stage]:
-    """Stages of a Dockerfile as (keyword, arguments) with continuation lines joined."""
+    """Stages of a Dockerfile as (keyword, arguments) with continuation lines joined; a base named by an ``ARG``
+    before the first ``FROM`` is read as that argument's default (what a plain build uses)."""
     stages: list[Stage] = []
+    defaults: dict[str, str] = {}
     logical = re.sub(r"\\\n", " ", path.read_text())
     for line in logical.splitlines():
         line = line.strip()
@@ -55,7 +57,11 @@ def parse_dockerfile(path: Path) -> list[Stage]:
             continue
         keyword, _, args = line.partition(" ")
         keyword = keyword.upper()
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = args.strip().partition("=")
+            defaults[name] = default
+        elif keyword == "FROM":
+            args = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), args)
             parts = args.split()
             stages.append(Stage(parts[0], parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None))
         else:
@@ -115,6 +121,24 @@ def test_triton_has_the_local_and_the_ngc_production_targets() -> None:
     copied = [args.split() for kw, args in stages["production"].instructions if kw == "COPY"]
     assert copied == [["serving/", "/opt/recsys/serving/"]], "the NGC image takes the serving package, whole"
     assert "PYTHONPATH=/opt/recsys" in (stages["production"].last("ENV") or "")
+
+
+def test_trainer_image_defaults_to_the_production_base_and_the_pytorch_cpu_index() -> None:
+    """Issue 16: base image and package indexes are build arguments, their defaults the production ones; the
+    image runs `recsys` (the CronJob gives `python -m scripts.aws loop retrain` as its command) as a job, so its
+    health is its exit status (HEALTHCHECK NONE), not a probe."""
+    (stage,) = parse_dockerfile(DOCKERFILES["trainer"])
+    assert stage.base == "python:3.11.11-slim-bookworm"
+    args = dict(a.partition("=")[::2] for kw, a in stage.instructions if kw == "ARG")
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert args["PIP_INDEX_URL"] == "https://pypi.org/simple"
+    runs = " ".join(a for kw, a in stage.instructions if kw == "RUN")
+    assert '--index-url "${TORCH_INDEX_URL}" torch==2.13.0' in runs
+    assert 'pip install -e ".[aws]"' in runs
+    assert json.loads(stage.last("ENTRYPOINT") or "[]") == ["recsys"]
+    assert stage.last("HEALTHCHECK") == "NONE"
+    copied = {a.split()[0] for kw, a in stage.instructions if kw == "COPY"}
+    assert {"trainer/", "triton_models/", "scripts/aws/"} <= copied, "publish copies model.py from triton_models/"
 
 
 def _copy_sources(path: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """Every metric the dashboards and rules may read, in one place.
 
-The gateway and feedback-writer names are the project contract (prometheus-client metrics); the Triton names are
+The gateway and feedback-writer names are the project contract (prometheus-client metrics); the training loop's
+are those ``recsys retrain --metrics-port`` serves (``recsys.loop.runner.LoopMetrics``); the Triton names are
 those Triton 2.51 serves on :8002. A test checks that every PromQL expression in ``grafana/`` reads only series
 named here (or series the rules themselves record), so a renamed metric fails offline instead of leaving a panel
 empty in production.
@@ -14,7 +15,7 @@ from typing import Literal
 MetricKind = Literal["counter", "gauge", "histogram", "summary"]
 
 #: Prometheus job names, as in ``grafana/prometheus/prometheus.yml``.
-JOBS = ("gateway", "feedback", "triton")
+JOBS = ("gateway", "feedback", "triton", "loop")
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,13 @@ _GATEWAY = (
     Metric("recommendation_skips_total", "counter", "gateway", ("group",)),
     Metric("gateway_fallback_total", "counter", "gateway", ("group",)),
     Metric("ab_group_mismatch_total", "counter", "gateway", ()),
+    # Organic plays (POST /plays, gRPC Plays) the writer acknowledged; beyond the contract, like the next one.
+    Metric("organic_plays_total", "counter", "gateway", (), in_contract=False),
     # Beyond the contract, exported by gateway/metrics.py: impressions lost because the writer's buffer was full.
     Metric("gateway_impressions_dropped_total", "counter", "gateway", (), in_contract=False),
 )
 
+#: ``kind``: impression, feedback or play (organic plays from POST /plays).
 _FEEDBACK = (
     Metric("feedback_events_received_total", "counter", "feedback", ("kind",)),
     Metric("feedback_events_written_total", "counter", "feedback", ("kind",)),
@@ -66,6 +70,16 @@ _FEEDBACK = (
     Metric("feedback_spool_events", "gauge", "feedback", ()),
     Metric("feedback_write_batch_seconds", "histogram", "feedback", ()),
     Metric("feedback_db_up", "gauge", "feedback", ()),
+)
+
+#: ``recsys retrain --metrics-port``: a registry of its own, so no process_* series. ``kind`` is ``items`` or
+#: ``retrain``; a labelled series appears with the first cycle of its kind (and decision).
+_LOOP = (
+    Metric("recsys_loop_cycles_total", "counter", "loop", ("kind", "decision"), in_contract=False),
+    Metric("recsys_loop_last_cycle_seconds", "gauge", "loop", ("kind",), in_contract=False),
+    Metric("recsys_loop_last_cycle_ok", "gauge", "loop", ("kind",), in_contract=False),
+    Metric("recsys_loop_items_added_total", "counter", "loop", (), in_contract=False),
+    Metric("recsys_model_age_seconds", "gauge", "loop", (), in_contract=False),
 )
 
 _TRITON_MODEL = ("model", "version")
@@ -89,7 +103,7 @@ _TRITON = (
 #: Written by Prometheus itself for every target.
 _PROMETHEUS = (Metric("up", "gauge", "*", ()),)
 
-METRICS: tuple[Metric, ...] = _PROCESS + _GATEWAY + _FEEDBACK + _TRITON + _PROMETHEUS
+METRICS: tuple[Metric, ...] = _PROCESS + _GATEWAY + _FEEDBACK + _LOOP + _TRITON + _PROMETHEUS
 
 
 def known_series() -> frozenset[str]:

@@ -12,6 +12,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from feedback.metrics import WriterMetrics
 from gateway.experiment import parse_experiment
 from gateway.metrics import GatewayMetrics
+from recsys.loop.runner import LoopMetrics
 from recsys.monitoring import catalog, queries
 
 EXPERIMENT_FILE = queries.GRAFANA_DIR.parent / "gateway" / "experiment.yaml"
@@ -36,7 +37,9 @@ def _exported_series(metrics: Any, job: str) -> dict[str, set[str]]:
     return exported
 
 
-@pytest.mark.parametrize(("job", "factory"), [("gateway", GatewayMetrics), ("feedback", WriterMetrics)])
+@pytest.mark.parametrize(
+    ("job", "factory"), [("gateway", GatewayMetrics), ("feedback", WriterMetrics), ("loop", LoopMetrics)]
+)
 def test_catalogued_series_are_exported_with_their_labels(job: str, factory: Any) -> None:
     exported = _exported_series(factory(), job)
     for metric in catalog.metrics_of(job):

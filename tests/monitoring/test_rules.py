@@ -34,8 +34,16 @@ REQUIRED_ALERTS = {
     "InferenceLatencyObjectiveBreached",
     "TritonDown",
     "ABSampleRatioMismatch",
+    "LoopLastCycleFailed",
+    "ServedModelStale",
+    "LoopItemsCycleOverdue",
 }
-LOCAL_TARGETS = {"gateway": ["127.0.0.1:8080"], "feedback": ["127.0.0.1:8090"], "triton": ["127.0.0.1:8002"]}
+LOCAL_TARGETS = {
+    "gateway": ["127.0.0.1:8080"],
+    "feedback": ["127.0.0.1:8090"],
+    "triton": ["127.0.0.1:8002"],
+    "loop": ["127.0.0.1:9108"],
+}
 
 
 def _load(path: Path) -> Any:
@@ -115,11 +123,12 @@ def test_configured_shares_form_a_split() -> None:
     assert sum(shares.values()) == pytest.approx(1.0)
 
 
-def test_scrape_config_names_the_three_jobs_with_production_intervals() -> None:
+def test_scrape_config_names_the_four_jobs_with_production_intervals() -> None:
     config = _load(CONFIG_FILE)
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert tuple(jobs) == catalog.JOBS
     assert jobs["triton"]["static_configs"][0]["targets"] == ["triton:8002"]
+    assert jobs["loop"]["static_configs"][0]["targets"] == ["loop:9108"]
     assert config["global"]["scrape_interval"] == "15s"
     assert config["rule_files"] == ["rules/*.yml"]
 
@@ -135,6 +144,16 @@ def test_rendered_local_config_passes_promtool(tmp_path: Path) -> None:
     assert config["global"] == {"scrape_interval": "1s", "evaluation_interval": "1s"}
     assert {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]} == LOCAL_TARGETS
     assert all(Path(pattern).is_absolute() for pattern in config["rule_files"])
+
+
+@needs_promtool
+def test_a_job_with_no_target_passes_promtool(tmp_path: Path) -> None:
+    """The local stack scrapes no loop unless it is told where one runs: an empty target list is valid."""
+    path = tmp_path / "prometheus.yml"
+    path.write_text(render_config(targets={**LOCAL_TARGETS, "loop": []}))
+    promtool("check", "config", path)
+    jobs = {job["job_name"]: job for job in yaml.safe_load(path.read_text())["scrape_configs"]}
+    assert jobs["loop"]["static_configs"] == [{"targets": []}]
 
 
 def test_render_config_refuses_a_job_the_config_lacks() -> None:

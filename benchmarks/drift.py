@@ -110,6 +110,13 @@ def drifted(drift: Drift, share: float, rng: np.random.Generator) -> Drift:
     return Drift(world, drift.released, moved.astype(np.int64))
 
 
+def drift_postgres_dir() -> Path:
+    """A cluster of the benchmark's own, beside the stack's default one (which another stack may be using)."""
+    from recsys.stack.postgres import default_data_dir
+
+    return default_data_dir().with_name(default_data_dir().name + "-drift")
+
+
 def experiment_file(folder: Path) -> Path:
     shares = [33.33, 33.33, 33.34]
     groups = "\n".join(
@@ -212,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             workdir=work / "stack",
             ports=StackPorts.free(),
             experiment_file=experiment_file(work),
-            postgres_dir=Path(args.postgres_dir) if args.postgres_dir else None,
+            postgres_dir=Path(args.postgres_dir) if args.postgres_dir else drift_postgres_dir(),
             families=tuple(ARMS.values()),
         )
         stack = LocalStack(config)
@@ -261,10 +268,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 loop_cycles.append(step)
                 look_for_releases(client, drift, releases, loop_users, args.top_k)
                 if cycle >= args.drift_at and (cycle - args.drift_at) % args.retrain_every == args.retrain_every - 1:
-                    window = timedelta(seconds=max(time.monotonic() - began, 1.0))
+                    cycle_s = max(time.monotonic() - began, 1.0)
+                    window = timedelta(seconds=cycle_s)
                     if not comparison:
                         comparison = warm_vs_cold(stack, repository, window)
-                    options = RetrainOptions(window=window, tolerance=args.tolerance, min_users=20)
+                    # Simulated time is compressed (a cycle stands for a day or so of listening): the half-life of
+                    # the log's weights is counted in cycles, as a deployment would count it in days.
+                    decay_days = args.decay_cycles * cycle_s / 86_400 if args.decay_cycles > 0 else None
+                    options = RetrainOptions(
+                        window=window, tolerance=args.tolerance, min_users=20, decay_days=decay_days
+                    )
                     step = retrain_cycle(repository, stack.database_url, stack.triton, work / "loop", options)
                     loop_cycles.append(step)
                     look_for_releases(client, drift, releases, loop_users, args.top_k)
@@ -366,7 +379,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{s['genres']} genres; {s['releases']} items released at cycle {s['drift_at']}, when "
             f"{s['drift_share']:.0%} of listeners move to another genre. {s['cycles']} cycles of "
             f"{s['listeners']} listeners x {s['requests']} requests through NGINX, then {s['plays']} organic plays "
-            f"per listener; the loop arm refreshes new items every cycle and retrains every {s['retrain_every']}.",
+            f"per listener; the loop arm refreshes new items every cycle and retrains every {s['retrain_every']} "
+            f"(log weights' half-life {s['decay_cycles']} cycle(s)).",
             "",
             markdown_table(
                 ["goal", "measured", "target", "met"], [[*g[:3], "yes" if g[3] else "**no**"] for g in goals]
@@ -422,9 +436,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drift-share", type=float, default=0.5)
     parser.add_argument("--listeners", type=int, default=1500, help="listeners asking for recommendations per cycle")
     parser.add_argument("--requests", type=int, default=2, help="requests per listener per cycle")
-    parser.add_argument("--plays", type=int, default=4, help="organic plays per listener per cycle")
-    parser.add_argument("--retrain-every", type=int, default=2, help="cycles between the loop's retrains")
+    parser.add_argument("--plays", type=int, default=8, help="organic plays per listener per cycle")
+    parser.add_argument("--retrain-every", type=int, default=1, help="cycles between the loop's retrains")
     parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument(
+        "--decay-cycles", type=float, default=1.0, help="half-life of the retrains' log weights, in cycles (0: none)"
+    )
     parser.add_argument("--final-cycles", type=int, default=2, help="cycles averaged for the final CTR")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7)
@@ -435,7 +452,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.items, args.releases, args.listeners = 400, 600, 12, 400
-        args.cycles, args.drift_at, args.retrain_every = 5, 1, 2
+        args.cycles, args.drift_at = 5, 1
     return args
 
 

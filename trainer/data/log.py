@@ -152,8 +152,8 @@ class Skips:
         users = user_ids.indices(self.user_ids)
         items = item_ids.indices(self.item_ids)
         known = (users >= 0) & (items >= 0)
-        keys = np.unique(users[known].astype(np.int64) * max(len(item_ids), 1) + items[known])
         n = max(len(item_ids), 1)
+        keys = np.unique(users[known].astype(np.int64) * n + items[known])
         return (keys // n).astype(np.int32), (keys % n).astype(np.int32)
 
 

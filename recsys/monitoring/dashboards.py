@@ -119,6 +119,9 @@ def triton_summary(summary: str, q: str, legend: str) -> Query:
 
 
 US_TO_MS = " / 1000"
+LOOP_CYCLES = "recsys_loop_cycles_total"
+#: ServedModelStale's threshold in grafana/prometheus/rules/alerts.yml (24 hours).
+LOOP_STALE_S = 24 * 3600
 IMPRESSIONS = "recommendation_impressions_total"
 
 SERVICE = DashboardSpec(
@@ -206,6 +209,56 @@ SERVICE = DashboardSpec(
                     (Query("min(feedback_db_up)", "database up"),),
                     kind="stat",
                     threshold=1,
+                ),
+            ),
+        ),
+        RowSpec(
+            "Training loop",
+            (
+                PanelSpec(
+                    "Served model age",
+                    "Time since the served factor version was published (a retrain or an items cycle that added "
+                    "releases), as the loop last saw it. ServedModelStale fires above 24 hours.",
+                    (Query("max(recsys_model_age_seconds)", "served model age"),),
+                    unit="s",
+                    kind="stat",
+                    width=6,
+                    threshold=LOOP_STALE_S,
+                ),
+                PanelSpec(
+                    "Last cycle succeeded",
+                    "1 when the last cycle of a kind (items, retrain) did not fail; LoopLastCycleFailed fires on 0.",
+                    (Query("min by (kind) (recsys_loop_last_cycle_ok)", "{{kind}}"),),
+                    kind="stat",
+                    width=6,
+                    threshold=1,
+                ),
+                PanelSpec(
+                    "Loop cycles in the last hour by kind and decision",
+                    "Cycles of the training loop over the last hour: promoted, refused, unchanged or failed, for new "
+                    "items and for retrains. Every cycle is also a row of retrain_cycles in PostgreSQL.",
+                    (Query(f"sum by (kind, decision) (increase({LOOP_CYCLES}[1h]))", "{{kind}} {{decision}}"),),
+                ),
+                PanelSpec(
+                    "Last cycle duration",
+                    "Wall time of the last cycle of each kind.",
+                    (Query("max by (kind) (recsys_loop_last_cycle_seconds)", "{{kind}}"),),
+                    unit="s",
+                ),
+                PanelSpec(
+                    "Items added in the last hour",
+                    "New releases the loop's items cycles added to the served catalogue over the last hour.",
+                    (Query("sum(increase(recsys_loop_items_added_total[1h]))", "items added"),),
+                ),
+                PanelSpec(
+                    "Organic plays per second",
+                    "Organic plays (POST /plays, gRPC Plays) the gateways acknowledged once the writer accepted "
+                    "them, and the plays the writer stored in PostgreSQL: what the loop learns from.",
+                    (
+                        Query(rate("organic_plays_total"), "acknowledged by the gateways"),
+                        Query(rate("feedback_events_written_total", selector='{kind="play"}'), "written by the writer"),
+                    ),
+                    unit="ops",
                 ),
             ),
         ),

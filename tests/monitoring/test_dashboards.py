@@ -165,6 +165,13 @@ def test_dashboards_cover_what_the_issue_asks_for() -> None:
         "nv_inference_exec_count",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
+        "recsys_model_age_seconds",
+        "recsys_loop_cycles_total",
+        "recsys_loop_last_cycle_seconds",
+        "recsys_loop_last_cycle_ok",
+        "recsys_loop_items_added_total",
+        "organic_plays_total",
+        'feedback_events_written_total{kind="play"}',
     ):
         assert needed in everything, needed
 
@@ -197,7 +204,8 @@ def _labels(labels: dict[str, str]) -> str:
 
 
 def synthetic_scrape() -> list[dict[str, str]]:
-    """20 minutes of 15 s scrapes of the gateway, the feedback writer and Triton with traffic in both groups.
+    """20 minutes of 15 s scrapes of the gateway, the feedback writer, Triton and the training loop with traffic in
+    both groups.
 
     Deliberately missing, as on a fresh stack: no fallback in group B, no rejected feedback event (their labelled
     series do not exist until the first one happens), so panels must still show 0 for them. And one Triton model is
@@ -225,6 +233,7 @@ def synthetic_scrape() -> list[dict[str, str]]:
         "gateway": {"job": "gateway", "instance": "gateway:8080"},
         "feedback": {"job": "feedback", "instance": "feedback:8090"},
         "triton": {"job": "triton", "instance": "triton:8002"},
+        "loop": {"job": "loop", "instance": "loop:9108"},
     }
     for labels in targets.values():
         add("up", labels, gauge(1))
@@ -245,13 +254,24 @@ def synthetic_scrape() -> list[dict[str, str]]:
     add("gateway_fallback_total", {**gw, "group": "A"}, counter(1))
     add("ab_group_mismatch_total", gw, gauge(0))
     add("gateway_impressions_dropped_total", gw, gauge(0))
+    add("organic_plays_total", gw, counter(4))
 
-    for kind, per_scrape in (("impression", 20), ("feedback", 5)):
+    for kind, per_scrape in (("impression", 20), ("feedback", 5), ("play", 4)):
         add("feedback_events_received_total", {**fb, "kind": kind}, counter(per_scrape))
         add("feedback_events_written_total", {**fb, "kind": kind}, counter(per_scrape))
     add("feedback_spool_events", fb, gauge(0))
     add("feedback_db_up", fb, gauge(1))
     histogram("feedback_write_batch_seconds", fb, {"0.01": 2, "0.1": 3, "+Inf": 3})
+
+    # The loop: an items cycle every 30 s (nothing new, then a release every 10 cycles), no retrain yet (its
+    # labelled series do not exist until the first one).
+    lp = targets["loop"]
+    add("recsys_loop_cycles_total", {**lp, "kind": "items", "decision": "unchanged"}, counter(0.45))
+    add("recsys_loop_cycles_total", {**lp, "kind": "items", "decision": "promoted"}, counter(0.05))
+    add("recsys_loop_last_cycle_seconds", {**lp, "kind": "items"}, gauge(0.8))
+    add("recsys_loop_last_cycle_ok", {**lp, "kind": "items"}, gauge(1))
+    add("recsys_loop_items_added_total", lp, counter(0.05))
+    add("recsys_model_age_seconds", lp, f"600+15x{steps}")
 
     for model in ("recsys_a", "recsys_b", "recsys_lookup"):
         m = {**tr, "model": model, "version": "1"}

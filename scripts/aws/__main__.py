@@ -13,9 +13,15 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scripts.aws import AwsError
 from scripts.aws.names import DEPLOY_ROLE, IMAGES, MANIFEST_PREFIX, REPOSITORY_PREFIX
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from scripts.aws import s3_models
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     versions = s3.add_parser("versions", help="list the uploaded versions")
     _location_args(versions)
 
+    _loop_parsers(areas)
+
     eks = areas.add_parser("eks", help="the EKS cluster").add_subparsers(dest="command", required=True)
     config = eks.add_parser("config", help="print the eksctl ClusterConfig")
     config.add_argument("--cluster", default="recsys")
@@ -67,6 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--cluster", default="recsys")
         sub.add_argument("--github-repo", required=True, help="OWNER/NAME of the repository whose CD deploys")
     return parser
+
+
+def _loop_parsers(areas: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from scripts.aws.loop import RUN_PREFIX
+
+    loop = areas.add_parser("loop", help="the training loop against the S3 model repository (the EKS CronJob)")
+    commands = loop.add_subparsers(dest="command", required=True)
+    retrain = commands.add_parser(
+        "retrain",
+        help="mirror the served version, run the loop's cycles, upload a promoted version, load it on every replica",
+    )
+    _location_args(retrain)
+    retrain.add_argument("--run-prefix", default=RUN_PREFIX, help="where each version's training run lives")
+    retrain.add_argument("--workdir", type=Path, required=True, help="an empty folder for the mirror and the runs")
+    found = retrain.add_mutually_exclusive_group(required=True)
+    found.add_argument("--replicas-service", help="a headless Service whose A records are the ready Triton pods")
+    found.add_argument("--replica", action="append", help="host:port of one replica's HTTP endpoint (repeatable)")
+    retrain.add_argument("--port", type=int, default=8000, help="Triton's HTTP port behind --replicas-service")
+    retrain.add_argument("--items-only", action="store_true", help="only add new releases (no retrain)")
+    retrain.add_argument("--window", type=float, help="minutes of newest log held out for the gate")
+    retrain.add_argument("--tolerance", type=float, help="relative NDCG@10 a candidate may lose")
+    attach = commands.add_parser("upload-run", help="attach the training run of an uploaded version (warm start)")
+    attach.add_argument("run_dir", type=Path)
+    attach.add_argument("--version", type=int, required=True)
+    _location_args(attach)
+    attach.add_argument("--run-prefix", default=RUN_PREFIX)
+    seed = commands.add_parser("seed", help="publish a trained run as the next version, its run attached")
+    seed.add_argument("run_dir", type=Path, help="a run written by `recsys train` (bpr or als)")
+    _location_args(seed)
+    seed.add_argument("--run-prefix", default=RUN_PREFIX)
+    policy = commands.add_parser("policy", help="print the IAM policy of the trainer's role")
+    _location_args(policy)
+    policy.add_argument("--run-prefix", default=RUN_PREFIX)
 
 
 def _location_args(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +168,10 @@ def _run(args: argparse.Namespace) -> None:
             print("\n".join(str(v) for v in s3_models.uploaded_versions(s3, where)))
         return
 
+    if args.area == "loop":
+        _run_loop(args, session.client("s3"))
+        return
+
     account = args.account or session.client("sts").get_caller_identity()["Account"]
     if args.area == "eks":
         from scripts.aws.eks import ClusterSpec, cluster_config, render
@@ -151,6 +196,65 @@ def _run(args: argparse.Namespace) -> None:
     client = session.client("iam")
     iam.ensure_github_oidc_provider(client, account)
     print(iam.ensure_deploy_role(client, role_name=DEPLOY_ROLE, trust=trust, permissions=permissions))
+
+
+def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
+    from scripts.aws import loop, s3_models
+
+    where = s3_models.Location(args.bucket, args.prefix, args.manifest_prefix)
+    if args.command == "policy":
+        prefixes = (where.prefix.strip("/"), where.manifest_prefix.strip("/"), args.run_prefix.strip("/"))
+        print(json.dumps(loop.trainer_policy(args.bucket, prefixes), indent=2))
+    elif args.command == "upload-run":
+        if s3_models.read_manifest(s3, where, args.version) is None:
+            raise AwsError(f"{where.url}: version {args.version} is not uploaded")
+        count = loop.upload_run(s3, args.bucket, args.version, args.run_dir, run_prefix=args.run_prefix)
+        print(f"the run of version {args.version}: {count} files under s3://{args.bucket}/{args.run_prefix}")
+    elif args.command == "seed":
+        version = s3_models.next_version(s3, where)
+        loop.upload_run(s3, args.bucket, version, args.run_dir, run_prefix=args.run_prefix)
+        with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
+            manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
+        if manifest.version != version:
+            raise AwsError(f"published version {manifest.version}, but its run went to version {version}")
+        print(f"published version {version} with its run: {len(manifest.entries)} objects under {where.url}")
+    else:
+        _retrain(args, s3, where)
+
+
+def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) -> None:
+    import logging
+    from datetime import timedelta
+
+    from recsys.core.settings import get_settings
+    from recsys.loop.retrain import RetrainOptions
+    from scripts.aws import loop
+    from trainer.new_items import CatalogueRules
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    addresses = args.replica or loop.resolve_replicas(args.replicas_service, args.port)
+    options = RetrainOptions(
+        window=timedelta(minutes=settings.retrain_window_minutes if args.window is None else args.window),
+        tolerance=settings.retrain_tolerance if args.tolerance is None else args.tolerance,
+        min_users=settings.retrain_min_users,
+    )
+    result = loop.run_once(
+        s3, where, settings.database_url.get_secret_value(), {a: loop.HttpReplica(a) for a in addresses},
+        args.workdir, kinds=("items",) if args.items_only else ("items", "retrain"), options=options,
+        rules=CatalogueRules(settings.catalogue_min_listeners, settings.catalogue_max_plays),
+        run_prefix=args.run_prefix,
+    )  # fmt: skip
+    for address, what in result.reconciled.items():
+        print(f"replica {address}: {what}")
+    for cycle in result.cycles:
+        version = f" -> version {cycle.published_version}" if cycle.published_version else ""
+        print(f"{cycle.kind} {cycle.decision}{version} in {cycle.seconds:.1f} s: {cycle.reason}")
+    if not result.ok:
+        problems = [f"replica {a} {e}" for a, e in result.lagging.items()]
+        problems += [f"version {v} loaded on no replica and was removed from S3" for v in result.removed]
+        problems += [f"the {c.kind} cycle failed" for c in result.cycles if c.decision == "failed"]
+        raise AwsError("; ".join(problems))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class StackConfig:
     prometheus: bool = False  # also run Prometheus, scraping the gateways, the writer and Triton
     scrape_interval: str = "5s"
     families: tuple[Family, ...] | None = None  # what load_models loads (default: every family of the repository)
+    # More Prometheus targets by job, e.g. {"loop": ("127.0.0.1:9108",)} for `recsys retrain --metrics-port 9108`;
+    # a job of the committed config not named here and not run by the stack (loop) gets no target.
+    extra_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class LocalStack:
@@ -129,7 +132,9 @@ class LocalStack:
                 "gateway": [f"127.0.0.1:{self.gateway_port(n)}" for n in range(config.gateways)],
                 "feedback": [f"127.0.0.1:{ports.feedback}"],
                 "triton": [f"127.0.0.1:{ports.triton_metrics}"],
-            },
+                "loop": [],
+            }
+            | {job: list(addresses) for job, addresses in config.extra_targets.items()},
             scrape_interval=config.scrape_interval,
         )
         self.prometheus: ServiceProcess | None = None

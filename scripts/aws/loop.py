@@ -283,10 +283,11 @@ class HttpReplica(TritonControl):
         super().__init__(TritonUrls(http=address, grpc="", metrics=""), timeout_s=timeout_s)
 
     def ensemble_versions(self, name: str) -> set[int]:
-        """The step versions ``name`` is pinned to as the replica runs it (``{-1}``: unpinned, the newest)."""
+        """The step versions ``name`` is pinned to as the replica runs it (``{-1}``: unpinned, the newest; empty:
+        not loaded there)."""
         status, body = self._request("GET", f"/v2/models/{name}/config")
         if status != 200:
-            raise AwsError(f"Triton at {self.urls.http}: no config of {name} (HTTP {status})")
+            return set()  # not loaded there: not pinned to anything
         steps = json.loads(body).get("ensemble_scheduling", {}).get("step", [])
         return {int(step.get("model_version", -1)) for step in steps}
 
@@ -342,21 +343,24 @@ class EveryReplica:
         return error
 
 
-def reconcile(replicas: Mapping[str, Replica], repository: Path, served: Mapping[str, int]) -> dict[str, str]:
-    """Activates the served version on every replica whose ensembles are pinned to another one (a replica that
-    failed in an earlier run, or one started before the last upload); returns replica -> what was done or what
-    failed."""
-    done = {}
-    for family in (f for f in FAMILIES if f.name in served):
-        version = served[family.name]
-        for address, replica in replicas.items():
-            try:
-                if all(replica.ensemble_versions(e) == {version} for e in family.ensembles):
-                    continue
-                activate(replica, repository, family, version)
-                done[address] = f"now serves {family.name} version {version}"
-            except RecsysError as exc:
-                done[address] = f"still not on {family.name} version {version}: {exc}"
+def reconcile(
+    replicas: Mapping[str, Replica], repository: Path, served: Mapping[str, int], family: Family = FACTOR
+) -> dict[str, str]:
+    """Activates ``family``'s served version on every replica whose ensembles are not all pinned to it (one that
+    failed in an earlier run, or a pod started since, whose ensembles load unpinned); returns replica -> what was
+    done or what failed. Only the loop's family: the other one is CD's, loaded when pods start."""
+    done: dict[str, str] = {}
+    version = served.get(family.name)
+    if version is None:
+        return done
+    for address, replica in replicas.items():
+        try:
+            if all(replica.ensemble_versions(e) == {version} for e in family.ensembles):
+                continue
+            activate(replica, repository, family, version)
+            done[address] = f"now serves {family.name} version {version}"
+        except RecsysError as exc:
+            done[address] = f"still not on {family.name} version {version}: {exc}"
     return done
 
 

@@ -1,0 +1,341 @@
+"""The training loop on EKS (scripts/aws/loop.py) against moto's S3 and fake Triton replicas (no cluster runs
+here): the mirror takes exactly the served versions' files and checks them, a promoted version is uploaded before
+any replica is asked to load it and then reaches every replica, an upload failure loads nothing, a replica that
+fails is retried, reported and reconciled by the next run, and a version no replica loads leaves S3 again. The
+repository, publish, activate and loop code is the real one; a publishing cycle runs against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install boto3)")
+moto = pytest.importorskip("moto", reason="moto is not installed (pip install 'moto[s3,ecr,iam,sts]')")
+
+import deploy_support  # noqa: E402, F401  (puts the repository root on sys.path, for scripts.aws)
+from botocore.exceptions import ClientError  # noqa: E402
+
+from recsys.core.errors import RecsysError  # noqa: E402
+from recsys.stack.triton.config import TritonServerError  # noqa: E402
+from scripts.aws import AwsError, loop, s3_models  # noqa: E402
+from scripts.aws.__main__ import build_parser  # noqa: E402
+from serving.contract import MANIFEST_FILE  # noqa: E402
+from trainer.triton.family import FACTOR, SESSION  # noqa: E402
+from trainer.triton.repository import activate, render_repository  # noqa: E402
+
+BUCKET = "recsys-models-loop"
+WHERE = s3_models.Location(BUCKET)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),  # moto's documented dummies, not keys
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_SESSION_TOKEN", "testing"),
+        ("AWS_DEFAULT_REGION", "eu-west-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    with moto.mock_aws():
+        client = boto3.client("s3", region_name="eu-west-1")
+        s3_models.ensure_bucket(client, BUCKET, "eu-west-1")
+        yield client
+
+
+class FakeReplica:
+    """A replica's model control as the loop uses it: loads succeed (or fail ``failures`` times, or always), and an
+    ensemble loaded with a config is pinned to the step versions in it."""
+
+    def __init__(self, name: str, *, failures: int = 0, on_load: Any = None) -> None:
+        self.name, self.failures, self.on_load = name, failures, on_load
+        self.loads: list[str] = []
+        self.pins: dict[str, set[int]] = {}
+
+    def load_model(self, name: str, config: str | None = None) -> None:
+        if self.on_load is not None:
+            self.on_load(self, name)
+        if self.failures:
+            self.failures -= 1
+            raise TritonServerError(f"Triton could not load model {name!r}: out of memory")
+        self.loads.append(name)
+        steps = json.loads(config).get("ensemble_scheduling", {}).get("step", []) if config else []
+        if steps:
+            self.pins[name] = {int(step["model_version"]) for step in steps}
+
+    def ensemble_versions(self, name: str) -> set[int]:
+        return self.pins.get(name, {-1})
+
+
+ALWAYS = 10**6
+
+
+def fake_version(repository: Path, family: Any, version: int, run_dir: Path) -> None:
+    """A version as publish lays it out (model.py + publish.json naming its run), without the export."""
+    for model in family.steps:
+        folder = repository / model / str(version)
+        folder.mkdir(parents=True)
+        (folder / "model.py").write_text(f"# {model} v{version}\n")
+        (folder / MANIFEST_FILE).write_text(json.dumps({"version": version, "run": str(run_dir)}) + "\n")
+
+
+def fake_run(folder: Path, seed: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"model": "als", "seed": seed}))
+    (folder / "model.npz").write_bytes(seed.encode() * 100)
+    return folder
+
+
+def seeded(s3: Any, root: Path) -> Path:
+    """S3 with factor v1, session v2, factor v3 (each uploaded with its run, as the loop does)."""
+    repository = root / "published"
+    render_repository(repository, "native")
+    for family, version in ((FACTOR, 1), (SESSION, 2), (FACTOR, 3)):
+        run = fake_run(root / f"run{version}", f"run {version}")
+        fake_version(repository, family, version, run)
+        assert loop.upload_new(s3, WHERE, repository, set(range(1, version))) == [version]
+    return repository
+
+
+# --- the mirror -------------------------------------------------------------------------------------------------
+
+
+def test_mirror_takes_exactly_the_served_versions_and_restores_the_run(s3: Any, tmp_path: Path) -> None:
+    seeded(s3, tmp_path)
+    mirrored = loop.mirror(s3, WHERE, tmp_path / "mirror", tmp_path / "runs")
+    assert mirrored.served == {FACTOR.name: 3, SESSION.name: 2}
+    assert mirrored.uploaded == {1, 2, 3}
+    on_disk = {p.relative_to(mirrored.repository).as_posix() for p in mirrored.repository.rglob("*") if p.is_file()}
+    newest = {e.key for e in s3_models.read_manifest(s3, WHERE, 3).entries}  # type: ignore[union-attr]
+    session = {e.key for e in s3_models.read_manifest(s3, WHERE, 2).entries if e.key.split("/")[1] == "2"}  # type: ignore[union-attr]
+    assert on_disk == newest | session  # version 1 (not served) is not fetched
+    assert not any(key.split("/")[1] == "1" and not key.endswith(".keep") for key in on_disk)
+    # The warm start's base: the run of version 3, and publish.json points at it.
+    assert (mirrored.run_dir / "model.npz").read_bytes() == b"run 3" * 100
+    publish_json = json.loads((mirrored.repository / FACTOR.steps[0] / "3" / MANIFEST_FILE).read_text())
+    assert publish_json["run"] == str(mirrored.run_dir.resolve())
+    # The next local version number is S3's next one.
+    from trainer.triton.repository import next_version
+
+    assert next_version(mirrored.repository) == s3_models.next_version(s3, WHERE) == 4
+
+
+def test_mirror_refuses_an_object_that_does_not_match_its_manifest(s3: Any, tmp_path: Path) -> None:
+    seeded(s3, tmp_path)
+    s3.put_object(Bucket=BUCKET, Key=WHERE.key(f"{FACTOR.steps[1]}/3/model.py"), Body=b"# tampered\n")
+    with pytest.raises(AwsError, match=rf"{FACTOR.steps[1]}/3/model.py: \d+ bytes, sha256 .* its manifest says"):
+        loop.mirror(s3, WHERE, tmp_path / "mirror", tmp_path / "runs")
+
+
+def test_mirror_says_how_to_attach_a_missing_run(s3: Any, tmp_path: Path) -> None:
+    seeded(s3, tmp_path)
+    s3.delete_object(Bucket=BUCKET, Key="runs/v3.json")
+    with pytest.raises(AwsError, match=r"no training run at s3://.*/runs/v3.json.*upload-run RUN_DIR --version 3"):
+        loop.mirror(s3, WHERE, tmp_path / "mirror", tmp_path / "runs")
+
+
+def test_runs_are_immutable(s3: Any, tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "run", "a")
+    assert loop.upload_run(s3, BUCKET, 7, run) == 2
+    assert loop.upload_run(s3, BUCKET, 7, run) == 2  # the same again: a no-op
+    (run / "model.npz").write_bytes(b"other")
+    with pytest.raises(AwsError, match="exists with other content"):
+        loop.upload_run(s3, BUCKET, 7, run)
+
+
+# --- loading every replica ----------------------------------------------------------------------------------------
+
+
+def _mirrored_with_a_new_version(s3: Any, tmp_path: Path) -> tuple[loop.Mirror, set[int]]:
+    seeded(s3, tmp_path)
+    mirrored = loop.mirror(s3, WHERE, tmp_path / "mirror", tmp_path / "runs")
+    fake_version(mirrored.repository, FACTOR, 4, fake_run(tmp_path / "runs" / "cycle-4", "run 4"))
+    return mirrored, set(mirrored.uploaded)
+
+
+def _control(s3: Any, mirrored: loop.Mirror, known: set[int], replicas: dict[str, Any]) -> loop.EveryReplica:
+    return loop.EveryReplica(
+        replicas,
+        upload=lambda: loop.upload_new(s3, WHERE, mirrored.repository, known),
+        rollback=lambda version: s3_models.remove_version(s3, WHERE, version),
+        sleep=lambda seconds: None,
+    )
+
+
+def test_a_new_version_is_uploaded_before_the_first_load_then_loaded_everywhere(s3: Any, tmp_path: Path) -> None:
+    mirrored, known = _mirrored_with_a_new_version(s3, tmp_path)
+    seen_at_first_load: list[list[int]] = []
+
+    def check(replica: FakeReplica, name: str) -> None:
+        if not replica.loads:
+            seen_at_first_load.append(s3_models.uploaded_versions(s3, WHERE))
+            assert s3_models.verify_version(s3, WHERE, 4) == []
+            assert "runs/v4.json" in {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/")["Contents"]}
+
+    replicas = {f"10.0.0.{i}:8000": FakeReplica(f"r{i}", on_load=check) for i in (1, 2, 3)}
+    control = _control(s3, mirrored, known, replicas)
+    activate(control, mirrored.repository, FACTOR, 4)
+    assert seen_at_first_load == [[1, 2, 3, 4]] * 3
+    for replica in replicas.values():
+        assert {e: replica.ensemble_versions(e) for e in FACTOR.ensembles} == {key: {4} for key in FACTOR.ensembles}
+        # Steps first, ensembles pinned after them, then the steps retired to version 4 alone.
+        assert replica.loads == [*FACTOR.steps, *FACTOR.ensembles, *FACTOR.steps]
+    assert not control.lagging
+    assert not control.removed
+
+
+def test_an_upload_failure_loads_nothing(s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirrored, known = _mirrored_with_a_new_version(s3, tmp_path)
+    replicas = {"10.0.0.1:8000": FakeReplica("r1"), "10.0.0.2:8000": FakeReplica("r2")}
+    control = _control(s3, mirrored, known, replicas)
+    real_put = s3.put_object
+
+    def refuse(**kwargs: Any) -> Any:
+        if "/4/" in kwargs["Key"]:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "PutObject")
+        return real_put(**kwargs)
+
+    monkeypatch.setattr(s3, "put_object", refuse)
+    with pytest.raises(AwsError, match=r"S3 upload of version 4: .*AccessDenied"):
+        activate(control, mirrored.repository, FACTOR, 4)
+    assert all(not r.loads for r in replicas.values())
+    assert s3_models.uploaded_versions(s3, WHERE) == [1, 2, 3]  # no manifest: version 4 does not count
+
+
+def test_a_replica_is_retried_then_left_on_its_version_and_reconciled_by_the_next_run(s3: Any, tmp_path: Path) -> None:
+    mirrored, known = _mirrored_with_a_new_version(s3, tmp_path)
+    flaky, broken, healthy = FakeReplica("flaky", failures=2), FakeReplica("broken", failures=ALWAYS), FakeReplica("ok")
+    for replica in (flaky, broken, healthy):  # every replica served version 3 before
+        replica.pins = {key: {3} for key in FACTOR.ensembles}
+    replicas = {"10.0.0.1:8000": flaky, "10.0.0.2:8000": broken, "10.0.0.3:8000": healthy}
+    control = _control(s3, mirrored, known, replicas)
+    activate(control, mirrored.repository, FACTOR, 4)  # does not raise: two replicas serve version 4
+    assert flaky.ensemble_versions("recsys_a") == healthy.ensemble_versions("recsys_a") == {4}
+    assert broken.ensemble_versions("recsys_a") == {3}  # kept its pinned version: no mix
+    assert broken.loads == []
+    assert broken.failures == ALWAYS - 3
+    assert list(control.lagging) == ["10.0.0.2:8000"]
+    assert "out of memory" in control.lagging["10.0.0.2:8000"]
+    assert s3_models.uploaded_versions(s3, WHERE) == [1, 2, 3, 4]
+
+    # The next run mirrors version 4 and activates it on the replica that still serves 3, only there.
+    broken.failures = 0
+    loads_before = {name: len(r.loads) for name, r in replicas.items()}
+    again = loop.mirror(s3, WHERE, tmp_path / "next" / "mirror", tmp_path / "next" / "runs")
+    done = loop.reconcile(replicas, again.repository, again.served)
+    assert done == {"10.0.0.2:8000": f"now serves {FACTOR.name} version 4"}
+    assert broken.ensemble_versions("recsys_a") == {4}
+    assert {name: len(r.loads) for name, r in replicas.items() if r is not broken} == {
+        name: n for name, n in loads_before.items() if replicas[name] is not broken
+    }
+
+
+def test_a_version_no_replica_loads_is_removed_from_s3(s3: Any, tmp_path: Path) -> None:
+    mirrored, known = _mirrored_with_a_new_version(s3, tmp_path)
+    replicas = {f"10.0.0.{i}:8000": FakeReplica(f"r{i}", failures=ALWAYS) for i in (1, 2)}
+    control = _control(s3, mirrored, known, replicas)
+    with pytest.raises(AwsError, match=r"no replica loaded recsys_lookup .*version 4 removed from S3"):
+        activate(control, mirrored.repository, FACTOR, 4)
+    assert control.removed == [4]
+    assert s3_models.uploaded_versions(s3, WHERE) == [1, 2, 3]  # starting pods load version 3, not a broken 4
+    assert isinstance(AwsError("x"), RecsysError)  # so retrain_cycle records it as a failed cycle
+
+
+def test_replicas_are_the_a_records_of_the_headless_service() -> None:
+    def resolve(host: str, port: int, type: int) -> list[Any]:
+        assert (host, port) == ("triton-replicas.recsys.svc.cluster.local", 8000)
+        return [(2, 1, 6, "", ("10.0.1.7", port)), (2, 1, 6, "", ("10.0.0.9", port)), (2, 1, 6, "", ("10.0.1.7", port))]
+
+    found = loop.resolve_replicas("triton-replicas.recsys.svc.cluster.local", 8000, resolve)
+    assert found == ["10.0.0.9:8000", "10.0.1.7:8000"]
+    with pytest.raises(AwsError, match="resolves to no Triton replica"):
+        loop.resolve_replicas("x", 8000, lambda *a, **k: [])
+
+    def gone(*args: Any, **kwargs: Any) -> list[Any]:
+        raise OSError("Name or service not known")
+
+    with pytest.raises(AwsError, match="cannot resolve the Triton replicas x: Name or service not known"):
+        loop.resolve_replicas("x", 8000, gone)
+
+
+def test_command_line_of_the_cronjob() -> None:
+    args = build_parser().parse_args(
+        ["loop", "retrain", "--bucket", "b", "--workdir", "/work", "--replicas-service", "triton-replicas"]
+    )
+    assert (args.area, args.command, args.replicas_service, args.port, args.run_prefix) == (
+        "loop", "retrain", "triton-replicas", 8000, "runs",
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["loop", "retrain", "--bucket", "b", "--workdir", "/w", "--replicas-service", "s", "--replica", "h:1"]
+        )
+    policy = loop.trainer_policy("b", ("triton", "manifests", "runs"))
+    resources = policy["Statement"][1]["Resource"]
+    assert resources == ["arn:aws:s3:::b/triton/*", "arn:aws:s3:::b/manifests/*", "arn:aws:s3:::b/runs/*"]
+
+
+# --- one run with a real cycle ------------------------------------------------------------------------------------
+
+
+def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
+    s3: Any, tmp_path: Path, loop_database: str, served_run: Path
+) -> None:
+    """The CronJob's run end to end but for the cluster: version 1 seeded as `loop seed` does it, listeners play a
+    release, one run mirrors, refreshes the catalogue (real export and parity), uploads version 2 with its run, and
+    pins every replica's ensembles to it; the cycle is in retrain_cycles."""
+    from tests_support import on_database
+
+    from trainer.artifacts import load_run
+
+    async def empty(conn: Any) -> None:
+        await conn.execute("TRUNCATE plays, feedback, impressions, retrain_cycles")
+
+    on_database(loop_database, empty)
+    run_copy = tmp_path / "seed-run"
+    shutil.copytree(served_run, run_copy)
+    loop.upload_run(s3, BUCKET, 1, run_copy)
+    assert s3_models.publish_run(s3, WHERE, run_copy, tmp_path / "seed").version == 1
+
+    listeners = [str(u) for u in load_run(served_run).user_ids.ids[:12]]
+    now = datetime.now(UTC)
+
+    async def play(conn: Any) -> None:
+        rows = [(f"{u}-{n}", now, u, "release-eks") for u in listeners for n in range(3)]
+        await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
+
+    on_database(loop_database, play)
+    uploaded_at_load: list[list[int]] = []
+
+    def check(replica: FakeReplica, name: str) -> None:
+        uploaded_at_load.append(s3_models.uploaded_versions(s3, WHERE))
+
+    replicas = {f"10.0.0.{i}:8000": FakeReplica(f"r{i}", on_load=check) for i in (1, 2, 3)}
+    for address in ("10.0.0.1:8000", "10.0.0.2:8000"):
+        replicas[address].pins = {key: {1} for key in FACTOR.ensembles}
+    # 10.0.0.3 started since (its ensembles unpinned): the run pins it to version 1 before the cycle.
+    result = loop.run_once(s3, WHERE, loop_database, replicas, tmp_path / "work", kinds=("items",))
+    (cycle,) = result.cycles
+    assert cycle.decision == "promoted", cycle.reason
+    assert (cycle.published_version, cycle.items_added) == (2, 1)
+    assert result.ok
+    assert result.reconciled == {"10.0.0.3:8000": f"now serves {FACTOR.name} version 1"}
+    reconciling = len(FACTOR.steps) * 2 + len(FACTOR.ensembles)
+    assert uploaded_at_load[:reconciling] == [[1]] * reconciling
+    assert uploaded_at_load[reconciling:]
+    assert all(seen == [1, 2] for seen in uploaded_at_load[reconciling:])
+    assert s3_models.verify_version(s3, WHERE, 2) == []
+    for replica in replicas.values():
+        assert replica.ensemble_versions("recsys_a") == {2}
+    # The next run warm-starts from version 2's run, restored from S3.
+    again = loop.mirror(s3, WHERE, tmp_path / "next" / "mirror", tmp_path / "next" / "runs")
+    assert "release-eks" in load_run(again.run_dir).item_ids.ids.astype(str).tolist()
+
+    async def recorded(conn: Any) -> list[Any]:
+        return list(await conn.fetch("SELECT kind, decision, published_version FROM retrain_cycles"))
+
+    assert [tuple(r) for r in on_database(loop_database, recorded)] == [("items", "promoted", 2)]

@@ -86,7 +86,10 @@ def _loop_parsers(areas: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "retrain",
         help="mirror the served version, run the loop's cycles, upload a promoted version, load it on every replica",
     )
-    _location_args(retrain)
+    retrain.add_argument(
+        "--repository", required=True, help="s3://BUCKET/PREFIX: the Triton repository (MODEL_REPOSITORY of params.env)"
+    )
+    retrain.add_argument("--manifest-prefix", default=MANIFEST_PREFIX)
     retrain.add_argument("--run-prefix", default=RUN_PREFIX, help="where each version's training run lives")
     retrain.add_argument("--workdir", type=Path, required=True, help="an empty folder for the mirror and the runs")
     found = retrain.add_mutually_exclusive_group(required=True)
@@ -201,6 +204,9 @@ def _run(args: argparse.Namespace) -> None:
 def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
     from scripts.aws import loop, s3_models
 
+    if args.command == "retrain":
+        _retrain(args, s3, _repository_location(args.repository, args.manifest_prefix))
+        return
     where = s3_models.Location(args.bucket, args.prefix, args.manifest_prefix)
     if args.command == "policy":
         prefixes = (where.prefix.strip("/"), where.manifest_prefix.strip("/"), args.run_prefix.strip("/"))
@@ -219,7 +225,16 @@ def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
             raise AwsError(f"published version {manifest.version}, but its run went to version {version}")
         print(f"published version {version} with its run: {len(manifest.entries)} objects under {where.url}")
     else:
-        _retrain(args, s3, where)
+        raise AwsError(f"unknown loop command {args.command}")
+
+
+def _repository_location(url: str, manifest_prefix: str) -> s3_models.Location:
+    from scripts.aws.s3_models import Location
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket or not prefix.strip("/"):
+        raise AwsError(f"{url!r} is not s3://BUCKET/PREFIX")
+    return Location(bucket, prefix.strip("/"), manifest_prefix)
 
 
 def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) -> None:

@@ -7,6 +7,7 @@ repository, publish, activate and loop code is the real one; a publishing cycle 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,13 +19,13 @@ import pytest
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (pip install boto3)")
 moto = pytest.importorskip("moto", reason="moto is not installed (pip install 'moto[s3,ecr,iam,sts]')")
 
-import deploy_support  # noqa: E402, F401  (puts the repository root on sys.path, for scripts.aws)
+import deploy_support  # noqa: E402  (puts the repository root on sys.path, for scripts.aws)
 from botocore.exceptions import ClientError  # noqa: E402
 
 from recsys.core.errors import RecsysError  # noqa: E402
 from recsys.stack.triton.config import TritonServerError  # noqa: E402
 from scripts.aws import AwsError, loop, s3_models  # noqa: E402
-from scripts.aws.__main__ import build_parser  # noqa: E402
+from scripts.aws.__main__ import _repository_location, build_parser  # noqa: E402
 from serving.contract import MANIFEST_FILE  # noqa: E402
 from trainer.triton.family import FACTOR, SESSION  # noqa: E402
 from trainer.triton.repository import activate, render_repository  # noqa: E402
@@ -265,15 +266,17 @@ def test_replicas_are_the_a_records_of_the_headless_service() -> None:
 
 def test_command_line_of_the_cronjob() -> None:
     args = build_parser().parse_args(
-        ["loop", "retrain", "--bucket", "b", "--workdir", "/work", "--replicas-service", "triton-replicas"]
+        ["loop", "retrain", "--repository", "s3://b/triton", "--workdir", "/work", "--replicas-service", "t-r"]
     )
+    assert _repository_location(args.repository, args.manifest_prefix) == s3_models.Location("b", "triton")
+    with pytest.raises(AwsError, match="is not s3://BUCKET/PREFIX"):
+        _repository_location("s3://b", "manifests")
     assert (args.area, args.command, args.replicas_service, args.port, args.run_prefix) == (
-        "loop", "retrain", "triton-replicas", 8000, "runs",
+        "loop", "retrain", "t-r", 8000, "runs",
     )  # fmt: skip
+    both = ["--replicas-service", "s", "--replica", "h:1"]  # one way to find the replicas, not two
     with pytest.raises(SystemExit):
-        build_parser().parse_args(
-            ["loop", "retrain", "--bucket", "b", "--workdir", "/w", "--replicas-service", "s", "--replica", "h:1"]
-        )
+        build_parser().parse_args(["loop", "retrain", "--repository", "s3://b/t", "--workdir", "/w", *both])
     policy = loop.trainer_policy("b", ("triton", "manifests", "runs"))
     resources = policy["Statement"][1]["Resource"]
     assert resources == ["arn:aws:s3:::b/triton/*", "arn:aws:s3:::b/manifests/*", "arn:aws:s3:::b/runs/*"]
@@ -339,3 +342,98 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
         return list(await conn.fetch("SELECT kind, decision, published_version FROM retrain_cycles"))
 
     assert [tuple(r) for r in on_database(loop_database, recorded)] == [("items", "promoted", 2)]
+
+
+# --- the CronJob (k8s/overlays/eks/trainer.yaml), on the rendered overlay --------------------------------------
+
+
+def _eks() -> list[dict[str, Any]]:
+    from deploy_support import objects
+
+    return objects("eks")
+
+
+def _named(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def test_cronjob_runs_the_loop_every_15_minutes_one_at_a_time_unprivileged() -> None:
+    objs = _eks()
+    cron = _named(objs, "CronJob", "trainer")
+    assert cron["spec"]["schedule"] == "*/15 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] < 15 * 60, "a run must end before the next one is due"
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com/recsys-trainer:[\w.-]+", container["image"])
+    command = [*container["command"], *container["args"]]
+    assert command[:5] == ["python", "-m", "scripts.aws", "loop", "retrain"]
+    args = build_parser().parse_args(command[3:])  # the command line parses as the image's CLI reads it
+    assert args.repository == "$(MODEL_REPOSITORY)"
+    assert args.workdir == Path("/work")
+    assert args.replicas_service.startswith(f"{_named(objs, 'Service', 'triton-replicas')['metadata']['name']}.")
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RECSYS_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "recsys-db", "key": "url"}
+    assert env["MODEL_REPOSITORY"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "deploy-params",
+        "key": "MODEL_REPOSITORY",
+    }
+    # Unprivileged as the serving workloads, with writable emptyDirs only where the loop writes.
+    context = pod["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == 10001
+    assert context["seccompProfile"]["type"] == "RuntimeDefault"
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/work", "/tmp"}
+    assert all("emptyDir" in v for v in pod["volumes"])
+    for bound in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][bound])
+    assert "tolerations" not in pod, "the job stays off the GPU nodes"
+
+
+def test_trainer_reads_s3_through_its_own_role_in_tritons_account() -> None:
+    objs = _eks()
+    pod = _named(objs, "CronJob", "trainer")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    account = _named(objs, "ServiceAccount", pod["serviceAccountName"])
+    triton = _named(objs, "ServiceAccount", "triton")["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role == triton.rsplit("/", 1)[0] + "/recsys-trainer"
+
+
+def test_headless_service_lists_every_triton_pod_by_its_http_port() -> None:
+    objs = _eks()
+    service = _named(objs, "Service", "triton-replicas")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"app.kubernetes.io/name": "triton"}
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8000, "http")]
+
+
+def test_trainer_reaches_triton_http_the_database_and_https_and_nothing_else() -> None:
+    from test_kubernetes import reachable
+
+    objs = _eks()
+    trainer = {"app.kubernetes.io/name": "trainer"}
+    apps = {name: {"app.kubernetes.io/name": name} for name in ("triton", "gateway", "feedback", "nginx", "prometheus")}
+    assert reachable(objs, trainer, apps["triton"], 8000)
+    for port in (8001, 8002):
+        assert not reachable(objs, trainer, apps["triton"], port)
+    for name, port in (("gateway", 8080), ("feedback", 8090), ("nginx", 8088), ("prometheus", 9090)):
+        assert not reachable(objs, trainer, apps[name], port), name
+    assert reachable(objs, trainer, None, 5432)  # the managed PostgreSQL (DATABASE_CIDR)
+    assert reachable(objs, trainer, None, 443)  # S3 and STS
+    assert not reachable(objs, trainer, None, 80)
+    for name, labels in apps.items():
+        assert not reachable(objs, labels, trainer, 8000), f"{name} reaches the job"
+    # Triton's model control is open to the job only: not to the gateway, whose inference ports it keeps.
+    policy = _named(objs, "NetworkPolicy", "trainer")
+    params = dict(
+        line.split("=", 1)
+        for line in (deploy_support.ROOT / "k8s/overlays/eks/params.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert policy["spec"]["egress"][1]["to"][0]["ipBlock"]["cidr"] == params["DATABASE_CIDR"].strip()

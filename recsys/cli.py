@@ -494,9 +494,10 @@ def retrain(
     triton_http: Annotated[
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (model control).")
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Serve the loop's Prometheus metrics on 127.0.0.1:PORT.")
-    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve the loop's Prometheus metrics on this port.")] = None,
+    metrics_addr: Annotated[
+        str, typer.Option(help="Address of the metrics port (0.0.0.0 in a container or pod).")
+    ] = "127.0.0.1",
     json_out: Annotated[bool, typer.Option("--json", help="Print each cycle as one JSON line.")] = False,
 ) -> None:
     """The training loop: new releases (the closed-form item step + a fast publish) and a gated warm retrain
@@ -523,7 +524,7 @@ def retrain(
     metrics = None
     if metrics_port is not None:
         metrics = LoopMetrics()
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_addr)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
 

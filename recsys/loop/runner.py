@@ -73,8 +73,8 @@ class LoopMetrics:
         self.last_ok.labels(cycle.kind).set(0 if cycle.decision == "failed" else 1)
         self.items.inc(cycle.items_added)
 
-    def serve(self, port: int) -> None:
-        start_http_server(port, addr="127.0.0.1", registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
 
 
 def model_age_s(repository: Path) -> float | None:

@@ -125,6 +125,65 @@ def test_wrong_dtype_and_missing_input_are_invalid_argument(server: TritonServer
     raw.close()
 
 
+@pytest.mark.parametrize("scorer", ["recsys_scorer_onnx", "recsys_scorer_torchscript"])
+def test_a_bad_request_straight_to_a_scorer_fails_alone_under_real_traffic(
+    server: TritonServer, runs: dict[str, Path], scorer: str
+) -> None:
+    """Regression (the adversarial run): a request sent straight to a composing model with out-of-range EXCLUDE
+    indices, at real traffic's shapes, failed the whole dynamic batch (ensemble requests batched with it got 503).
+    Each request is now checked on its own (serving/stub.py): the bad one gets INVALID_ARGUMENT, the others answer."""
+    run = load_run(runs["v1"])
+    dim = run.model.factors()[0].shape[1]  # type: ignore[attr-defined]
+    raw = grpcclient.InferenceServerClient(server.urls.grpc)
+
+    def scorer_request(exclude: np.ndarray) -> list[grpcclient.InferInput]:  # type: ignore[type-arg]
+        inputs = [
+            grpcclient.InferInput("USER_VECTOR", [1, dim + 1], "FP32"),
+            grpcclient.InferInput("EXCLUDE", list(exclude.shape), "INT64"),
+            grpcclient.InferInput("TOP_K", [1, 1], "INT64"),
+        ]
+        inputs[0].set_data_from_numpy(np.ones((1, dim + 1), dtype=np.float32))
+        inputs[1].set_data_from_numpy(exclude)
+        inputs[2].set_data_from_numpy(np.array([[10]], dtype=np.int64))
+        return inputs
+
+    errors: list[Exception] = []
+    answers = [0]
+    done = threading.Event()
+
+    def traffic() -> None:
+        client = TritonRecommender(server.urls.grpc, timeout_s=30)
+        try:
+            while not done.is_set():
+                try:
+                    client.recommend(ENSEMBLE_B if "onnx" in scorer else ENSEMBLE_A, ["1", "2", "3"], top_k=10)
+                    answers[0] += 1
+                except Exception as exc:  # every failure counts
+                    errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for bad in (np.array([[10**9, 5]]), np.array([[-7, 5]])):
+            for _ in range(20):
+                with pytest.raises(InferenceServerException) as caught:
+                    raw.infer(scorer, scorer_request(bad.astype(np.int64)))
+                assert "INVALID_ARGUMENT" in str(caught.value.status())
+                assert "EXCLUDE" in str(caught.value.message())
+        good = raw.infer(scorer, scorer_request(np.array([[0, -1]], dtype=np.int64)))
+        assert good.as_numpy("ITEMS").shape == (1, 10)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        raw.close()
+    assert not errors, errors[:3]
+    assert answers[0] > 0
+
+
 def test_asyncio_client_over_one_channel(server: TritonServer) -> None:
     async def ask() -> list[Any]:
         recommender = AsyncTritonRecommender(server.urls.grpc)

@@ -279,7 +279,7 @@ def resolve_replicas(service: str, port: int, resolve: Callable[..., list[Any]] 
 class HttpReplica(TritonControl):
     """A replica's HTTP model control: :class:`recsys.stack.triton.TritonControl` plus the ensemble's config."""
 
-    def __init__(self, address: str, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 120.0) -> None:
         super().__init__(TritonUrls(http=address, grpc="", metrics=""), timeout_s=timeout_s)
 
     def ensemble_versions(self, name: str) -> set[int]:
@@ -303,27 +303,27 @@ class EveryReplica:
     attempts: int = 3
     backoff_s: float = 2.0
     sleep: Callable[[float], None] = time.sleep
-    lagging: dict[str, str] = field(default_factory=dict)  # replica -> why it kept its version (this run)
-    removed: list[int] = field(default_factory=list)
-    _version: int | None = None
-    _loaded: set[str] = field(default_factory=set)
-    _failed: dict[str, str] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)  # versions no replica loaded, taken off S3 again
+    version: int | None = None  # the newest version this control uploaded (and so is loading)
+    _failed: dict[str, str] = field(default_factory=dict)  # replica -> why it keeps the version before ``version``
+
+    @property
+    def lagging(self) -> dict[str, str]:
+        """Replicas that did not take :attr:`version` after their retries: they serve the version before it."""
+        return {address: f"kept the version before {self.version}: {error}" for address, error in self._failed.items()}
 
     def load_model(self, name: str, config: str | None = None) -> None:
         new = self.upload()  # AwsError: nothing was loaded anywhere
         if new:
-            self._version, self._loaded, self._failed = new[-1], set(), {}
+            self.version, self._failed = new[-1], {}
         for address, replica in self.replicas.items():
             if address in self._failed:
                 continue  # it keeps its pinned ensembles for this version
             error = self._load(replica, name, config)
-            if error is None:
-                self._loaded.add(address)
-            else:
-                self._failed[address] = error
-                self.lagging[address] = f"kept its version: {name}: {error}"
+            if error is not None:
+                self._failed[address] = f"{name}: {error}"
         if len(self._failed) == len(self.replicas):
-            version = self._version
+            version = self.version
             if version is not None and version not in self.removed:
                 self.rollback(version)
                 self.removed.append(version)
@@ -421,7 +421,6 @@ def run_once(
         sleep=sleep,
     )
     for kind in kinds:
-        before = dict(control.lagging)
         cycle_started = datetime.now(UTC)
         try:
             if kind == "items":
@@ -431,9 +430,8 @@ def run_once(
         except RecsysError as exc:
             cycle = Cycle(kind=kind, started=cycle_started, finished=datetime.now(UTC), decision="failed",
                           reason=str(exc))  # fmt: skip
-        fresh = {a: e for a, e in control.lagging.items() if before.get(a) != e}
-        if fresh and cycle.decision == "promoted":
-            lag = "; ".join(f"replica {a} {e}" for a, e in fresh.items())
+        if cycle.decision == "promoted" and cycle.published_version == control.version and control.lagging:
+            lag = "; ".join(f"replica {a} {e}" for a, e in control.lagging.items())
             cycle = dataclasses.replace(cycle, reason=f"{cycle.reason}; {lag} (the next run retries it)")
         keep(cycle)
         if cycle.decision == "failed":

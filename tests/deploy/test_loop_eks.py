@@ -221,7 +221,7 @@ def test_a_replica_is_retried_then_left_on_its_version_and_reconciled_by_the_nex
     assert broken.loads == []
     assert broken.failures == ALWAYS - 3
     assert list(control.lagging) == ["10.0.0.2:8000"]
-    assert "out of memory" in control.lagging["10.0.0.2:8000"]
+    assert "kept the version before 4: recsys_lookup: Triton could not load" in control.lagging["10.0.0.2:8000"]
     assert s3_models.uploaded_versions(s3, WHERE) == [1, 2, 3, 4]
 
     # The next run mirrors version 4 and activates it on the replica that still serves 3, only there.
@@ -318,30 +318,38 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
         uploaded_at_load.append(s3_models.uploaded_versions(s3, WHERE))
 
     replicas = {f"10.0.0.{i}:8000": FakeReplica(f"r{i}", on_load=check) for i in (1, 2, 3)}
-    for address in ("10.0.0.1:8000", "10.0.0.2:8000"):
+    replicas["10.0.0.4:8000"] = FakeReplica("r4", failures=ALWAYS)  # broken since it loaded version 1
+    for address in ("10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.4:8000"):
         replicas[address].pins = {key: {1} for key in FACTOR.ensembles}
     # 10.0.0.3 started since (its ensembles unpinned): the run pins it to version 1 before the cycle.
-    result = loop.run_once(s3, WHERE, loop_database, replicas, tmp_path / "work", kinds=("items",))
+    result = loop.run_once(
+        s3, WHERE, loop_database, replicas, tmp_path / "work", kinds=("items",), sleep=lambda seconds: None
+    )
     (cycle,) = result.cycles
     assert cycle.decision == "promoted", cycle.reason
     assert (cycle.published_version, cycle.items_added) == (2, 1)
-    assert result.ok
+    # Promoted (three replicas and S3 hold version 2), the replica that kept version 1 named; the run exits 1.
+    assert "replica 10.0.0.4:8000 kept the version before 2: recsys_lookup:" in cycle.reason
+    assert list(result.lagging) == ["10.0.0.4:8000"]
+    assert not result.ok
     assert result.reconciled == {"10.0.0.3:8000": f"now serves {FACTOR.name} version 1"}
     reconciling = len(FACTOR.steps) * 2 + len(FACTOR.ensembles)
     assert uploaded_at_load[:reconciling] == [[1]] * reconciling
     assert uploaded_at_load[reconciling:]
     assert all(seen == [1, 2] for seen in uploaded_at_load[reconciling:])
     assert s3_models.verify_version(s3, WHERE, 2) == []
-    for replica in replicas.values():
-        assert replica.ensemble_versions("recsys_a") == {2}
+    for address, replica in replicas.items():
+        assert replica.ensemble_versions("recsys_a") == ({1} if address == "10.0.0.4:8000" else {2})
     # The next run warm-starts from version 2's run, restored from S3.
     again = loop.mirror(s3, WHERE, tmp_path / "next" / "mirror", tmp_path / "next" / "runs")
     assert "release-eks" in load_run(again.run_dir).item_ids.ids.astype(str).tolist()
 
     async def recorded(conn: Any) -> list[Any]:
-        return list(await conn.fetch("SELECT kind, decision, published_version FROM retrain_cycles"))
+        return list(await conn.fetch("SELECT kind, decision, published_version, reason FROM retrain_cycles"))
 
-    assert [tuple(r) for r in on_database(loop_database, recorded)] == [("items", "promoted", 2)]
+    ((kind, decision, published, reason),) = on_database(loop_database, recorded)
+    assert (kind, decision, published) == ("items", "promoted", 2)
+    assert "10.0.0.4:8000" in reason
 
 
 # --- the CronJob (k8s/overlays/eks/trainer.yaml), on the rendered overlay --------------------------------------

@@ -218,7 +218,7 @@ def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
         print(f"the run of version {args.version}: {count} files under s3://{args.bucket}/{args.run_prefix}")
     elif args.command == "seed":
         version = s3_models.next_version(s3, where)
-        loop.upload_run(s3, args.bucket, version, args.run_dir, run_prefix=args.run_prefix)
+        loop.upload_run(s3, args.bucket, version, args.run_dir, run_prefix=args.run_prefix, orphan=True)
         with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
             manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
         if manifest.version != version:

@@ -197,9 +197,13 @@ def _restore_run(s3: S3Client, bucket: str, run_prefix: str, version: int, run_d
 # --- uploads -------------------------------------------------------------------------------------------------
 
 
-def upload_run(s3: S3Client, bucket: str, version: int, run_dir: Path, *, run_prefix: str = RUN_PREFIX) -> int:
-    """Uploads the training run of ``version`` (every file of ``run_dir``) with its manifest, written last;
-    like versions, runs are immutable (the same content again is a no-op). Returns the number of files."""
+def upload_run(
+    s3: S3Client, bucket: str, version: int, run_dir: Path, *, run_prefix: str = RUN_PREFIX, orphan: bool = False
+) -> int:
+    """Uploads the training run of ``version`` (every file of ``run_dir``) with its manifest, written last, and
+    returns the number of files. Like versions, runs are immutable (the same content again is a no-op), except an
+    ``orphan``: the run of a number with no version manifest (a version removed by a rollback, or an upload that
+    died), which the next version of that number replaces."""
     files = sorted(p for p in run_dir.rglob("*") if p.is_file())
     if not files:
         raise AwsError(f"{run_dir}: no training run there")
@@ -213,7 +217,7 @@ def upload_run(s3: S3Client, bucket: str, version: int, run_dir: Path, *, run_pr
             if s3m._code(exc) not in ("NoSuchKey", "404"):
                 raise
             existing = None
-        if existing is not None:
+        if existing is not None and not orphan:
             if existing == manifest:
                 return len(entries)
             raise AwsError(f"s3://{bucket}/{key}: the run of version {version} exists with other content")
@@ -252,7 +256,8 @@ def upload_new(
     for number, family in sorted(local_versions(repository).items()):
         if number in known:
             continue
-        upload_run(s3, where.bucket, number, _run_of(repository, family, number), run_prefix=run_prefix)
+        run_dir = _run_of(repository, family, number)
+        upload_run(s3, where.bucket, number, run_dir, run_prefix=run_prefix, orphan=True)  # not in S3: no manifest
         s3m.upload_version(s3, where, repository, number)
         known.add(number)
         done.append(number)

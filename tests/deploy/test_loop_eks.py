@@ -147,6 +147,10 @@ def test_runs_are_immutable(s3: Any, tmp_path: Path) -> None:
     (run / "model.npz").write_bytes(b"other")
     with pytest.raises(AwsError, match="exists with other content"):
         loop.upload_run(s3, BUCKET, 7, run)
+    # The run of a number whose version was removed (or never completed) is replaced by the next one.
+    assert loop.upload_run(s3, BUCKET, 7, run, orphan=True) == 2
+    body = s3.get_object(Bucket=BUCKET, Key="runs/v7/model.npz")["Body"].read()
+    assert body == b"other"
 
 
 # --- loading every replica ----------------------------------------------------------------------------------------
@@ -234,6 +238,24 @@ def test_a_replica_is_retried_then_left_on_its_version_and_reconciled_by_the_nex
     assert {name: len(r.loads) for name, r in replicas.items() if r is not broken} == {
         name: n for name, n in loads_before.items() if replicas[name] is not broken
     }
+
+
+def test_rollback_with_remove_version_moves_every_replica_back_at_the_next_run(s3: Any, tmp_path: Path) -> None:
+    """docs/deploy-eks.md's rollback: remove version 4 from S3; the next run mirrors version 3 and pins every
+    replica that serves 4 back to it; the next promoted version takes the number 4 again, its run replaced."""
+    mirrored, known = _mirrored_with_a_new_version(s3, tmp_path)
+    replicas = {f"10.0.0.{i}:8000": FakeReplica(f"r{i}") for i in (1, 2)}
+    activate(_control(s3, mirrored, known, replicas), mirrored.repository, FACTOR, 4)
+    s3_models.remove_version(s3, WHERE, 4)
+    again = loop.mirror(s3, WHERE, tmp_path / "next" / "mirror", tmp_path / "next" / "runs")
+    assert again.served[FACTOR.name] == 3
+    assert loop.reconcile(replicas, again.repository, again.served) == dict.fromkeys(
+        replicas, f"now serves {FACTOR.name} version 3"
+    )
+    assert all(r.ensemble_versions("recsys_a") == {3} for r in replicas.values())
+    fake_version(again.repository, FACTOR, 4, fake_run(tmp_path / "next" / "runs" / "cycle-4", "another 4"))
+    assert loop.upload_new(s3, WHERE, again.repository, set(again.uploaded)) == [4]
+    assert s3.get_object(Bucket=BUCKET, Key="runs/v4/model.npz")["Body"].read() == b"another 4" * 100
 
 
 def test_a_version_no_replica_loads_is_removed_from_s3(s3: Any, tmp_path: Path) -> None:

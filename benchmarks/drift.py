@@ -1,6 +1,6 @@
 """The loop on a world that changes: static model vs live fold-in only vs the full loop, in one run of the real stack.
 
-    python -m benchmarks.drift                 # the recorded run (about 10 minutes on 2 cores)
+    python -m benchmarks.drift                 # the recorded run (about 12 minutes on 2 cores)
     python -m benchmarks.drift --quick         # a smaller world and fewer cycles (a smoke run)
 
 One synthetic world (``trainer.data.synthetic``), one base ALS run, served by the whole local stack (PostgreSQL,
@@ -425,16 +425,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=1500)
-    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--users", type=int, default=1200)
+    parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--genres", type=int, default=12)
     parser.add_argument("--sessions", type=float, default=6.0)
     parser.add_argument("--releases", type=int, default=40, help="items held back and released at the drift")
     parser.add_argument("--release-boost", type=float, default=30.0, help="popularity boost of a fresh release")
-    parser.add_argument("--cycles", type=int, default=9)
+    parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--drift-at", type=int, default=2)
     parser.add_argument("--drift-share", type=float, default=0.5)
-    parser.add_argument("--listeners", type=int, default=1500, help="listeners asking for recommendations per cycle")
+    parser.add_argument("--listeners", type=int, default=1200, help="listeners asking for recommendations per cycle")
     parser.add_argument("--requests", type=int, default=2, help="requests per listener per cycle")
     parser.add_argument("--plays", type=int, default=8, help="organic plays per listener per cycle")
     parser.add_argument("--retrain-every", type=int, default=1, help="cycles between the loop's retrains")

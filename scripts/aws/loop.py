@@ -51,7 +51,7 @@ from scripts.aws import s3_models as s3m
 from serving.contract import MANIFEST_FILE
 from trainer.new_items import CatalogueRules
 from trainer.triton.family import FACTOR, FAMILIES, Family
-from trainer.triton.repository import activate, versions
+from trainer.triton.repository import activate, has_configs, versions
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -147,21 +147,25 @@ def mirror(s3: S3Client, where: s3m.Location, repository: Path, runs: Path, *, r
     served = served_versions(s3, where, uploaded)
     if FACTOR.name not in served:
         raise AwsError(f"{where.url}: no {FACTOR.name} version uploaded (the loop retrains that family)")
-    count = 0
-    for number in sorted({*served.values(), uploaded[-1]}):
+    seen: set[str] = set()
+    # Newest first: configs and ensemble placeholders as the newest upload that wrote them left them (an older
+    # manifest may list a config rewritten since, with another checksum); an older manifest adds its own version
+    # folders and the configs no newer one lists (a version CD published has only its own family's configs).
+    for number in sorted({*served.values(), uploaded[-1]}, reverse=True):
         manifest = s3m.read_manifest(s3, where, number)
         if manifest is None:
             raise AwsError(f"{where.url}: the manifest of version {number} disappeared during the mirror")
         for entry in manifest.entries:
-            in_version = entry.key.split("/")[1:2] == [str(number)]
-            # Configs and ensemble placeholders as the newest upload wrote them; each older manifest gives only its
-            # own version folders (a config it lists may have been rewritten since, with another checksum).
-            if in_version or number == uploaded[-1]:
+            if entry.key not in seen:
                 _download(s3, where.bucket, where.key(entry.key), entry, _safe_path(repository, entry.key))
-                count += 1
+                seen.add(entry.key)
+    count = len(seen)
     version = served[FACTOR.name]
     if version not in versions(repository, FACTOR):
         raise AwsError(f"{where.url}: version {version} of the {FACTOR.name} models is incomplete on S3")
+    if not has_configs(repository, FACTOR):
+        # publish would render them in the local flavour and the upload would replace the served ones with them
+        raise AwsError(f"{where.url}: no manifest of a served version lists every {FACTOR.name} config")
     run_dir = runs / f"v{version}"
     count += _restore_run(s3, where.bucket, run_prefix, version, run_dir)
     for step in FACTOR.steps:

@@ -126,6 +126,23 @@ def test_mirror_takes_exactly_the_served_versions_and_restores_the_run(s3: Any, 
     assert next_version(mirrored.repository) == s3_models.next_version(s3, WHERE) == 4
 
 
+def test_mirror_takes_the_configs_a_newer_version_of_the_other_family_does_not_list(s3: Any, tmp_path: Path) -> None:
+    """CD's `s3 publish` uploads a repository holding its own family's configs only: after a session version the
+    factor configs come from the factor version's manifest (or publish would render local-flavour ones)."""
+    factor_repo, session_repo = tmp_path / "factor", tmp_path / "session"
+    render_repository(factor_repo, "native", families=(FACTOR,))
+    render_repository(session_repo, "native", families=(SESSION,))
+    fake_version(factor_repo, FACTOR, 1, fake_run(tmp_path / "run1", "run 1"))
+    fake_version(session_repo, SESSION, 2, fake_run(tmp_path / "run2", "run 2"))
+    assert loop.upload_new(s3, WHERE, factor_repo, set()) == [1]
+    assert loop.upload_new(s3, WHERE, session_repo, {1}) == [2]
+    mirrored = loop.mirror(s3, WHERE, tmp_path / "mirror", tmp_path / "runs")
+    for name in (*FACTOR.files, *FACTOR.ensembles, *SESSION.files, *SESSION.ensembles):
+        assert (mirrored.repository / name / "config.pbtxt").is_file(), name
+    native = (factor_repo / "recsys_a" / "config.pbtxt").read_text()
+    assert (mirrored.repository / "recsys_a" / "config.pbtxt").read_text() == native
+
+
 def test_mirror_refuses_an_object_that_does_not_match_its_manifest(s3: Any, tmp_path: Path) -> None:
     seeded(s3, tmp_path)
     s3.put_object(Bucket=BUCKET, Key=WHERE.key(f"{FACTOR.steps[1]}/3/model.py"), Body=b"# tampered\n")

@@ -42,19 +42,19 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from botocore.exceptions import ClientError
 
 from recsys.core.errors import RecsysError
-from recsys.loop.items import refresh_items
 from recsys.loop.records import Cycle, RecordError, record
-from recsys.loop.retrain import RetrainOptions, retrain_cycle
 from recsys.stack.triton import TritonControl, TritonUrls
 from scripts.aws import AwsError
 from scripts.aws import s3_models as s3m
 from serving.contract import MANIFEST_FILE
-from trainer.new_items import CatalogueRules
 from trainer.triton.family import FACTOR, FAMILIES, Family
 from trainer.triton.repository import activate, has_configs, versions
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from recsys.loop.retrain import RetrainOptions
+    from trainer.new_items import CatalogueRules
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +403,10 @@ def run_once(
     keep_record: Callable[[str, Cycle], object] = record,
 ) -> RunResult:
     """One CronJob run (see the module docstring); every cycle it ran, ``failed`` ones included, is recorded."""
+    # Here, not at the top: they import torch, which the other helpers of `python -m scripts.aws` do not need.
+    from recsys.loop.items import refresh_items
+    from recsys.loop.retrain import retrain_cycle
+
     cycles: list[Cycle] = []
 
     def keep(cycle: Cycle) -> None:

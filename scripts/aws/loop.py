@@ -5,23 +5,23 @@ The loop itself (:mod:`recsys.loop`) works on a local model repository and hot-s
 N replicas with explicit model control, so one run here:
 
 1. **mirrors** the served version of each family (the newest uploaded one) from S3 into a local work repository:
-   exactly the objects its manifest lists, each checked against the manifest's size and SHA-256; and restores the
+   exactly the objects their manifests list, each checked against the manifest's size and SHA-256; and restores the
    factor version's training run from ``s3://BUCKET/runs/v<N>/`` (the warm start's base), pointing the mirrored
    ``publish.json`` at it (the path it names is a folder of the machine that published);
-2. **reconciles** every Triton replica that does not serve that version (one that failed a load in an earlier
-   run) by activating it there;
+2. **reconciles** every Triton replica whose ensembles are not pinned to that version (one that failed a load in
+   an earlier run, or a pod started since) by activating it there;
 3. runs the loop's cycles (new items, then a gated retrain) against the mirror with :class:`EveryReplica` as the
    model control: before the first load of a version it uploads the run and then the version to S3 (manifest
    last), so a replica, which loads from S3, can only be asked for a complete version; then it forwards every load
    to every replica, retrying each a few times;
-4. records each cycle (:func:`recsys.loop.records.record`), with the replicas that kept the old version named in
-   its reason.
+4. records each cycle (:func:`recsys.loop.records.record`), with the replicas that missed the swap named in its
+   reason.
 
-A replica that still fails after its retries keeps serving the previous version (its ensembles stay pinned to
-it: a failed step load never touches them), the others go on, the cycle stays ``promoted`` with the lagging
-replica named, the command exits 1, and the next run reconciles it. A version that no replica could load is
-removed from S3 again: Triton pods start with ``--exit-on-error`` and load the newest version, so leaving it there
-would crash-loop every pod that (re)starts.
+A replica that still fails after its retries is left out of the rest of that swap and keeps serving the previous
+version (its ensembles stay pinned to it: a failed step load never touches them), the others go on, the cycle
+stays ``promoted`` with the lagging replica named, the command exits 1, and the next run reconciles it. A version
+that no replica could load is removed from S3 again: Triton pods start with ``--exit-on-error`` and load the newest
+version, so leaving it there would crash-loop every pod that (re)starts.
 """
 
 from __future__ import annotations
@@ -318,8 +318,11 @@ class EveryReplica:
 
     @property
     def lagging(self) -> dict[str, str]:
-        """Replicas that did not take :attr:`version` after their retries: they serve the version before it."""
-        return {address: f"kept the version before {self.version}: {error}" for address, error in self._failed.items()}
+        """Replicas where a load of the swap to :attr:`version` failed after its retries. One that failed at a step
+        or an ensemble serves the version before (its ensembles stay pinned to it); one that failed while retiring
+        the old steps serves :attr:`version` with the old steps still loaded. Either way the next run re-activates
+        :attr:`version` there."""
+        return {a: f"did not complete the swap to version {self.version} ({e})" for a, e in self._failed.items()}
 
     def load_model(self, name: str, config: str | None = None) -> None:
         new = self.upload()  # AwsError: nothing was loaded anywhere

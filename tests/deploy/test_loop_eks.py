@@ -242,7 +242,8 @@ def test_a_replica_is_retried_then_left_on_its_version_and_reconciled_by_the_nex
     assert broken.loads == []
     assert broken.failures == ALWAYS - 3
     assert list(control.lagging) == ["10.0.0.2:8000"]
-    assert "kept the version before 4: recsys_lookup: Triton could not load" in control.lagging["10.0.0.2:8000"]
+    swap = "did not complete the swap to version 4 (recsys_lookup: Triton could not load"
+    assert swap in control.lagging["10.0.0.2:8000"]
     assert s3_models.uploaded_versions(s3, WHERE) == [1, 2, 3, 4]
 
     # The next run mirrors version 4 and activates it on the replica that still serves 3, only there.
@@ -367,8 +368,8 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
     (cycle,) = result.cycles
     assert cycle.decision == "promoted", cycle.reason
     assert (cycle.published_version, cycle.items_added) == (2, 1)
-    # Promoted (three replicas and S3 hold version 2), the replica that kept version 1 named; the run exits 1.
-    assert "replica 10.0.0.4:8000 kept the version before 2: recsys_lookup:" in cycle.reason
+    # Promoted (three replicas and S3 hold version 2), the replica still on version 1 named; the run exits 1.
+    assert "replica 10.0.0.4:8000 did not complete the swap to version 2 (recsys_lookup:" in cycle.reason
     assert list(result.lagging) == ["10.0.0.4:8000"]
     assert not result.ok
     assert result.reconciled == {"10.0.0.3:8000": f"now serves {FACTOR.name} version 1"}

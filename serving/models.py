@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +51,15 @@ if TYPE_CHECKING:
     from serving.gpu import DeviceScorer
 
 log = logging.getLogger(__name__)
+
+
+def log_until(folder: Path) -> datetime | None:
+    """Where the training data of a version trained on the feedback log ended (its ``publish.json``), else None."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    until = json.loads(manifest.read_text()).get("log_until")
+    return None if until is None else datetime.fromisoformat(str(until))
 
 
 def _is_true(value: str) -> bool:
@@ -120,7 +131,7 @@ class Lookup(_UserRequests):
 
             plays = LivePlays(FoldIn(self.folder / FOLD_IN_FILE), self.lookup.training_plays(), self.lookup.width)
             self.lookup.live = plays
-            self.poller = FeedbackPoller(dsn, item_index(self.folder), plays.add)
+            self.poller = FeedbackPoller(dsn, item_index(self.folder), plays.add, since=log_until(self.folder))
             self.poller.start()
 
     def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:

@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -33,7 +34,7 @@ class Stream:
     """One table's new (listener, item) rows after a sequence value, read in pages with an overlap."""
 
     name: str
-    query: str  # $1: after this seq, $2: page size; returns seq, user_id, item_id
+    query: str  # $1: after this seq, $2: page size, $3: not before this time; returns seq, user_id, item_id
     last_seq: int = 0
     _seen: deque[int] = field(default_factory=lambda: deque(maxlen=4 * OVERLAP))
     _seen_set: set[int] = field(default_factory=set)
@@ -56,9 +57,9 @@ def streams() -> list[Stream]:
         Stream(
             "clicks",
             "SELECT seq, user_id, clicked_item AS item_id FROM feedback "
-            "WHERE seq > $1 AND clicked_item IS NOT NULL ORDER BY seq LIMIT $2",
+            "WHERE seq > $1 AND clicked_item IS NOT NULL AND ts >= $3 ORDER BY seq LIMIT $2",
         ),
-        Stream("plays", "SELECT seq, user_id, item_id FROM plays WHERE seq > $1 ORDER BY seq LIMIT $2"),
+        Stream("plays", "SELECT seq, user_id, item_id FROM plays WHERE seq > $1 AND ts >= $3 ORDER BY seq LIMIT $2"),
     ]
 
 
@@ -66,7 +67,9 @@ class FeedbackPoller(threading.Thread):
     """Polls new clicks and plays every ``interval_s`` and hands (listener, item index) pairs to ``on_plays``.
 
     Events on items the published model does not know are skipped (a new release reaches the catalogue through a
-    publish, not here). Survives database outages (reconnects every second); :meth:`stop` ends it.
+    publish, not here), and so are events before ``since``: a version trained on the log until then already holds
+    them in its history, and folding them in again would count them twice. Survives database outages (reconnects
+    every second); :meth:`stop` ends it.
     """
 
     def __init__(
@@ -75,10 +78,12 @@ class FeedbackPoller(threading.Thread):
         item_index: dict[str, int],
         on_plays: Callable[[list[tuple[str, int]]], object],
         *,
+        since: datetime | None = None,
         interval_s: float = 0.1,
     ) -> None:
         super().__init__(name="feedback-poller", daemon=True)
         self.dsn, self.item_index, self.on_plays, self.interval_s = dsn, item_index, on_plays, interval_s
+        self.since = since or datetime(1970, 1, 1, tzinfo=UTC)
         self._stopping = threading.Event()
         self.streams = streams()
         self.polls = 0
@@ -92,7 +97,7 @@ class FeedbackPoller(threading.Thread):
 
     async def _poll(self, conn: asyncpg.Connection, stream: Stream) -> bool:
         """Reads one page of ``stream``; True when the page was full (more is waiting)."""
-        rows = await conn.fetch(stream.query, max(stream.last_seq - OVERLAP, 0), PAGE)
+        rows = await conn.fetch(stream.query, max(stream.last_seq - OVERLAP, 0), PAGE, self.since)
         plays = []
         for row in rows:
             if stream.fresh(row["seq"]):

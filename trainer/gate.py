@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,14 +74,23 @@ class Ranker:
         return set(self.item_ids.ids[self.history[row].indices].astype(str).tolist())
 
 
-def window_metrics(ranker: Ranker, users: Sequence[str], window: Window, *, k: int = 10) -> dict[str, float]:
-    """NDCG@k, recall@k and the skipped share of the top-k for ``users`` on the window's plays."""
+def window_metrics(
+    ranker: Ranker,
+    users: Sequence[str],
+    window: Window,
+    *,
+    k: int = 10,
+    heard: Callable[[str], set[str]] | None = None,
+) -> dict[str, float]:
+    """NDCG@k, recall@k and the skipped share of the top-k for ``users`` on the window's plays; a play counts unless
+    the listener had heard the item before the window (``heard``, by default the ranker's own history)."""
+    heard = heard or ranker.heard
     relevant, skipped = window.relevant(), window.skipped()
     tops = ranker.top(users, k) if users else []
     ndcg, recall, skip_share = [], [], []
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     for user, top in zip(users, tops, strict=True):
-        wanted = relevant[user] - ranker.heard(user)
+        wanted = relevant[user] - heard(user)
         if not wanted:
             continue
         hits = np.array([item in wanted for item in top[:k]] + [False] * (k - len(top[:k])))
@@ -146,8 +155,12 @@ def gate(
     if broken is not None:
         return GateReport(False, f"the candidate's {broken} hold NaN/inf", {}, {}, tolerance, k)
     users = sorted(u for u in window.relevant() if served.knows(u) and candidate.knows(u))
-    served_m = window_metrics(served, users, window, k=k)
-    candidate_m = window_metrics(candidate, users, window, k=k)
+
+    def heard(user: str) -> set[str]:  # the same target for both: what either model saw the listener play
+        return served.heard(user) | candidate.heard(user)
+
+    served_m = window_metrics(served, users, window, k=k, heard=heard)
+    candidate_m = window_metrics(candidate, users, window, k=k, heard=heard)
     evaluated = int(min(served_m["users"], candidate_m["users"]))
     key = f"ndcg@{k}"
     if evaluated < min_users:

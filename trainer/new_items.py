@@ -14,6 +14,7 @@ next retrain.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -170,8 +171,12 @@ def _interactions(run: Run, new: NewItems) -> Interactions:
     )
 
 
+_CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")  # the same rule as trainer.data.log: fits int64, no "007"
+
+
 def _ids(known: IdMap, new: list[str]) -> npt.NDArray[Any]:
-    """The run's item ids with ``new`` appended, as one dtype (integers stay integers when the new ids are)."""
-    if known.is_integer and all(item.lstrip("-").isdigit() for item in new):
+    """The run's item ids with ``new`` appended, as one dtype: integers stay integers when every new id is a
+    canonical integer (``"7"``, not ``"007"``, which as text is another item than 7); otherwise all become text."""
+    if known.is_integer and all(_CANONICAL_INT.fullmatch(item) for item in new):
         return np.concatenate([known.ids, np.array([int(i) for i in new], dtype=known.ids.dtype)])
     return np.concatenate([known.ids.astype(str), np.array(new, dtype=str)])

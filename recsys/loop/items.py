@@ -20,6 +20,7 @@ import asyncpg
 from recsys.core.errors import RecsysError
 from recsys.loop.records import Cycle, Decision
 from trainer.artifacts import load_run
+from trainer.models.als import ALS
 from trainer.new_items import CatalogueRules, admit, extend_run
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
@@ -55,7 +56,7 @@ def new_item_plays(dsn: str, known_items: list[str], min_listeners: int) -> list
             raise LogUnreadableError(f"plays are not readable: {exc}") from exc
         try:
             rows = await conn.fetch(QUALIFYING_PLAYS, known_items, min_listeners, timeout=60)
-        except asyncpg.PostgresError as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise LogUnreadableError(f"plays are not readable: {exc}") from exc
         finally:
             await conn.close()
@@ -79,7 +80,13 @@ def refresh_items(
     started, clock = datetime.now(UTC), time.perf_counter()
     durations: dict[str, float] = {}
     served, run_dir = served_run(repository, family)
-    known = load_run(run_dir).item_ids.ids.astype(str).tolist()
+    run = load_run(run_dir)
+    if not isinstance(run.model, ALS):
+        return Cycle(
+            kind="items", started=started, finished=datetime.now(UTC), decision="unchanged", served_version=served,
+            reason=f"a {run.model.name} model has no closed-form item step: its new items wait for the next retrain",
+        )  # fmt: skip
+    known = run.item_ids.ids.astype(str).tolist()
     plays = new_item_plays(dsn, known, rules.min_listeners)
     durations["read_s"] = round(time.perf_counter() - clock, 3)
     admitted = admit(plays, set(known), rules)

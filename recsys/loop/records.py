@@ -62,7 +62,7 @@ def record(dsn: str, cycle: Cycle, *, timeout_s: float = 10.0) -> int:
 async def _record(dsn: str, cycle: Cycle, timeout_s: float) -> int:
     try:
         conn = await asyncpg.connect(dsn, timeout=timeout_s)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise RecordError(f"cannot record the {cycle.kind} cycle: PostgreSQL unreachable ({exc})") from exc
     try:
         row_id: int = await conn.fetchval(
@@ -79,9 +79,12 @@ async def _record(dsn: str, cycle: Cycle, timeout_s: float) -> int:
             None if cycle.gate is None else json.dumps(cycle.gate),
             json.dumps(cycle.durations),
             cycle.items_added,
+            timeout=timeout_s,
         )
         return row_id
     except asyncpg.UndefinedTableError as exc:
         raise RecordError("retrain_cycles is missing: start the feedback writer once (it migrates)") from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise RecordError(f"cannot record the {cycle.kind} cycle: {exc}") from exc
     finally:
         await conn.close()

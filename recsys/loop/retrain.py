@@ -112,6 +112,12 @@ def retrain_cycle(
             durations=durations, **(fields | more),
         )  # fmt: skip
 
+    if since is not None and since >= window_start:
+        return done(
+            "unchanged",
+            f"the served run's data ends at {since.isoformat(timespec='seconds')}, inside the gate window: retrain "
+            f"less often than the window ({options.window}) so that each candidate has new data to learn from",
+        )
     clock = time.perf_counter()
     try:
         before = load_log(dsn, since=since, until=window_start, decay_days=options.decay_days, base=base)

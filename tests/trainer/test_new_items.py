@@ -106,3 +106,16 @@ def test_bpr_runs_wait_for_a_retrain(small_world: Any, tmp_path: Path) -> None:
     save_result(train_and_evaluate(small_world.interactions, "bpr", {"epochs": 1}), tmp_path / "bpr")
     with pytest.raises(ConfigError, match="waits for a retrain"):
         extend_run(tmp_path / "bpr", tmp_path / "out", {"x": {"1": 1.0, "2": 1.0, "3": 1.0}})
+
+
+def test_item_ids_stay_integers_only_for_canonical_integers() -> None:
+    """Regression (review): "007" was turned into 7, a duplicate of the catalogue's 7, and every refresh failed."""
+    from trainer.data.interactions import IdMap
+    from trainer.new_items import _ids
+
+    known = IdMap(np.array([7, 8]))
+    assert _ids(known, ["9"]).tolist() == [7, 8, 9]
+    mixed = _ids(known, ["007"])
+    assert mixed.tolist() == ["7", "8", "007"]
+    IdMap(mixed)  # no duplicate
+    assert _ids(known, ["99999999999999999999"]).dtype.kind == "U"  # past int64: text, not an overflow

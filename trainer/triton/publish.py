@@ -81,6 +81,8 @@ def publish(run_dir: Path, repository: Path, *, version: int | None = None, fami
             "model": metrics.get("model"),
             **exported.manifest,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float | str)},
+            # A run trained on the feedback log: the live fold-in folds in only what came after its data.
+            "log_until": (metrics.get("log") or {}).get("until"),
             "parity": asdict(exported.parity),
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from scripts.aws import AwsError
-from scripts.aws.names import IMAGES, MANIFEST_PREFIX, REPOSITORY_PREFIX
+from scripts.aws.names import IMAGES, MANIFEST_PREFIX, REPOSITORY_PREFIX, RUN_PREFIX
 
 if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
@@ -90,12 +90,13 @@ def deploy_policy(
     cluster: str,
     prefix: str = REPOSITORY_PREFIX,
     manifest_prefix: str = MANIFEST_PREFIX,
+    run_prefix: str = RUN_PREFIX,
     repositories: Iterable[str] = IMAGES,
 ) -> Policy:
-    """What CD does with AWS: push images to the four ECR repositories, read and write model versions and
-    manifests, and find the cluster's endpoint."""
+    """What CD does with AWS: push images to the ECR repositories, read and write model versions, their manifests
+    and their training runs (the loop warm-starts from them), and find the cluster's endpoint."""
     _check_account(account_id)
-    prefixes = [p.strip("/") for p in (prefix, manifest_prefix)]
+    prefixes = [p.strip("/") for p in (prefix, manifest_prefix, run_prefix)]
     return _document(
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
         {

@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Where each version's training run lives in the bucket (outside the Triton repository): ``runs/v<N>/<file>``
 #: and its checksum manifest ``runs/v<N>.json``, written last.
-RUN_PREFIX = "runs"
+from scripts.aws.names import RUN_PREFIX as RUN_PREFIX  # noqa: E402  (one name for CD, the policy and the loop)
+
 Kind = Literal["items", "retrain"]
 
 

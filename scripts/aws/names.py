@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 #: ECR repositories, one per image in docker/.
-IMAGES = ("recsys-triton", "recsys-gateway", "recsys-feedback", "recsys-nginx")
+IMAGES = ("recsys-triton", "recsys-gateway", "recsys-feedback", "recsys-nginx", "recsys-trainer")
 NAMESPACE = "recsys"
 #: Triton's ServiceAccount, whose IAM role (IRSA) reads the model repository.
 TRITON_SERVICE_ACCOUNT = "triton"
@@ -17,5 +17,6 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 #: the repository, so Triton never mistakes them for a model).
 REPOSITORY_PREFIX = "triton"
 MANIFEST_PREFIX = "manifests"
+RUN_PREFIX = "runs"  # each version's training run (the loop warm-starts from it)
 #: The Kubernetes version of the cluster; the manifests are validated against it.
 KUBERNETES_VERSION = "1.33"

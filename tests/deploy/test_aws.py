@@ -208,6 +208,7 @@ def test_policies_grant_only_the_prefixes_repositories_and_cluster() -> None:
     assert by_sid["ModelBucketReadWrite"]["Resource"] == [
         f"arn:aws:s3:::{BUCKET}/triton/*",
         f"arn:aws:s3:::{BUCKET}/manifests/*",
+        f"arn:aws:s3:::{BUCKET}/runs/*",
     ]
     assert "s3:DeleteObject" not in json.dumps(deploy)
     assert by_sid["FindCluster"]["Resource"] == f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/recsys"

@@ -134,6 +134,6 @@ def test_cd_deploys_the_eks_overlay_waits_for_every_workload_and_smoke_tests() -
 def test_cd_publishes_through_the_s3_helper_and_verifies() -> None:
     model = load(CD)["jobs"]["model"]
     script = "\n".join(step.get("run", "") for step in model["steps"])
-    assert "s3 publish runs/cd-als" in script
+    assert "loop seed runs/cd-als" in script  # the version and the run the training loop warm-starts from
     assert "s3 verify" in script
     assert MANIFEST_PREFIX == "manifests"  # the helper's default, which the deploy policy grants

@@ -24,7 +24,7 @@ from trainer.models.als import ALS
 from trainer.new_items import CatalogueRules, admit, extend_run
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
-from trainer.triton.repository import ModelControl, activate, served_run
+from trainer.triton.repository import ModelControl, activate, served_run, withdraw
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,12 @@ def refresh_items(
     published = publish(extended.run_dir, repository, family=family)
     durations["publish_s"] = round(time.perf_counter() - step, 3)
     step = time.perf_counter()
-    activate(control, repository, family, published.version)
+    try:
+        activate(control, repository, family, published.version)
+    except RecsysError as exc:
+        also = withdraw(control, repository, family, published.version, served)
+        reason = f"version {published.version} did not load ({exc}); withdrawn, version {served} serves"
+        return done("failed", reason + (f"; {also}" if also else ""))
     durations["swap_s"] = round(time.perf_counter() - step, 3)
     log.info("new items %s served as version %d", ", ".join(extended.added), published.version)
     shown = ", ".join(extended.added[:5]) + (" ..." if len(extended.added) > 5 else "")

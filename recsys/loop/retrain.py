@@ -32,7 +32,7 @@ from trainer.gate import Ranker, Window, as_strings, gate
 from trainer.models.base import Recommender
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
-from trainer.triton.repository import ModelControl, activate, served_run
+from trainer.triton.repository import ModelControl, activate, served_run, withdraw
 from trainer.warm import DEFAULT_FRACTION, warm_start
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,8 @@ def retrain_cycle(
     try:
         activate(control, repository, family, published.version)
     except RecsysError as exc:
-        return done("failed", f"version {published.version} did not load: {exc}", published_version=published.version)
+        also = withdraw(control, repository, family, published.version, served)
+        reason = f"version {published.version} did not load ({exc}); withdrawn, version {served} serves"
+        return done("failed", reason + (f"; {also}" if also else ""))
     durations["swap_s"] = round(time.perf_counter() - clock, 3)
     return done("promoted", f"version {published.version}: {report.reason}", published_version=published.version)

@@ -257,3 +257,33 @@ def test_a_renamed_family_serves_a_second_lineage_beside_the_first(tmp_path: Pat
     )
     with pytest.raises(ConfigError, match="suffix"):
         FACTOR.renamed("-x")
+
+
+def test_a_version_that_did_not_load_is_withdrawn_and_the_previous_one_pinned_again(tmp_path: Path) -> None:
+    """Regression (review): a version whose swap failed stayed in the repository, the next cycle took it for the
+    served one, and its load then unloaded the version really serving."""
+    from recsys.core.errors import RecsysError
+    from trainer.triton.repository import withdraw
+
+    render_repository(tmp_path)
+    for version in (1, 2):
+        for model in FACTOR.steps:
+            (tmp_path / model / str(version)).mkdir()
+            (tmp_path / model / str(version) / "model.py").touch()
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.pins: list[str] = []
+
+        def load_model(self, name: str, config: str | None = None) -> None:
+            if config and name in FACTOR.ensembles:
+                pinned = {s["model_version"] for s in json.loads(config)["ensemble_scheduling"]["step"]}
+                if pinned == {"2"}:
+                    raise RecsysError("version 2 did not load")
+                self.pins.extend(pinned)
+
+    control = Flaky()
+    assert withdraw(control, tmp_path, FACTOR, failed=2, previous=1) is None
+    assert versions(tmp_path, FACTOR) == [1]
+    assert set(control.pins) == {"1"}
+    assert next_version(tmp_path) == 2  # the number is free again: nothing was ever served under it

@@ -147,6 +147,21 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
 
 
+def withdraw(control: ModelControl, repository: Path, family: Family, failed: int, previous: int) -> str | None:
+    """After version ``failed`` did not load: its folders leave the repository (so no later cycle takes it for the
+    served one, and no later load brings it back), and the family is pinned to ``previous`` again. Returns what
+    could not be restored, or None."""
+    import shutil
+
+    for model in family.steps:
+        shutil.rmtree(repository / model / str(failed), ignore_errors=True)
+    try:
+        activate(control, repository, family, previous)
+    except Exception as exc:  # reported, not raised: the caller records the cycle either way
+        return f"re-pinning version {previous} failed too: {exc}"
+    return None
+
+
 def load_all(control: ModelControl, repository: Path, families: tuple[Family, ...] = FAMILIES) -> dict[str, int]:
     """Loads the newest complete version of every published family, ensembles pinned to it; returns
     family name -> version. Pinned from the start (not ``latest``), so a later :func:`activate` switches

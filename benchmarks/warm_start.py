@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="A small world (4,000 x 3,000) for a quick look.")
+    parser.add_argument("--tag", default="", help="Suffix of the results' names (results/warm_start-TAG.*).")
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.items = 4_000, 3_000
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     stem = "warm_start-quick" if args.quick else "warm_start"
     if args.device != "cpu":
         stem += f"-{args.device.split(':')[0]}"
+    if args.tag:
+        stem += f"-{args.tag}"
     write_results(RESULTS_DIR, stem, markdown, payload)
     print(markdown)
 

@@ -152,6 +152,17 @@ def _base_on_new_test(run: Run, world: World) -> float:
     return evaluate(model, world.train, world.test)["ndcg@10"]
 
 
+def verdict(t: Trial) -> str:
+    """One line per model: the goal met, or by how much each part missed."""
+    misses = []
+    if t.quality < GOAL_QUALITY:
+        misses.append(f"NDCG@10 ratio {t.quality:.3f}, {GOAL_QUALITY - t.quality:.3f} short of {GOAL_QUALITY:g}")
+    for what, ratio in (("wall", t.time), ("CPU", t.cpu_time)):
+        if ratio > GOAL_TIME:
+            misses.append(f"{what} time ratio {ratio:.3f}, {ratio - GOAL_TIME:.3f} over {GOAL_TIME:g}")
+    return f"{t.model}: goal met" if not misses else f"{t.model}: missed ({'; '.join(misses)})"
+
+
 def _met(trial: Trial) -> bool:
     return trial.quality >= GOAL_QUALITY and max(trial.time, trial.cpu_time) <= GOAL_TIME
 
@@ -191,6 +202,8 @@ def report(trials: list[Trial], args: argparse.Namespace, world: World, load_bef
             "CPU time is this process's, all threads: on a shared machine it moves less than wall time.",
             "",
             markdown_table(header, rows),
+            "",
+            *(f"- {verdict(t)}" for t in trials),
             "",
             machine_line(load_before),
             "",

@@ -499,6 +499,15 @@ def retrain(
         str, typer.Option(help="Address of the metrics port (0.0.0.0 in a container or pod).")
     ] = "127.0.0.1",
     json_out: Annotated[bool, typer.Option("--json", help="Print each cycle as one JSON line.")] = False,
+    canary: Annotated[
+        float | None,
+        typer.Option(
+            help="Serve a candidate that passes the gate to the experiment's `canary` group (SHARE percent of "
+            "listeners) and promote it once the always-valid interval excludes a loss."
+        ),
+    ] = None,
+    control: Annotated[str, typer.Option(help="The group a canary is compared with.")] = "A",
+    planned_users: Annotated[int, typer.Option(help="Users a canary comparison plans to reach.")] = 10_000,
 ) -> None:
     """The training loop: new releases (the closed-form item step + a fast publish) and a gated warm retrain
     (log -> warm start -> gate on the newest window -> publish -> hot swap) of the served factor model, each cycle
@@ -536,12 +545,42 @@ def retrain(
             out.print(f"{cycle.kind} {cycle.decision}{version} in {cycle.seconds:.1f} s: {cycle.reason}")
 
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    canary_plan = None
+    if canary is not None:
+        from gateway.main import experiment_of
+        from recsys.loop.canary import CanaryPlan, check_experiment
+
+        experiment = experiment_of(settings)
+        check_experiment({g.name: (g.model, float(g.share)) for g in experiment.groups}, canary)
+        canary_plan = CanaryPlan(control=control, planned_users=planned_users)
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(
             repository or settings.model_repository, settings.database_url.get_secret_value(),
             TritonControl.at(http), settings.loop_dir, plan,
-            options=options, rules=rules, stop=stopping, on_cycle=show, metrics=metrics,
+            options=options, rules=rules, stop=stopping, on_cycle=show, metrics=metrics, canary=canary_plan,
         )  # fmt: skip
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    repository: RepositoryOpt = None,
+    triton_http: Annotated[
+        str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (model control).")
+    ] = None,
+) -> None:
+    """Promote the canary's candidate to every listener now (the next version of the served models)."""
+    from recsys.loop.canary import busy
+    from recsys.loop.canary import promote as run_promote
+    from recsys.stack.triton import TritonControl
+
+    settings = _settings(ctx)
+    target = repository or settings.model_repository
+    if not busy(target):
+        raise ConfigError(f"{target}: no candidate on the canary to promote")
+    http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    version = run_promote(target, TritonControl.at(http))
+    out.print(f"the canary's run now serves everyone as version {version}")
 
 
 feedback_app = typer.Typer(help="The feedback log: export it for training and archives.", no_args_is_help=True)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import numpy as np
 
+from recsys.simulate import organic_plays
 from recsys.stack.triton import TritonServer
 
 
@@ -30,3 +33,19 @@ def on_database(url: str, work: Any) -> Any:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def log_plays(url: str, world: Any, now: datetime) -> None:
+    """An hour of organic plays by the listeners' true tastes: 45 minutes before the gate window, 15 in it."""
+    rng = np.random.default_rng(5)
+    users, items = world.interactions.user_ids.ids, world.interactions.item_ids.ids
+    rows = []
+    for minutes_ago, per_user in ((50, 6), (5, 4)):
+        for n, (u, i) in enumerate(organic_plays(world, np.arange(world.n_users), per_user, rng)):
+            ts = now - timedelta(minutes=minutes_ago, seconds=n % 600)
+            rows.append((f"{minutes_ago}-{n}", ts, str(users[u]), str(items[i])))
+
+    async def insert(conn: asyncpg.Connection) -> None:
+        await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
+
+    on_database(url, insert)

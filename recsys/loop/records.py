@@ -13,8 +13,8 @@ import asyncpg
 
 from recsys.core.errors import RecsysError
 
-Kind = Literal["retrain", "items"]
-Decision = Literal["promoted", "refused", "failed", "unchanged"]
+Kind = Literal["retrain", "items", "canary"]
+Decision = Literal["promoted", "refused", "failed", "unchanged", "canary", "withdrawn"]
 
 INSERT = """
 INSERT INTO retrain_cycles (kind, started, finished, served_version, published_version, data_since, data_until,

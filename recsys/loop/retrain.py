@@ -32,10 +32,12 @@ from trainer.gate import Ranker, Window, as_strings, gate
 from trainer.models.base import Recommender
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
-from trainer.triton.repository import ModelControl, activate, served_run, withdraw
+from trainer.triton.repository import ModelControl, activate, served_run, versions, withdraw
 from trainer.warm import DEFAULT_FRACTION, warm_start
 
 log = logging.getLogger(__name__)
+
+CANARY_SUFFIX = "_canary"  # the canary family's names (recsys.loop.canary)
 
 PASSES = {"als": "iterations", "bpr": "epochs"}  # what a warm start shortens
 
@@ -48,6 +50,7 @@ class RetrainOptions:
     decay_days: float | None = None  # half-life of the log's weights (None: no decay)
     iterations: int | None = None  # warm iterations / epochs (None: the warm start's share of the cold run's)
     params: Mapping[str, Any] | None = None  # hyperparameters over the cold run's (the factor count must stay)
+    canary: bool = False  # a candidate that passes serves the canary group only (recsys.loop.canary)
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0):
@@ -158,18 +161,23 @@ def retrain_cycle(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     save_run(out, final, everything.interactions, metrics)
+    target = family.renamed(CANARY_SUFFIX) if options.canary else family
     clock = time.perf_counter()
     try:
-        published = publish(out, repository, family=family)
+        published = publish(out, repository, family=target)
     except ExportError as exc:
         return done("refused", f"export refused: {exc}")
     durations["publish_s"] = round(time.perf_counter() - clock, 3)
     clock = time.perf_counter()
     try:
-        activate(control, repository, family, published.version)
+        activate(control, repository, target, published.version)
     except RecsysError as exc:
-        also = withdraw(control, repository, family, published.version, served)
-        reason = f"version {published.version} did not load ({exc}); withdrawn, version {served} serves"
+        previous = [v for v in versions(repository, target) if v != published.version]
+        also = withdraw(control, repository, target, published.version, previous[-1]) if previous else None
+        reason = f"version {published.version} did not load ({exc}); withdrawn"
         return done("failed", reason + (f"; {also}" if also else ""))
     durations["swap_s"] = round(time.perf_counter() - clock, 3)
+    if options.canary:
+        reason = f"version {published.version} serves the canary group: {report.reason}"
+        return done("canary", reason, published_version=published.version)
     return done("promoted", f"version {published.version}: {report.reason}", published_version=published.version)

@@ -4,6 +4,8 @@ alone. ``--metrics-port`` exports the loop's state to Prometheus (no global regi
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import re
@@ -17,6 +19,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from recsys.core.errors import ConfigError, RecsysError
+from recsys.loop.canary import CanaryPlan, busy, canary_cycle, ensure_canary
 from recsys.loop.items import refresh_items
 from recsys.loop.records import Cycle, RecordError, record
 from recsys.loop.retrain import RetrainOptions, retrain_cycle
@@ -112,8 +115,12 @@ def run_loop(
     stop: threading.Event | None = None,
     on_cycle: Callable[[Cycle], None] | None = None,
     metrics: LoopMetrics | None = None,
+    canary: CanaryPlan | None = None,
 ) -> list[Cycle]:
-    """Runs the plan until ``stop`` is set (or once, without ``plan.every``); returns the cycles it ran."""
+    """Runs the plan until ``stop`` is set (or once, without ``plan.every``); returns the cycles it ran.
+
+    With ``canary``, a retrain that passes the gate serves the canary group only; each retrain slot first judges
+    a running candidate (promote, withdraw or wait) and trains a new one only when the canary is free."""
     stop = stop or threading.Event()
     done: list[Cycle] = []
 
@@ -138,6 +145,10 @@ def run_loop(
     def retrain() -> Cycle:
         return retrain_cycle(repository, dsn, control, workdir, options)
 
+    if canary is not None:
+        options = dataclasses.replace(options or RetrainOptions(), canary=True)
+        ensure_canary(repository, control)
+
     items_every = plan.items_every or plan.every
     retrain_every = None if plan.items_only else plan.every
     next_items = time.monotonic()
@@ -148,7 +159,10 @@ def run_loop(
             step("items", items)
             next_items = now + items_every.total_seconds() if items_every else math.inf
         if now >= next_retrain:
-            step("retrain", retrain)
+            if canary is not None:
+                step("canary", functools.partial(canary_cycle, repository, dsn, control, canary))
+            if canary is None or not busy(repository):
+                step("retrain", retrain)
             next_retrain = now + retrain_every.total_seconds() if retrain_every else math.inf
         upcoming = min(next_items, next_retrain)
         if math.isinf(upcoming):

@@ -9,42 +9,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import numpy as np
 import pytest
-from tests_support import Served, on_database
+from tests_support import Served, log_plays
 
 from recsys.core.errors import ConfigError
 from recsys.core.triton_client import TritonRecommender
 from recsys.loop.retrain import RetrainOptions, retrain_cycle
 from recsys.loop.runner import Plan, parse_duration, run_loop
-from recsys.simulate import organic_plays
 from trainer.triton.family import ENSEMBLE_B, FACTOR
 from trainer.triton.repository import versions
 
 NOW = datetime.now(UTC)
 
 
-def _log_plays(url: str, world: Any) -> None:
-    """An hour of organic plays by the listeners' true tastes: 45 minutes before the gate window, 15 in it."""
-    rng = np.random.default_rng(5)
-    users, items = world.interactions.user_ids.ids, world.interactions.item_ids.ids
-    rows = []
-    for minutes_ago, per_user in ((50, 6), (5, 4)):
-        for n, (u, i) in enumerate(organic_plays(world, np.arange(world.n_users), per_user, rng)):
-            ts = NOW - timedelta(minutes=minutes_ago, seconds=n % 600)
-            rows.append((f"{minutes_ago}-{n}", ts, str(users[u]), str(items[i])))
-
-    async def insert(conn: asyncpg.Connection) -> None:
-        await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
-
-    on_database(url, insert)
-
-
 @pytest.fixture(scope="module")
 def logged(served: Served, served_world: Any) -> Served:
     """The served stack with an hour of plays in its log."""
-    _log_plays(served.database, served_world)
+    log_plays(served.database, served_world, NOW)
     return served
 
 

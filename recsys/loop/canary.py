@@ -52,10 +52,12 @@ def check_experiment(groups: dict[str, tuple[str, float]], share: float, family:
 
 
 def ensure_canary(repository: Path, control: ModelControl, family: Family = FACTOR) -> int:
-    """The canary family's version, publishing the served run into it (and loading it) when it has none."""
+    """The canary family's version, loaded (a restarted Triton loads only the served families), publishing the
+    served run into it first when it has none."""
     canary = canary_of(family)
     held = versions(repository, canary)
     if held:
+        activate(control, repository, canary, held[-1], retire=len(held) > 1)
         return held[-1]
     _, run_dir = served_run(repository, family)
     published = publish(run_dir, repository, family=canary)

@@ -41,6 +41,13 @@ def test_the_rule_promotes_withdraws_or_waits() -> None:
     assert decide(0.01, -0.03, 0.05, 800).decision == "wait"
 
 
+def test_the_shipped_canary_experiment_gives_the_canary_its_share() -> None:
+    from gateway.experiment import load_experiment
+
+    experiment = load_experiment(Path(__file__).resolve().parents[2] / "gateway" / "experiments" / "canary.yaml")
+    check_experiment({g.name: (g.model, float(g.share)) for g in experiment.groups}, 10)
+
+
 def test_the_share_is_the_experiments() -> None:
     groups = {"A": ("recsys_a", 45.0), "B": ("recsys_b", 45.0), "canary": (CANARY_B, 10.0)}
     check_experiment(groups, 10)

@@ -530,6 +530,7 @@ def retrain(
         decay_days=decay_days,
     )
     rules = CatalogueRules(settings.catalogue_min_listeners, settings.catalogue_max_plays)
+    options = dataclasses.replace(options, rules=rules)
     metrics = None
     if metrics_port is not None:
         metrics = LoopMetrics()

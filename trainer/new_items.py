@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 import scipy.sparse as sp
 import torch
 
@@ -30,7 +31,7 @@ from recsys.core.errors import ConfigError
 from serving.fold_in import closed_form_step
 from serving.weights import bm25_values
 from trainer.artifacts import Run, load_run, save_run
-from trainer.data.interactions import IdMap, Interactions
+from trainer.data.interactions import IdMap, Interactions, from_frame
 from trainer.models.als import ALS
 from trainer.weighting import CorpusStats, Weighting
 
@@ -62,6 +63,30 @@ def admit(
         for item, listeners in sorted(per_item.items())
         if len(listeners) >= rules.min_listeners
     }
+
+
+def enforce(data: Interactions, known_items: Collection[str], rules: CatalogueRules) -> Interactions:
+    """The spam rule on training data from the log: pairs of items the served run does not know stay only when the
+    item has ``min_listeners`` distinct listeners, each listener's weight on it capped; the id maps are rebuilt, so
+    an item that did not qualify is not in the retrained catalogue at all (a retrain must not let in what a
+    refresh would refuse)."""
+    known = set(known_items)
+    items = data.item_ids.ids.astype(str)
+    new = np.array([item not in known for item in items.tolist()], dtype=bool)
+    listeners = np.bincount(data.items[new[data.items]], minlength=len(items))
+    keep = ~new[data.items] | (listeners[data.items] >= rules.min_listeners)
+    if keep.all() and not new.any():
+        return data
+    weights = np.where(new[data.items], np.minimum(data.weights, rules.max_plays_per_listener), data.weights)
+    frame = pd.DataFrame(
+        {
+            "user": data.user_ids.ids[data.users[keep]],
+            "item": data.item_ids.ids[data.items[keep]],
+            "weight": weights[keep],
+        }
+    )
+    out, _ = from_frame(frame, source="the log after the catalogue rules")
+    return out
 
 
 @dataclass(frozen=True)

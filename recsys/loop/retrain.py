@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from trainer.data.log import LogData, load_log
 from trainer.exporting import ExportError
 from trainer.gate import Ranker, Window, as_strings, gate
 from trainer.models.base import Recommender
+from trainer.new_items import CatalogueRules, enforce
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
 from trainer.triton.repository import ModelControl, activate, served_run, versions, withdraw
@@ -51,6 +52,7 @@ class RetrainOptions:
     iterations: int | None = None  # warm iterations / epochs (None: the warm start's share of the cold run's)
     params: Mapping[str, Any] | None = None  # hyperparameters over the cold run's (the factor count must stay)
     canary: bool = False  # a candidate that passes serves the canary group only (recsys.loop.canary)
+    rules: CatalogueRules = field(default_factory=CatalogueRules)  # the spam rule, for items the run does not know
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0):
@@ -132,11 +134,13 @@ def retrain_cycle(
     durations["read_s"] = round(time.perf_counter() - clock, 3)
 
     clock = time.perf_counter()
-    candidate = warm_start(base, before.interactions, params=warm_params(base, options)).model
+    known = base.item_ids.ids.astype(str).tolist()
+    candidate_data = enforce(before.interactions, known, options.rules)
+    candidate = warm_start(base, candidate_data, params=warm_params(base, options)).model
     durations["train_s"] = round(time.perf_counter() - clock, 3)
     report = gate(
         Ranker(base.model, base.user_ids, base.item_ids, base.history),
-        _ranker(candidate, before.interactions),
+        _ranker(candidate, candidate_data),
         window_of(newest),
         tolerance=options.tolerance,
         min_users=options.min_users,
@@ -147,7 +151,8 @@ def retrain_cycle(
 
     clock = time.perf_counter()
     everything = load_log(dsn, since=since, until=started, decay_days=options.decay_days, base=base)
-    warm = warm_start(base, everything.interactions, params=warm_params(base, options))
+    final_data = enforce(everything.interactions, known, options.rules)
+    warm = warm_start(base, final_data, params=warm_params(base, options))
     final = warm.model
     durations["refit_s"] = round(time.perf_counter() - clock, 3)
     out = workdir / f"cycle-{started:%Y%m%dT%H%M%S%f}"
@@ -160,7 +165,7 @@ def retrain_cycle(
         **warm.summary(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    save_run(out, final, everything.interactions, metrics)
+    save_run(out, final, final_data, metrics)
     target = family.renamed(CANARY_SUFFIX) if options.canary else family
     clock = time.perf_counter()
     try:

@@ -119,3 +119,24 @@ def test_item_ids_stay_integers_only_for_canonical_integers() -> None:
     assert mixed.tolist() == ["7", "8", "007"]
     IdMap(mixed)  # no duplicate
     assert _ids(known, ["99999999999999999999"]).dtype.kind == "U"  # past int64: text, not an overflow
+
+
+def test_a_retrain_lets_in_only_the_items_a_refresh_would() -> None:
+    """Regression (seen in the demo): a retrain on the log let every item anyone played once into the catalogue,
+    around the spam rule that guards the new-items refresh."""
+    import pandas as pd
+
+    from trainer.data.interactions import from_frame
+    from trainer.new_items import enforce
+
+    rows = [("u1", "known", 4.0), ("u2", "known", 1.0)]
+    rows += [("u1", "spam", 900.0)]  # one listener
+    rows += [(f"u{n}", "release", 40.0 if n == 1 else 2.0) for n in range(1, 4)]  # three listeners
+    data, _ = from_frame(pd.DataFrame(rows, columns=["user", "item", "weight"]))
+    out = enforce(data, {"known"}, CatalogueRules(min_listeners=3, max_plays_per_listener=5))
+    items = out.item_ids.ids.astype(str).tolist()
+    assert sorted(items) == ["known", "release"]
+    release = items.index("release")
+    assert sorted(out.weights[out.items == release].tolist()) == [2.0, 2.0, 5.0]  # u1's 40 capped at 5
+    known = items.index("known")
+    assert sorted(out.weights[out.items == known].tolist()) == [1.0, 4.0]  # known items untouched

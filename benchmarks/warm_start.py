@@ -37,7 +37,7 @@ from trainer.evaluation import evaluate
 from trainer.models.base import FactorModel
 from trainer.pipeline import build_model
 from trainer.splits import temporal
-from trainer.warm import align_rows, warm_params, warm_start
+from trainer.warm import align_rows, default_fraction, warm_params, warm_start
 
 GOAL_QUALITY = 0.99
 GOAL_TIME = 0.30
@@ -95,7 +95,8 @@ class Trial:
         return self.warm_cpu_s / self.cold_cpu_s
 
 
-def run_model(world: World, name: str, params: dict[str, Any], fraction: float, device: str) -> Trial:
+def run_model(world: World, name: str, params: dict[str, Any], fraction: float | None, device: str) -> Trial:
+    fraction = default_fraction(name) if fraction is None else fraction
     say(f"{name}: base run on {len(world.base):,} pairs")
     base_model = build_model(name, params, device=device)
     assert isinstance(base_model, FactorModel)
@@ -152,6 +153,12 @@ def _base_on_new_test(run: Run, world: World) -> float:
     return evaluate(model, world.train, world.test)["ndcg@10"]
 
 
+def _fractions(args: argparse.Namespace) -> str:
+    if args.fraction is not None:
+        return f"{args.fraction:g}"
+    return ", ".join(f"{default_fraction(name):g} ({name})" for name in args.models.split(","))
+
+
 def verdict(t: Trial) -> str:
     """One line per model: the goal met, or by how much each part missed."""
     misses = []
@@ -197,7 +204,7 @@ def report(trials: list[Trial], args: argparse.Namespace, world: World, load_bef
             f"days 0-{args.cut:g} without {world.new_users:,} listeners and {world.new_items:,} items that arrive "
             f"later ({len(world.base):,} pairs); the retrain on the whole training part ({len(world.train):,} pairs, "
             f"{world.train.n_users:,} x {world.train.n_items:,}), scored on each listener's last-met items "
-            f"({len(world.test):,} pairs). Warm start: {args.fraction:g} of the cold passes. Device: {args.device}. "
+            f"({len(world.test):,} pairs). Warm start: {_fractions(args)} of the cold passes. Device: {args.device}. "
             f"Goal: warm >= {GOAL_QUALITY:g} x cold NDCG@10 in <= {GOAL_TIME:g} x cold time (alignment included). "
             "CPU time is this process's, all threads: on a shared machine it moves less than wall time.",
             "",
@@ -219,7 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cut", type=float, default=100.0, help="Day the base run ends.")
     parser.add_argument("--new-users", type=float, default=0.1, help="Share of listeners who arrive after the cut.")
     parser.add_argument("--new-items", type=float, default=0.05, help="Share of items released after the cut.")
-    parser.add_argument("--fraction", type=float, default=0.2, help="Warm passes as a share of the cold ones.")
+    parser.add_argument(
+        "--fraction", type=float, default=None, help="Warm passes as a share of the cold ones [each model's default]."
+    )
     parser.add_argument("--models", default="als,bpr")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -16,7 +16,7 @@ from trainer.evaluation import evaluate
 from trainer.models import ALS, BPR, ALSParams, BPRParams, Params, Popularity
 from trainer.models.base import FactorModel
 from trainer.splits import random_holdout
-from trainer.warm import align_rows, base_positions, warm_params, warm_start
+from trainer.warm import align_rows, base_positions, default_fraction, warm_params, warm_start
 
 ALS_PARAMS = ALSParams(factors=16, iterations=10, regularization=5.0)
 BPR_PARAMS = BPRParams(factors=16, epochs=30)
@@ -89,6 +89,7 @@ def test_warm_params_scale_the_passes_and_refuse_other_models() -> None:
     assert warm_params(ALSParams(iterations=15), "als", 0.2) == ALSParams(iterations=3)
     assert warm_params(BPRParams(epochs=60), "bpr", 0.2) == BPRParams(epochs=12)
     assert warm_params(BPRParams(epochs=2), "bpr", 0.1) == BPRParams(epochs=1)
+    assert warm_params(ALSParams(iterations=15), "als", default_fraction("als")) == ALSParams(iterations=2)
     with pytest.raises(ConfigError, match="fraction"):
         warm_params(ALSParams(), "als", 0.0)
     with pytest.raises(ConfigError, match="cannot be warm-started"):

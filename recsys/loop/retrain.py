@@ -34,7 +34,7 @@ from trainer.new_items import CatalogueRules, enforce
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
 from trainer.triton.repository import ModelControl, activate, served_run, versions, withdraw
-from trainer.warm import DEFAULT_FRACTION, warm_start
+from trainer.warm import default_fraction, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def warm_params(base: Run, options: RetrainOptions) -> dict[str, Any]:
     previous cycle's own, already reduced, passes again would shrink them cycle after cycle."""
     params = dict(base.metrics.get("params") or base.model.params.to_dict()) | dict(options.params or {})
     passes = PASSES[base.model.name]
-    params[passes] = options.iterations or max(1, round(int(params[passes]) * DEFAULT_FRACTION))
+    params[passes] = options.iterations or max(1, round(int(params[passes]) * default_fraction(base.model.name)))
     return params
 
 

@@ -88,8 +88,9 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
 
 
 @pytest.fixture(scope="session")
-def loop_database():  # type: ignore[no-untyped-def]
-    """A PostgreSQL of the loop tests' own (fresh folder, free port), migrated as the writer does it."""
+def log_database():  # type: ignore[no-untyped-def]
+    """A PostgreSQL of the log-reading tests' own (fresh folder, free port), migrated as the writer does it; each
+    module empties the tables it uses first."""
     import os
     import shutil
     import tempfile
@@ -117,7 +118,7 @@ def loop_database():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def served(loop_database: str, served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def served(log_database: str, served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The loop tests' Triton serving ``served_run`` as version 1, on an emptied ``loop_database``."""
     from tests_support import Served, on_database
 
@@ -128,9 +129,9 @@ def served(loop_database: str, served_run: Path, tmp_path_factory: pytest.TempPa
     async def empty(conn):  # type: ignore[no-untyped-def]
         await conn.execute("TRUNCATE plays, feedback, impressions, retrain_cycles")
 
-    on_database(loop_database, empty)
+    on_database(log_database, empty)
     repository = tmp_path_factory.mktemp("loop-repo")
     publish(served_run, repository)
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
         load_all(triton, repository)
-        yield Served(loop_database, triton, repository)
+        yield Served(log_database, triton, repository)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -15,33 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedback.log_export import SCHEMAS, day_range, export_log
-from feedback.migrate import migrate
 from recsys.core.errors import ConfigError, DataError
 from recsys.stack.ports import free_port
-from recsys.stack.postgres import LocalPostgres, find_bin_dir
-from recsys.stack.process import ServiceError
 
 DAY = datetime(2026, 11, 30, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    """A PostgreSQL of its own (fresh folder, free port), migrated like the writer does it."""
-    try:
-        find_bin_dir()
-    except ServiceError as exc:
-        pytest.skip(str(exc))
-    # As root the cluster's folder must be one the postgres user can reach and own: an empty one under /var/tmp.
-    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-export-", dir="/var/tmp" if os.geteuid() == 0 else None))
-    server = LocalPostgres(data_dir, port=free_port())
-    try:
-        server.start()
-        asyncio.run(_run(server.url, migrate))
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        server.log_path.unlink(missing_ok=True)
+def database(log_database: str) -> str:
+    """The tests' own migrated PostgreSQL (tests/conftest.py); each test empties the tables first."""
+    return log_database
 
 
 async def _run(url: str, work):  # type: ignore[no-untyped-def]

@@ -4,10 +4,6 @@ skips as negatives, windows."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,11 +13,8 @@ import numpy.typing as npt
 import pytest
 
 from feedback.log_export import export_log
-from feedback.migrate import migrate
 from recsys.core.errors import ConfigError, DataError
 from recsys.stack.ports import free_port
-from recsys.stack.postgres import LocalPostgres, find_bin_dir
-from recsys.stack.process import ServiceError
 from trainer.artifacts import load_run, save_run
 from trainer.data.interactions import Interactions
 from trainer.data.load import load_dataset
@@ -51,28 +44,16 @@ FEEDBACK = [
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[str]:
-    """A PostgreSQL of its own (fresh folder, free port), migrated as the writer does it, holding the log above."""
-    try:
-        find_bin_dir()
-    except ServiceError as exc:
-        pytest.skip(str(exc))
-    data_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-log-", dir="/var/tmp" if os.geteuid() == 0 else None))
-    server = LocalPostgres(data_dir, port=free_port())
-    try:
-        server.start()
-        asyncio.run(_fill(server.url))
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        server.log_path.unlink(missing_ok=True)
+def database(log_database: str) -> str:
+    """The tests' own PostgreSQL (tests/conftest.py) holding the log above."""
+    asyncio.run(_fill(log_database))
+    return log_database
 
 
 async def _fill(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn)
+        await conn.execute("TRUNCATE plays, feedback, impressions")
         await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", PLAYS)
         await conn.executemany(
             "INSERT INTO feedback (event_id, ts, request_id, user_id, ab_group, clicked_item, skipped_items) "

@@ -28,6 +28,7 @@ from recsys.tables import metrics_table, recommendation_table
 
 if TYPE_CHECKING:
     from trainer.data.interactions import Interactions
+    from trainer.data.log import LogData
 
 app = typer.Typer(
     name="recsys",
@@ -147,8 +148,13 @@ def train(
 
     settings = _settings(ctx)
     params = parse_params(model, param)
-    log_options = {"since": _utc(since), "until": _utc(until), "decay_days": decay_days, "base": base}
-    interactions = _load(data, user_col, item_col, weight_col, time_col, **log_options)
+    log_options: dict[str, Any] = {"since": _utc(since), "until": _utc(until), "decay_days": decay_days, "base": base}
+    read_at = datetime.now(UTC)
+    log = _log_of(data, log_options)
+    if log is None:
+        interactions = _load(data, user_col, item_col, weight_col, time_col, **log_options)
+    else:
+        interactions = log.interactions
     result = train_and_evaluate(
         interactions,
         model,
@@ -160,6 +166,13 @@ def train(
         show_progress=settings.progress,
         source=data,
     )
+    if log is not None:
+        from trainer.data.log import skip_metrics
+
+        # Skips are the log's negatives: how often the model still ranks what listeners skipped. The data's end
+        # is where the next retrain's read of the log starts (never twice).
+        result.metrics["skips"] = skip_metrics(result.model, log.skips, result.split.train)
+        result.metrics["log"] = log.summary | {"until": (_utc(until) or read_at).isoformat()}
     target = out_dir or settings.runs_dir / model
     save_result(result, target)
     rows = {"popularity (baseline)": result.metrics["baseline_popularity"], model: result.metrics}
@@ -466,6 +479,15 @@ def ab_report(
         out, settings.database_url.get_secret_value(), experiment_of(settings), start, end,
         control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
+
+
+def _log_of(data: str, options: dict[str, Any]) -> LogData | None:
+    """The feedback log with its skips when ``data`` is one (a postgresql:// URL or an export folder), else None."""
+    from trainer.data.log import is_log_folder, is_postgres_url, load_log
+
+    if is_postgres_url(data) or (Path(data).is_dir() and is_log_folder(Path(data))):
+        return load_log(data, **options)
+    return None
 
 
 def _utc(moment: datetime | None) -> datetime | None:

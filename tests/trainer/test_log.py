@@ -268,3 +268,28 @@ def test_skip_metrics_see_a_model_that_ranks_skipped_items_first(small_world) ->
     random_items = rng.integers(0, train.n_items, 50)
     random_skips = Skips(train.user_ids.external(users), train.item_ids.external(random_items), np.zeros(50, np.int64))
     assert skip_metrics(model, random_skips, train)["skip_depth"] > 0.3
+
+
+def test_recsys_train_on_the_log_records_its_skips_and_where_its_data_ends(
+    log_database: str, small_world: object, tmp_path: Path
+) -> None:
+    """`recsys train --data postgresql://...`: the run's metrics say how often the model ranks what listeners
+    skipped, and where its data ends (the next retrain reads the log from there, never twice)."""
+    import json
+    from datetime import UTC, datetime
+
+    from tests_support import log_plays
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    asyncio.run(_fill(log_database))  # the skips of FEEDBACK, by listeners u1/u2
+    log_plays(log_database, small_world, datetime.now(UTC))
+    result = CliRunner().invoke(
+        app, ["train", "--data", log_database, "--model", "als", "-p", "iterations=2", "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["skips"]) == {"skip_rate@10", "skip_depth", "n_skips"}
+    assert datetime.fromisoformat(metrics["log"]["until"]) <= datetime.now(UTC)
+    assert metrics["log"]["plays"] > 1000

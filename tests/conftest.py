@@ -119,7 +119,7 @@ def log_database():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def served(log_database: str, served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The loop tests' Triton serving ``served_run`` as version 1, on an emptied ``loop_database``."""
+    """The loop tests' Triton serving ``served_run`` as version 1, on an emptied ``log_database``."""
     from tests_support import Served, on_database
 
     from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer

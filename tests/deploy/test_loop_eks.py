@@ -326,7 +326,7 @@ def test_command_line_of_the_cronjob() -> None:
 
 
 def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
-    s3: Any, tmp_path: Path, loop_database: str, served_run: Path
+    s3: Any, tmp_path: Path, log_database: str, served_run: Path
 ) -> None:
     """The CronJob's run end to end but for the cluster: version 1 seeded as `loop seed` does it, listeners play a
     release, one run mirrors, refreshes the catalogue (real export and parity), uploads version 2 with its run, and
@@ -338,7 +338,7 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
     async def empty(conn: Any) -> None:
         await conn.execute("TRUNCATE plays, feedback, impressions, retrain_cycles")
 
-    on_database(loop_database, empty)
+    on_database(log_database, empty)
     run_copy = tmp_path / "seed-run"
     shutil.copytree(served_run, run_copy)
     loop.upload_run(s3, BUCKET, 1, run_copy)
@@ -351,7 +351,7 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
         rows = [(f"{u}-{n}", now, u, "release-eks") for u in listeners for n in range(3)]
         await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
 
-    on_database(loop_database, play)
+    on_database(log_database, play)
     uploaded_at_load: list[list[int]] = []
 
     def check(replica: FakeReplica, name: str) -> None:
@@ -363,7 +363,7 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
         replicas[address].pins = {key: {1} for key in FACTOR.ensembles}
     # 10.0.0.3 started since (its ensembles unpinned): the run pins it to version 1 before the cycle.
     result = loop.run_once(
-        s3, WHERE, loop_database, replicas, tmp_path / "work", kinds=("items",), sleep=lambda seconds: None
+        s3, WHERE, log_database, replicas, tmp_path / "work", kinds=("items",), sleep=lambda seconds: None
     )
     (cycle,) = result.cycles
     assert cycle.decision == "promoted", cycle.reason
@@ -387,7 +387,7 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
     async def recorded(conn: Any) -> list[Any]:
         return list(await conn.fetch("SELECT kind, decision, published_version, reason FROM retrain_cycles"))
 
-    ((kind, decision, published, reason),) = on_database(loop_database, recorded)
+    ((kind, decision, published, reason),) = on_database(log_database, recorded)
     assert (kind, decision, published) == ("items", "promoted", 2)
     assert "10.0.0.4:8000" in reason
 

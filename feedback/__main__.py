@@ -8,15 +8,12 @@ line and status 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from feedback.main import run
-from recsys.core.errors import RecsysError
-from recsys.core.settings import get_settings
+from recsys.core.service import run_service
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,15 +29,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = get_settings()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        updates: dict[str, Any] = {"feedback_port": args.port, "spool_dir": args.spool_dir}
-        run(settings.model_copy(update={k: v for k, v in updates.items() if v is not None}))
-    except RecsysError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_service(run, {"feedback_port": args.port, "spool_dir": args.spool_dir})
 
 
 if __name__ == "__main__":

@@ -7,14 +7,11 @@ takes the same overrides as ``recsys serve gateway``; a bad setting or experimen
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from gateway.main import run
-from recsys.core.errors import RecsysError
-from recsys.core.settings import get_settings
+from recsys.core.service import run_service
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,16 +28,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        settings = get_settings()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        updates: dict[str, Any] = {"gateway_port": args.port, "gateway_grpc_port": args.grpc_port}
-        updates["triton_url"] = args.triton
-        run(settings.model_copy(update={k: v for k, v in updates.items() if v is not None}))
-    except RecsysError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_service(run, {"gateway_port": args.port, "gateway_grpc_port": args.grpc_port, "triton_url": args.triton})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,24 @@
+"""What ``python -m gateway`` and ``python -m feedback`` share: settings with command-line overrides, plain logging
+(the images carry no rich), and one line with status 2 for a deliberate error."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from recsys.core.errors import RecsysError
+from recsys.core.settings import Settings, get_settings
+
+
+def run_service(run: Callable[[Settings], object], overrides: Mapping[str, Any]) -> int:
+    """Starts ``run`` with the settings of the environment, ``overrides`` that are not None winning; the exit status."""
+    try:
+        settings = get_settings()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run(settings.model_copy(update={k: v for k, v in overrides.items() if v is not None}))
+    except RecsysError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -35,6 +35,16 @@ def on_database(url: str, work: Any) -> Any:
     return asyncio.run(run())
 
 
+def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one statement, on a fresh connection."""
+
+    async def fetch(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+        return list(await conn.fetch(sql, *args))
+
+    rows: list[asyncpg.Record] = on_database(url, fetch)
+    return rows
+
+
 def log_plays(url: str, world: Any, now: datetime) -> None:
     """An hour of organic plays by the listeners' true tastes: 45 minutes before the gate window, 15 in it."""
     rng = np.random.default_rng(5)

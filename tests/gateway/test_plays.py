@@ -5,7 +5,6 @@ writer that is down answers 503 with Retry-After (UNAVAILABLE over gRPC) until i
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from tests_support import query
 
 from gateway.service import MAX_ID_CHARS, MAX_PLAYS_PER_REQUEST, PLAY_MAX_FUTURE_MS, PLAYS_MAX_BODY_BYTES
 from recsys.stack.local import LocalStack
@@ -29,30 +29,8 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def query(stack: LocalStack, sql: str, *args: Any) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(stack.database_url)
-        try:
-            return list(await conn.fetch(sql, *args))
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
-
-
-def wait_until_drained(stack: LocalStack, timeout_s: float = 60.0) -> None:
-    """Until the writer's spool is empty and its last write succeeded (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = httpx.get(stack.feedback_url + "/readyz", timeout=5).json()
-        if state["spooled"] == 0 and state["database"]:
-            return
-        assert time.monotonic() < deadline, f"writer did not drain: {state}"
-        time.sleep(0.05)
-
-
 def stored(stack: LocalStack, event_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
-    rows = query(stack, "SELECT * FROM plays WHERE event_id = ANY($1)", event_ids)
+    rows = query(stack.database_url, "SELECT * FROM plays WHERE event_id = ANY($1)", event_ids)
     by_id: dict[str, list[asyncpg.Record]] = {}
     for row in rows:
         by_id.setdefault(row["event_id"], []).append(row)
@@ -88,7 +66,7 @@ def test_a_play_and_a_batch_are_acknowledged_and_stored_once_under_retries(stack
     assert ids[1] == batch["plays"][1]["event_id"]  # a client's key is kept as sent
     assert len({*ids, *first.json()["event_ids"]}) == 4
 
-    wait_until_drained(stack)
+    stack.wait_drained()
     rows = stored(stack, [*first.json()["event_ids"], *ids])
     assert {k: len(v) for k, v in rows.items()} == dict.fromkeys([*first.json()["event_ids"], *ids], 1)
     (row,) = rows[first.json()["event_ids"][0]]
@@ -96,7 +74,7 @@ def test_a_play_and_a_batch_are_acknowledged_and_stored_once_under_retries(stack
     assert row["ts"] == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=t)  # exact to the millisecond
     assert rows[ids[0]][0]["ms_played"] is None  # unknown, not zero
     assert rows[ids[1]][0]["ms_played"] == 0
-    assert len(query(stack, "SELECT 1 FROM plays WHERE user_id = $1", user)) == 4
+    assert len(query(stack.database_url, "SELECT 1 FROM plays WHERE user_id = $1", user)) == 4
 
     counted = metric(httpx.get(stack.gateway_url + "/metrics").text, "organic_plays_total")
     assert counted - counted_before == 1 + 1 + 3 + 3  # acknowledged plays (retries included) on this gateway
@@ -123,7 +101,7 @@ def test_grpc_plays_are_stored_once_under_retries_with_the_keys_rest_derives(sta
     rest = plays(stack, {"plays": [{"user_id": user, "item_id": "11", "ts_ms": t, "ms_played": 1_000},
                                    {"user_id": user, "item_id": "12", "ts_ms": t + 5}]})  # fmt: skip
     assert rest.json()["event_ids"] == list(first.event_ids)  # one service layer, one derivation
-    wait_until_drained(stack)
+    stack.wait_drained()
     rows = stored(stack, list(first.event_ids))
     assert {k: len(v) for k, v in rows.items()} == dict.fromkeys(first.event_ids, 1)
     assert rows[first.event_ids[0]][0]["ms_played"] == 1_000
@@ -165,8 +143,8 @@ def test_bad_plays_get_a_4xx_naming_the_problem_and_reach_no_table(
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == ("invalid_argument" if status == 400 else "invalid_request")
     assert fragment in response.json()["error"]["message"]
-    wait_until_drained(stack)
-    assert query(stack, "SELECT 1 FROM plays WHERE user_id = 'bad-plays'") == []
+    stack.wait_drained()
+    assert query(stack.database_url, "SELECT 1 FROM plays WHERE user_id = 'bad-plays'") == []
 
 
 def test_the_time_window_is_now_plus_the_skew(stack: LocalStack) -> None:
@@ -232,7 +210,7 @@ def test_a_full_batch_of_longest_ids_fits_the_body_cap_through_nginx(stack: Loca
         assert too_large.json()["error"]["code"] == "body_too_large"
     # the other routes keep their 16 KiB cap
     assert httpx.post(stack.gateway_url + "/feedback", json={"pad": "x" * 20_000}).status_code == 413
-    wait_until_drained(stack)
+    stack.wait_drained()
     assert len(stored(stack, via_nginx.json()["event_ids"])) == MAX_PLAYS_PER_REQUEST
 
 
@@ -262,10 +240,10 @@ def test_writer_down_gives_503_then_the_retry_is_stored_once(stack: LocalStack) 
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
         stub = recsys_pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
         grpc_ids = list(stub.Plays(grpc_request, timeout=10).event_ids)
-    wait_until_drained(stack)
+    stack.wait_drained()
     ids = [*retried.json()["event_ids"], *grpc_ids]
     assert {k: len(v) for k, v in stored(stack, ids).items()} == dict.fromkeys(ids, 1)
-    assert len(query(stack, "SELECT 1 FROM plays WHERE user_id = $1", user)) == 4
+    assert len(query(stack.database_url, "SELECT 1 FROM plays WHERE user_id = $1", user)) == 4
 
 
 def test_writer_refuses_bad_play_events_itself(stack: LocalStack) -> None:
@@ -285,5 +263,5 @@ def test_writer_refuses_bad_play_events_itself(stack: LocalStack) -> None:
         assert response.status_code == 422, (bad, response.text)
         assert fragment in response.json()["error"]["message"]
     assert httpx.post(stack.feedback_url + "/events", json={"events": [good]}).status_code == 202
-    wait_until_drained(stack)
+    stack.wait_drained()
     assert len(stored(stack, [event_id])[event_id]) == 1

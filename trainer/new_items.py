@@ -147,12 +147,18 @@ class Extended:
 
 
 def extend_run(
-    run_dir: Path, out_dir: Path, admitted: dict[str, dict[str, float]], rules: CatalogueRules | None = None
+    run_dir: Path,
+    out_dir: Path,
+    admitted: dict[str, dict[str, float]],
+    rules: CatalogueRules | None = None,
+    *,
+    run: Run | None = None,
 ) -> Extended:
-    """Writes ``out_dir``: the run of ``run_dir`` with the admitted items appended (model, ids, history with
-    their listeners' plays, so those are not recommended back); ``added`` is empty when none qualified."""
+    """Writes ``out_dir``: the run of ``run_dir`` (``run``, when the caller already loaded it) with the admitted
+    items appended (model, ids, history with their listeners' plays, so those are not recommended back); ``added``
+    is empty when none qualified."""
     rules = rules or CatalogueRules()
-    run = load_run(run_dir)
+    run = run or load_run(run_dir)
     if not isinstance(run.model, ALS):
         raise ConfigError(f"{run_dir}: new items need the ALS item step; a {run.model.name} model waits for a retrain")
     new = item_vectors(run.model, run.user_ids, run.history, admitted, rules)

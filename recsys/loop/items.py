@@ -100,7 +100,7 @@ def refresh_items(
     if not admitted:
         return done("unchanged", f"no unseen item has plays from {rules.min_listeners} distinct listeners")
     step = time.perf_counter()
-    extended = extend_run(run_dir, workdir / f"items-{started:%Y%m%dT%H%M%S%f}", admitted, rules)
+    extended = extend_run(run_dir, workdir / f"items-{started:%Y%m%dT%H%M%S%f}", admitted, rules, run=run)
     durations["item_step_s"] = round(time.perf_counter() - step, 3)
     if not extended.added:
         return done("unchanged", f"{len(admitted)} item(s) qualify, but not from listeners the model knows yet")

@@ -49,7 +49,14 @@ async def serve(settings: Settings, experiment: Experiment | None = None) -> Non
     if grpc_server.add_insecure_port(grpc_address) == 0:
         raise OSError(f"cannot bind gRPC to {grpc_address}")
     await grpc_server.start()
-    http = server(app, settings.gateway_host, settings.gateway_port)
+    http = server(
+        app,
+        settings.gateway_host,
+        settings.gateway_port,
+        max_header_bytes=settings.max_header_bytes,
+        read_timeout_s=settings.read_timeout_s,
+        keep_alive_s=settings.keep_alive_s,
+    )
     log.info(
         "gateway: REST http://%s:%d, gRPC %s, Triton %s",
         settings.gateway_host, settings.gateway_port, grpc_address, settings.triton_grpc_url,

@@ -1,19 +1,19 @@
-"""REST transport: thin FastAPI routes over :class:`gateway.service.GatewayService`, plus an ASGI middleware that
-counts and times every request and caps body size before anything reads the body."""
+"""REST transport: thin FastAPI routes over :class:`gateway.service.GatewayService`, behind
+:class:`gateway.edge.EdgeMiddleware` (request id, body cap, counting)."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.edge import EdgeMiddleware
 from gateway.schemas import (
     ErrorResponse,
     FeedbackRequest,
@@ -25,18 +25,11 @@ from gateway.schemas import (
     RecommendRequest,
     RecommendResponse,
 )
-from gateway.service import PLAYS_MAX_BODY_BYTES, FeedbackEvent, GatewayError, GatewayService, PlayEvent
+from gateway.service import FeedbackEvent, GatewayError, GatewayService, PlayEvent
 from recsys.core.asgi import error_response, json_response
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-ROUTES = frozenset({"/recommend", "/feedback", "/plays", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid request (bad top_k, unknown group, play time out of range)"},
     413: {"model": ErrorResponse, "description": "body too large"},
@@ -44,60 +37,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "body does not match the schema"},
     503: {"model": ErrorResponse, "description": "Triton or the feedback writer is unavailable; see Retry-After"},
 }
-
-
-class EdgeMiddleware:
-    """Request counting/timing by route and status, and the body-size cap (413 before the body is parsed): ``/plays``
-    takes a batch and has its own, larger cap (``PLAYS_MAX_BODY_BYTES``), every other route ``max_body_bytes``."""
-
-    def __init__(self, app: ASGIApp, service: GatewayService, max_body_bytes: int) -> None:
-        self.app = app
-        self.service = service
-        self.max_body_bytes = max_body_bytes
-        self.plays_max_body_bytes = max(max_body_bytes, PLAYS_MAX_BODY_BYTES)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        route = scope["path"] if scope["path"] in ROUTES else "other"
-        status = 500
-
-        async def send_counted(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        limit = self.plays_max_body_bytes if scope["path"] == "/plays" else self.max_body_bytes
-        try:
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > limit):
-                await self._too_large(limit, scope, receive, send_counted)
-            else:
-                await self.app(scope, self._capped(limit, receive), send_counted)
-        finally:
-            metrics = self.service.metrics
-            metrics.requests.labels(route, scope["method"], str(status)).inc()
-            metrics.request_duration_ms.labels(route).observe((time.perf_counter() - start) * 1000.0)
-
-    def _capped(self, limit: int, receive: Receive) -> Receive:
-        seen = 0
-
-        async def capped() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:  # a chunked body without Content-Length: FastAPI passes this through
-                raise StarletteHTTPException(413, f"request body over {limit} bytes")
-            return message
-
-        return capped
-
-    async def _too_large(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, "body_too_large", f"request body over {limit} bytes")
-        await response(scope, receive, send)
 
 
 def _group_key(request: Request, user_id: str) -> str:
@@ -112,6 +51,34 @@ def _group_key(request: Request, user_id: str) -> str:
                 raise GatewayError.invalid(f"{source} {value[:40]!r} differs from the body's user_id")
             return value
     return user_id
+
+
+#: Headers of the request, declared for the OpenAPI document (the middleware and ``_group_key`` read them).
+UserIdHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-User-Id",
+        description="the listener id NGINX splits on (else ?user_id= or the uid cookie, else the body's); must equal "
+        "the body's user_id when sent",
+    ),
+]
+GroupHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-AB-Group",
+        description="set by NGINX from its split (a client's own is overwritten there); the gateway recomputes the "
+        "group from the experiment and counts a disagreement in ab_group_mismatch_total. Answered as a response "
+        "header too, so NGINX's access log has the group also when the user id came only in the body",
+    ),
+]
+RequestIdHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-Request-Id",
+        description="1-64 characters of A-Z a-z 0-9 . _ : -; answered in the X-Request-Id response header and, for "
+        "/recommend, the list's request_id (reuse one only to retry the same request); a new id when absent",
+    ),
+]
 
 
 def _play_event(play: Play) -> PlayEvent:
@@ -166,14 +133,21 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
         return error_response(500, "internal", "internal error (logged)")
 
     @app.post("/recommend", response_model=RecommendResponse, responses=ERRORS)
-    async def recommend(body: RecommendRequest, request: Request) -> Response:
+    async def recommend(
+        body: RecommendRequest,
+        request: Request,
+        x_user_id: UserIdHeader = None,
+        x_ab_group: GroupHeader = None,
+        x_request_id: RequestIdHeader = None,
+    ) -> Response:
         """Top-k items for a listener from the model of their A/B group."""
         user_id = str(body.user_id)
         result = await service.recommend(
             user_id,
             body.top_k,
             group_key=_group_key(request, user_id),
-            header_group=request.headers.get("x-ab-group"),
+            header_group=x_ab_group,
+            request_id=request.state.request_id,
         )
         items = [{"item_id": i, "score": s} for i, s in zip(result.item_ids, result.scores, strict=True)]
         return json_response(
@@ -185,11 +159,13 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
                 "request_id": result.request_id,
                 "inference_time_ms": result.inference_time_ms,
                 "fallback": result.fallback,
-            }
+                "score_kind": result.score_kind,
+            },
+            headers={"X-AB-Group": result.group},
         )
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse, responses=ERRORS)
-    async def feedback(body: FeedbackRequest) -> Response:
+    async def feedback(body: FeedbackRequest, x_request_id: RequestIdHeader = None) -> Response:
         """Clicks and skips on a served list; 202 once the feedback writer has durably accepted the event."""
         event_id = await service.feedback(
             FeedbackEvent(
@@ -202,10 +178,10 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
                 event_id=body.event_id,
             )
         )
-        return json_response({"event_id": event_id, "status": "accepted"}, 202)
+        return json_response({"event_id": event_id, "status": "accepted"}, 202, headers={"X-AB-Group": body.group})
 
     @app.post("/plays", status_code=202, response_model=PlaysResponse, responses=ERRORS)
-    async def plays(body: PlaysRequest) -> Response:
+    async def plays(body: PlaysRequest, x_request_id: RequestIdHeader = None) -> Response:
         """Organic plays from the listener's player, one or ``{"plays": [...]}``; 202 once the writer has them all on
         disk. Retries are stored once (by ``event_id``, sent or derived)."""
         received = body.plays if isinstance(body, PlayBatch) else [body]
@@ -219,7 +195,8 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
 
     @app.get("/readyz", responses={503: {"description": "Triton or a model of the experiment is not ready"}})
     async def readyz() -> Response:
-        """Triton is ready and every model of the experiment is loaded."""
+        """Triton is up and every model of the experiment answers a real inference (checked at most once a second);
+        ``problems`` says what failed."""
         state = await service.readiness()
         return json_response(state, 200 if state["ready"] else 503)
 
@@ -232,8 +209,10 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
         """The generated document, plus what only the running config knows: the experiment's group names."""
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-            group = schema["components"]["schemas"]["FeedbackRequest"]["properties"]["group"]
-            group["enum"] = list(service.experiment.group_names)
+            schemas = schema["components"]["schemas"]
+            schemas["FeedbackRequest"]["properties"]["group"]["enum"] = list(service.experiment.group_names)
+            top_k = schemas["RecommendRequest"]["properties"]["top_k"]["anyOf"][0]
+            top_k["maximum"] = service.max_top_k
             app.openapi_schema = schema
         return app.openapi_schema
 

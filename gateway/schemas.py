@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, StrictStr, Tag
 
 from gateway.service import (
+    MAX_GROUP_CHARS,
     MAX_ID_CHARS,
+    MAX_INFERENCE_TIME_MS,
     MAX_MS_PLAYED,
     MAX_PLAYS_PER_REQUEST,
     MAX_SKIPPED_ITEMS,
@@ -26,12 +28,13 @@ class _Body(BaseModel):
 
 class RecommendRequest(_Body):
     user_id: UserId
+    # The upper bound is the running gateway's max_top_k setting: gateway.rest puts it into the OpenAPI document.
     top_k: StrictInt | None = Field(None, ge=1, description="items wanted, 1..max_top_k (1000 by default); 10 if unset")
 
 
 class RecommendedItem(_Body):
     item_id: str
-    score: float
+    score: float = Field(description="higher is better; what it measures is the list's score_kind")
 
 
 class RecommendResponse(_Body):
@@ -42,15 +45,24 @@ class RecommendResponse(_Body):
     request_id: str = Field(description="quote it in /feedback")
     inference_time_ms: float = Field(description="the Triton call as the gateway saw it")
     fallback: bool = Field(description="true when the popularity fallback answered (unknown listener)")
+    score_kind: Literal["model", "play_count"] = Field(
+        description="what the scores of this list are: `model`, the model's affinity of listener and item (a dot "
+        "product of factors, e.g. ~0.8 for a good ALS match; comparable within a list and across lists of one model "
+        "version); `play_count`, "
+        "the popularity fallback's plays of the item in the training data (raw counts such as 358.0: comparable "
+        "within the list only, never with model scores)"
+    )
 
 
 class FeedbackRequest(_Body):
     user_id: UserId
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
+    group: Annotated[StrictStr, Field(min_length=1, max_length=MAX_GROUP_CHARS, pattern=r"^[^\x00]+$")]
     request_id: Id
     clicked_item: Id | None = None
     skipped_items: list[Id] = Field(default_factory=list, max_length=MAX_SKIPPED_ITEMS)
-    inference_time_ms: Annotated[StrictFloat | StrictInt, Field(ge=0, le=3.6e6)] | None = None
+    # StrictFloat takes JSON integers too (not booleans or strings); a union with StrictInt would hide the bounds
+    # from the OpenAPI document (pydantic writes them as "ge"/"le" keys no client reads).
+    inference_time_ms: Annotated[StrictFloat, Field(ge=0, le=MAX_INFERENCE_TIME_MS)] | None = None
     event_id: Id | None = Field(None, description="idempotency key; derived from the content when absent")
 
 

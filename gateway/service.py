@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -17,16 +18,26 @@ from gateway.coalesce import Coalescer
 from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
 from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
+from gateway.readiness import ModelProbe
 from recsys.core.errors import RecsysError
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError
 
 log = logging.getLogger(__name__)
 
+# Limits of every field a client sends, here once: the REST schema (gateway.schemas) and so the OpenAPI document
+# take their bounds from these names, the checks below enforce them for both transports, and a test compares the
+# two (the writer, which may not import the gateway, repeats them in feedback/events.py).
 MAX_ID_CHARS = 256
 MAX_SKIPPED_ITEMS = 1000
+#: A group name (gateway.experiment.GroupName allows no longer); the service takes only the experiment's names.
+MAX_GROUP_CHARS = 32
+#: A client's measured latency of one list: up to one hour, inclusive (the writer's bound too).
+MAX_INFERENCE_TIME_MS = 3_600_000
+#: ``X-Request-Id``: what NGINX's ``$request_id`` (32 hex digits), UUIDs and common tracing ids look like; nothing
+#: that could break a log line or a header.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
-# Limits of organic plays, here once: the REST schema, the OpenAPI document, the body cap and the checks below read
-# them (the writer, which may not import the gateway, repeats them in feedback/events.py).
+# Limits of organic plays (the body cap reads them too).
 #: Plays per request: a player flushes what it buffered while offline in a few requests, and one request is one
 #: writer round trip and one fsync, acknowledged or refused as a whole.
 MAX_PLAYS_PER_REQUEST = 100
@@ -72,6 +83,11 @@ class RecommendResult:
     inference_time_ms: float
     fallback: bool
 
+    @property
+    def score_kind(self) -> str:
+        """What the scores are: the model's affinities, or the fallback's play counts (not comparable to those)."""
+        return "play_count" if self.fallback else "model"
+
 
 @dataclass(frozen=True)
 class FeedbackEvent:
@@ -108,6 +124,15 @@ def derived_event_id(event: FeedbackEvent) -> str:
     return hashlib.sha256(orjson.dumps(content)).hexdigest()[:32]
 
 
+def request_id_of(value: str) -> str:
+    """The client's request id when it sent one (checked), else a new one."""
+    if not value:
+        return uuid.uuid4().hex
+    if REQUEST_ID_PATTERN.fullmatch(value) is None:
+        raise GatewayError.invalid("X-Request-Id must be 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+    return value
+
+
 def _check_id(name: str, value: str) -> None:
     if not value.strip():  # Triton refuses blank ids too, and would fail a whole coalesced call for one
         raise GatewayError.invalid(f"{name} must not be empty")
@@ -136,6 +161,7 @@ class GatewayService:
         self.metrics = metrics
         self.default_top_k = default_top_k
         self.max_top_k = max_top_k
+        self.probe = ModelProbe(triton, experiment.models)
 
     def group_for(self, key: str, header_group: str | None = None) -> str:
         """The listener's group by the experiment's hash of ``key``.
@@ -154,8 +180,16 @@ class GatewayService:
         return computed
 
     async def recommend(
-        self, user_id: str, top_k: int | None = None, *, group_key: str | None = None, header_group: str | None = None
+        self,
+        user_id: str,
+        top_k: int | None = None,
+        *,
+        group_key: str | None = None,
+        header_group: str | None = None,
+        request_id: str | None = None,
     ) -> RecommendResult:
+        """``request_id`` (the client's ``X-Request-Id``, checked by :func:`request_id_of`) keys the served list;
+        a new one when absent."""
         _check_id("user_id", user_id)
         k = top_k or self.default_top_k
         if not 1 <= k <= self.max_top_k:
@@ -181,7 +215,7 @@ class GatewayService:
             group=group,
             model=model,
             model_version=str(rec.model_version),
-            request_id=uuid.uuid4().hex,
+            request_id=request_id or uuid.uuid4().hex,
             inference_time_ms=round(elapsed_ms, 3),
             fallback=rec.fallback,
         )
@@ -217,8 +251,8 @@ class GatewayService:
                 _check_id("item id", item)
         if event.event_id is not None:
             _check_id("event_id", event.event_id)
-        if event.inference_time_ms is not None and not 0 <= event.inference_time_ms < 3.6e6:
-            raise GatewayError.invalid("inference_time_ms must be between 0 and one hour")
+        if event.inference_time_ms is not None and not 0 <= event.inference_time_ms <= MAX_INFERENCE_TIME_MS:
+            raise GatewayError.invalid(f"inference_time_ms must be between 0 and {MAX_INFERENCE_TIME_MS} (one hour)")
         event_id = event.event_id or derived_event_id(event)
         payload: dict[str, Any] = {
             "kind": "feedback",
@@ -283,13 +317,12 @@ class GatewayService:
         return [p["event_id"] for p in payloads]
 
     async def readiness(self) -> dict[str, Any]:
-        """Triton up and every model of the experiment loaded = ready; the writer's state is reported beside it."""
-        state = await self.triton.ready(self.experiment.models)
-        models = {name: ok for name, ok in state.items() if name}
+        """Ready = Triton up and every model of the experiment answering a real inference (``gateway.readiness``);
+        the writer's state is reported beside it."""
+        state = await self.probe.state()
         return {
-            "ready": all(state.values()),
-            "triton": state[""],
-            "models": models,
+            "ready": state["triton"] and all(state["models"].values()),
+            **state,
             "feedback_writer": await self.events.writer_ready(),
             "impressions_pending": self.events.pending,
         }

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     default_top_k: int = Field(10, ge=1)
     max_top_k: int = Field(1000, ge=1, description="largest top_k accepted (the served models' limit)")
     max_body_bytes: int = Field(16384, gt=0, description="largest request body the gateway reads")
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="largest request line + headers the gateway reads (431 past it)"
+    )
+    read_timeout_s: float = Field(
+        10.0, gt=0, description="a request must arrive whole this soon after its connection opened (408, closed)"
+    )
+    keep_alive_s: int = Field(5, ge=1, description="an idle keep-alive connection to the gateway closes after this")
     experiment_file: Path = Field(Path("gateway/experiment.yaml"), description="A/B groups -> models and shares")
     experiment: str = Field("", description="inline experiment config (YAML/JSON); wins over experiment_file")
     # feedback writer

@@ -3,6 +3,7 @@ into a prefix folder of its own and runs the Debian package's binary in the fore
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 from dataclasses import dataclass
@@ -14,6 +15,15 @@ from recsys.stack.process import ServiceError, ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
+
+
+def connections_per_address() -> int:
+    """The template's ``limit_conn``: requests one client address may have in progress at once (a fixed number in
+    the template, not a placeholder, so every deployment of it has the same limit)."""
+    found = re.search(r"limit_conn per_address (\d+);", TEMPLATE.read_text())
+    if found is None:
+        raise ValueError(f"{TEMPLATE} has no limit_conn per_address")
+    return int(found[1])
 
 
 def render_split(experiment: Experiment) -> str:

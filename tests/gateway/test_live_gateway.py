@@ -148,7 +148,35 @@ def test_health_readiness_and_openapi(stack: LocalStack) -> None:
     assert {"200", "400", "413", "422", "503"} <= set(recommend["responses"])
     assert set(spec["components"]["schemas"]["RecommendResponse"]["properties"]) == {
         "recommended_items", "group", "model", "model_version", "request_id", "inference_time_ms", "fallback",
+        "score_kind",
     }  # fmt: skip
+    headers = {p["name"] for p in recommend["parameters"] if p["in"] == "header"}
+    assert {"X-User-Id", "X-AB-Group", "X-Request-Id"} <= headers
+
+
+def test_score_kind_tells_model_scores_from_the_fallbacks_play_counts(stack: LocalStack) -> None:
+    known = post(stack, "/recommend", {"user_id": "1", "top_k": 3}).json()
+    unknown = post(stack, "/recommend", {"user_id": "nobody-at-all", "top_k": 3}).json()
+    assert (known["fallback"], known["score_kind"]) == (False, "model")
+    assert (unknown["fallback"], unknown["score_kind"]) == (True, "play_count")
+    counts = [item["score"] for item in unknown["recommended_items"]]
+    assert counts == sorted(counts, reverse=True)
+    assert counts[-1] > 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\xff\xff\xff", b"\x0a\x02\xc3\x28", b"\x0a\x05ab", bytes(range(256))],
+    ids=["garbage", "invalid UTF-8 user_id", "truncated field", "every byte"],
+)
+@pytest.mark.parametrize("method", ["Recommend", "Feedback", "Plays"])
+def test_grpc_message_that_does_not_parse_gets_invalid_argument(stack: LocalStack, method: str, raw: bytes) -> None:
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(f"/recsys.v1.Recommender/{method}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(raw, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a valid recsys.v1." in (refused.value.details() or "")
 
 
 def test_grpc_recommend_and_feedback(stack: LocalStack) -> None:

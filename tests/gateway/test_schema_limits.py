@@ -1,0 +1,105 @@
+"""One source for limits: every bound the OpenAPI document states is the one the service enforces (issue 14: the
+schema allowed inference_time_ms = 3,600,000 while the service refused it). No servers needed: the document of
+an app built like the gateway's, and the service layer called directly at and past each bound."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import service as limits
+from gateway.events import EventSink
+from gateway.experiment import load_experiment
+from gateway.metrics import GatewayMetrics
+from gateway.rest import create_app
+from gateway.service import FeedbackEvent, GatewayError, GatewayService, PlayEvent
+from recsys.core.triton_client import AsyncTritonRecommender
+
+EXPERIMENT = Path(__file__).resolve().parents[2] / "gateway" / "experiment.yaml"
+
+
+class AcceptingSink(EventSink):
+    """Acknowledges every event at once (what a writer that accepts it does) and keeps nothing."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__("http://127.0.0.1:9", timeout_s=0.1, metrics=metrics)
+
+    async def _post(self, events: list[dict[str, Any]]) -> None:
+        return None
+
+
+def _service() -> GatewayService:
+    metrics = GatewayMetrics()
+    triton = AsyncTritonRecommender("127.0.0.1:9", timeout_s=0.1)
+    return GatewayService(
+        experiment=load_experiment(EXPERIMENT), triton=triton, events=AcceptingSink(metrics), metrics=metrics,
+        max_top_k=250,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, Any]:
+    document = create_app(_service()).openapi()  # what GET /openapi.json answers
+    schemas: dict[str, Any] = document["components"]["schemas"]
+    return schemas
+
+
+def _number(prop: dict[str, Any]) -> dict[str, Any]:
+    """The numeric branch of a nullable field (``anyOf: [{...}, {"type": "null"}]``)."""
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") in ("integer", "number"):
+            found: dict[str, Any] = branch
+            return found
+        if "anyOf" in branch:
+            return _number(branch)
+    raise AssertionError(f"no numeric branch in {prop}")
+
+
+def test_every_bound_of_the_document_is_the_services(schemas: dict[str, Any]) -> None:
+    feedback = schemas["FeedbackRequest"]["properties"]
+    assert _number(feedback["inference_time_ms"])["maximum"] == limits.MAX_INFERENCE_TIME_MS
+    assert _number(feedback["inference_time_ms"])["minimum"] == 0
+    assert feedback["group"]["maxLength"] == limits.MAX_GROUP_CHARS
+    assert feedback["skipped_items"]["maxItems"] == limits.MAX_SKIPPED_ITEMS
+    for name in ("request_id", "clicked_item", "event_id"):
+        strings = [b for b in feedback[name].get("anyOf", [feedback[name]]) if b.get("type") == "string"]
+        assert [b["maxLength"] for b in strings] == [limits.MAX_ID_CHARS], name
+    top_k = _number(schemas["RecommendRequest"]["properties"]["top_k"])
+    assert (top_k["minimum"], top_k["maximum"]) == (1, 250)  # the running service's max_top_k
+    play = schemas["Play"]["properties"]
+    assert _number(play["ms_played"])["maximum"] == limits.MAX_MS_PLAYED
+    assert play["ts_ms"]["minimum"] == limits.PLAY_TS_MIN_MS
+    assert schemas["PlayBatch"]["properties"]["plays"]["maxItems"] == limits.MAX_PLAYS_PER_REQUEST
+
+
+def _feedback(**fields: Any) -> FeedbackEvent:
+    base: dict[str, Any] = {"user_id": "1", "group": "A", "request_id": "r", "clicked_item": "7", "skipped_items": ()}
+    return FeedbackEvent(**(base | fields))
+
+
+def _accepted(call: Any) -> bool:
+    try:
+        asyncio.run(call)
+    except GatewayError:
+        return False
+    return True
+
+
+def test_the_service_takes_each_documented_maximum_and_refuses_one_past_it() -> None:
+    service = _service()
+    top = limits.MAX_INFERENCE_TIME_MS
+    assert _accepted(service.feedback(_feedback(inference_time_ms=float(top))))
+    assert not _accepted(service.feedback(_feedback(inference_time_ms=top + 0.001)))
+    assert _accepted(service.feedback(_feedback(skipped_items=("x",) * limits.MAX_SKIPPED_ITEMS)))
+    assert not _accepted(service.feedback(_feedback(skipped_items=("x",) * (limits.MAX_SKIPPED_ITEMS + 1))))
+    assert _accepted(service.feedback(_feedback(request_id="r" * limits.MAX_ID_CHARS)))
+    assert not _accepted(service.feedback(_feedback(request_id="r" * (limits.MAX_ID_CHARS + 1))))
+    now_ms = 1_800_000_000_000
+    play = PlayEvent("1", "7", limits.PLAY_TS_MIN_MS, limits.MAX_MS_PLAYED)
+    assert _accepted(service.plays([play] * limits.MAX_PLAYS_PER_REQUEST))
+    assert not _accepted(service.plays([play] * (limits.MAX_PLAYS_PER_REQUEST + 1)))
+    assert not _accepted(service.plays([PlayEvent("1", "7", limits.PLAY_TS_MIN_MS - 1)]))
+    assert not _accepted(service.plays([PlayEvent("1", "7", now_ms, limits.MAX_MS_PLAYED + 1)]))

@@ -2,7 +2,13 @@
 # The feedback writer: /events intake from the gateway on 8090, batched into PostgreSQL, with a local spool
 # (RECSYS_SPOOL_DIR) that holds accepted events while the database is away.
 # Build from the repository root: docker build -f docker/feedback.Dockerfile -t recsys-feedback:local .
-FROM python:3.11.11-slim-bookworm
+# The base image and PyPI's index are build arguments whose defaults are the production ones; scripts/containers.sh
+# passes a mirror, a local stand-in base and this machine's pip CA certificate (the secret pip-cert) where needed.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE}
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -15,7 +21,9 @@ RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin 
 
 WORKDIR /srv/recsys
 COPY docker/requirements/feedback.txt /tmp/requirements.txt
-RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --index-url "${PIP_INDEX_URL}" --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
 
 # Only what `python -m feedback` imports: the kernel and the writer (its A/B report modules stay unimported).
 COPY recsys/__init__.py recsys/

@@ -1,7 +1,13 @@
 # syntax=docker/dockerfile:1
 # The gateway: REST on 8080 (/recommend, /feedback, /healthz, /readyz, /metrics) and gRPC on 50051.
 # Build from the repository root: docker build -f docker/gateway.Dockerfile -t recsys-gateway:local .
-FROM python:3.11.11-slim-bookworm
+# The base image and PyPI's index are build arguments whose defaults are the production ones; scripts/containers.sh
+# passes a mirror, a local stand-in base and this machine's pip CA certificate (the secret pip-cert) where needed.
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE}
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -12,7 +18,9 @@ RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin 
 
 WORKDIR /srv/recsys
 COPY docker/requirements/gateway.txt /tmp/requirements.txt
-RUN pip install --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --index-url "${PIP_INDEX_URL}" --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
 
 # Only what `python -m gateway` imports: the kernel, the generated API, the tensor contract and the gateway.
 COPY recsys/__init__.py recsys/

@@ -6,12 +6,19 @@
 # own renderer, so NGINX splits exactly as the gateway built from the same commit. Everything NGINX writes lives
 # under the prefix /tmp/nginx, so the root filesystem can stay read-only.
 # Build from the repository root: docker build -f docker/nginx.Dockerfile -t recsys-nginx:local .
+# Base images and PyPI's index are build arguments whose defaults are the production ones (scripts/containers.sh
+# passes local stand-ins built from Debian's packages, and this machine's pip CA certificate as the secret pip-cert).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG NGINX_IMAGE=nginxinc/nginx-unprivileged:1.27.3-alpine
 
-FROM python:3.11.11-slim-bookworm AS split
+FROM ${PYTHON_IMAGE} AS split
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install pydantic==2.14.4 pyyaml==6.0.4
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --index-url "${PIP_INDEX_URL}" pydantic==2.14.4 pyyaml==6.0.4
 WORKDIR /src
 COPY recsys/ recsys/
 COPY gateway/ gateway/
@@ -22,7 +29,7 @@ from recsys.stack.nginx import render_split; \
 Path('/tmp/ab_split.conf').write_text(render_split(load_experiment(Path('gateway/experiment.yaml'))))"
 
 
-FROM nginxinc/nginx-unprivileged:1.27.3-alpine
+FROM ${NGINX_IMAGE}
 
 COPY nginx/nginx.conf.template /etc/nginx/templates/nginx.conf.template
 COPY --from=split /tmp/ab_split.conf /etc/nginx/templates/ab_split.conf.template

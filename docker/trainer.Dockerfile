@@ -10,7 +10,13 @@
 #   docker build -f docker/trainer.Dockerfile -t recsys-trainer:local .
 #   docker build -f docker/trainer.Dockerfile --build-arg PYTHON_IMAGE=mirror.example/python:3.11.11-slim-bookworm \
 #     --build-arg TORCH_INDEX_URL=https://mirror.example/whl/cpu --build-arg PIP_INDEX_URL=https://mirror.example/pypi .
+# scripts/containers.sh builds it here with a local stand-in base, this machine's pip CA certificate (the secret
+# pip-cert) and torch's CPU wheel from local disk (the build context torch-wheels), since neither Docker Hub nor
+# PyTorch's index is reachable from this machine.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# Empty unless the build passes `--build-context torch-wheels=DIR` (a folder holding torch's CPU wheel).
+FROM scratch AS torch-wheels
 
 FROM ${PYTHON_IMAGE}
 
@@ -23,21 +29,33 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_INDEX_URL=${PIP_INDEX_URL}
 
-# torch first, from the CPU index: `pip install -e .` then finds torch==2.13.0 satisfied and pulls no CUDA build.
-RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin recsys \
-    && pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+# torch first, from the CPU index (or the CPU wheel in torch-wheels, whose +cpu version outranks PyPI's):
+# `pip install -e .` then finds torch==2.13.0 satisfied and pulls no CUDA build.
+RUN --mount=type=bind,from=torch-wheels,target=/wheels --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin recsys \
+    && pip install --index-url "${TORCH_INDEX_URL}" --find-links /wheels torch==2.13.0
 
 WORKDIR /srv/recsys
-COPY pyproject.toml README.md ./
+# The project's dependencies (and the [aws] extra: boto3, for the S3 model repository) in a layer of their own,
+# from pyproject.toml alone: a change to the code reinstalls none of them.
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\\n'.join(p['dependencies'] + p['optional-dependencies']['aws']))" >/tmp/requirements.txt \
+    && pip install --index-url "${PIP_INDEX_URL}" --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY README.md ./
 COPY recsys/ recsys/
 COPY serving/ serving/
 COPY trainer/ trainer/
 COPY triton_models/ triton_models/
 COPY scripts/__init__.py scripts/
 COPY scripts/aws/ scripts/aws/
-# Editable on purpose: publish copies each step's model.py from the checkout's triton_models/. The [aws] extra
-# is boto3, for the S3 model repository.
-RUN pip install -e ".[aws]"
+# Editable on purpose: publish copies each step's model.py from the checkout's triton_models/.
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --no-deps -e ".[aws]"
 
 USER 10001
 # The root filesystem is read-only in the cluster: every cache goes to /tmp (an emptyDir there), the loop's runs

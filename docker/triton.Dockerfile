@@ -11,8 +11,19 @@
 # Build from the repository root:
 #   docker build -f docker/triton.Dockerfile --target local -t recsys-triton:local .
 #   docker build -f docker/triton.Dockerfile -t recsys-triton:prod .
+# Base images and package indexes are build arguments whose defaults are the production ones (scripts/containers.sh
+# passes a local stand-in base, this machine's pip CA certificate as the secret pip-cert, and torch's CPU wheel from
+# local disk as the build context torch-wheels, where the defaults cannot be reached).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 
-FROM python:3.11.11-slim-bookworm AS local
+# Empty unless the build passes `--build-context torch-wheels=DIR` (a folder holding torch's CPU wheel).
+FROM scratch AS torch-wheels
+
+FROM ${PYTHON_IMAGE} AS local
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -23,17 +34,30 @@ RUN useradd --uid 10001 --user-group --create-home --home-dir /home/recsys --she
     && mkdir -p /srv/recsys/.cache /models \
     && chown recsys:recsys /srv/recsys/.cache /models
 
-# torch first, from PyTorch's CPU index: PyPI's wheel of the same version is the multi-GB CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first, from PyTorch's CPU index (or the CPU wheel in torch-wheels, whose +cpu version outranks PyPI's):
+# PyPI's wheel of the same version is the multi-GB CUDA build.
+RUN --mount=type=bind,from=torch-wheels,target=/wheels --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --index-url "${TORCH_INDEX_URL}" --find-links /wheels torch==2.13.0
 
 WORKDIR /srv/recsys
-COPY pyproject.toml README.md ./
+# The project's dependencies in a layer of their own (from pyproject.toml alone): a change to the code reinstalls
+# none of them.
+COPY pyproject.toml ./
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\\n'.join(p['dependencies']))" >/tmp/requirements.txt \
+    && pip install --index-url "${PIP_INDEX_URL}" --requirement /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY README.md ./
 COPY recsys/ recsys/
 COPY serving/ serving/
 COPY trainer/ trainer/
 COPY triton_models/ triton_models/
 # Editable on purpose: publish copies each step's model.py from the checkout's triton_models/.
-RUN pip install -e .
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && pip install --index-url "${PIP_INDEX_URL}" --no-deps -e .
 
 USER 10001
 ENV RECSYS_PROGRESS=false \
@@ -52,7 +76,9 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \
 CMD ["recsys", "serve", "triton"]
 
 
-FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS production
+FROM ${TRITON_IMAGE} AS production
+
+ARG PIP_INDEX_URL=https://pypi.org/simple
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -60,7 +86,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # The image's Python (3.10) runs the python-backend steps: numpy < 2, or every output tensor comes back empty;
 # asyncpg for the lookup's live fold-in (it follows new clicks in PostgreSQL at RECSYS_DATABASE_URL).
-RUN python3 -m pip install numpy==1.26.4 asyncpg==0.30.0
+RUN --mount=type=secret,id=pip-cert \
+    if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
+    && python3 -m pip install --index-url "${PIP_INDEX_URL}" numpy==1.26.4 asyncpg==0.30.0
 
 # The only project code the served steps import: the serving/ package (what the python steps load imports numpy,
 # asyncpg and the standard library only; tests/deploy/test_images.py keeps it so). Never trainer/ or recsys/.

@@ -1,0 +1,133 @@
+"""The compose stack (docker/compose.yaml) run from the built images with podman (issue 16): a recommendation
+through NGINX, its feedback stored in PostgreSQL, a model published by the trainer image into Triton's mounted
+repository and hot-swapped, and every container healthy by its own check, as its non-root user, on a read-only root
+file system."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from containers_support import ROOT, build_images, gate, inspect, podman, script
+from tests_support import query
+
+pytestmark = gate
+
+SERVICES = ("postgres", "triton", "feedback", "gateway", "nginx")
+PORTS = ("POSTGRES", "TRITON_HTTP", "TRITON_GRPC", "TRITON_METRICS", "FEEDBACK", "GATEWAY", "GATEWAY_GRPC", "NGINX")
+
+
+@dataclass(frozen=True)
+class Stack:
+    env: dict[str, str]
+
+    def port(self, name: str) -> int:
+        return int(self.env[f"RECSYS_HOST_PORT_{name}"])
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://recsys:{self.env['RECSYS_DB_PASSWORD']}@127.0.0.1:{self.port('POSTGRES')}/recsys"
+
+    def container(self, service: str) -> str:
+        return f"recsys_{service}_1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    build_images()
+    env = {f"RECSYS_HOST_PORT_{name}": str(_free_port()) for name in PORTS}
+    env |= {"RECSYS_DB_PASSWORD": secrets.token_hex(16), "RECSYS_FEEDBACK_TOKEN": secrets.token_hex(16)}
+    script("down", env=env)  # a previous run's containers and volumes
+    try:
+        script("up", env=env, timeout=900)  # returns once every container passes its own health check
+        yield Stack(env)
+    finally:
+        script("down", env=env)
+
+
+def _post(stack: Stack, path: str, body: dict[str, Any], user: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.port('NGINX')}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "X-User-Id": user},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        answer: dict[str, Any] = json.load(response)
+        return answer
+
+
+def test_every_container_is_healthy_by_its_own_check(stack: Stack) -> None:
+    for service in SERVICES:
+        name = stack.container(service)
+        assert podman("healthcheck", "run", name, check=False).returncode == 0, f"{name}: its health check fails"
+        assert inspect("container", name)["State"]["Health"]["Status"] == "healthy"
+
+
+def test_containers_run_as_their_non_root_users_on_read_only_roots(stack: Stack) -> None:
+    services = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]
+    for service in SERVICES:
+        name = stack.container(service)
+        uid = podman("exec", name, "id", "-u").stdout.strip()
+        assert uid != "0", f"{name} runs as root"
+        if services[service].get("read_only"):
+            assert inspect("container", name)["HostConfig"]["ReadonlyRootfs"] is True
+            probe = podman("exec", name, "sh", "-c", "touch /usr/recsys-probe", check=False)
+            assert probe.returncode != 0, f"{name}: / is writable"
+            assert "Read-only file system" in probe.stderr, probe.stderr
+
+
+def test_recommendation_through_nginx_and_its_feedback_stored_in_postgresql(stack: Stack) -> None:
+    answer = _post(stack, "/recommend", {"user_id": "42", "top_k": 5}, "42")
+    assert len(answer["recommended_items"]) == 5
+    assert answer["group"] in ("A", "B"), answer
+    feedback = {
+        "user_id": "42",
+        "group": answer["group"],
+        "request_id": answer["request_id"],
+        "clicked_item": answer["recommended_items"][0]["item_id"],
+    }
+    _post(stack, "/feedback", feedback, "42")
+    deadline = time.monotonic() + 30
+    rows: list[Any] = []
+    while not rows:  # the writer batches: poll the table, not the clock
+        assert time.monotonic() < deadline, "the feedback did not reach PostgreSQL within 30 s"
+        request_id = answer["request_id"]
+        rows = query(stack.database_url, "SELECT clicked_item FROM feedback WHERE request_id = $1", request_id)
+        impressions = query(stack.database_url, "SELECT 1 FROM impressions WHERE request_id = $1", request_id)
+        rows = rows if impressions else []
+    assert rows[0]["clicked_item"] == feedback["clicked_item"]
+
+
+def test_a_model_published_into_the_mounted_repository_is_hot_swapped(stack: Stack) -> None:
+    """The trainer image trains, publishes version 2 into Triton's volume and loads it; NGINX then answers from it."""
+    before = _post(stack, "/recommend", {"user_id": "42"}, "42")
+    assert before["model_version"] == "1"
+    train = (
+        "recsys train --data synthetic --model als --refit --out /tmp/als "
+        "&& recsys publish /tmp/als --repository /models --load --triton-http triton:8000"
+    )
+    result = podman(
+        *("run", "--rm", "--network", "recsys_default", "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/work"),
+        *("-v", "recsys_models:/models", "--entrypoint", "sh", "recsys-trainer:local", "-c", train),
+        timeout=900,
+    )
+    assert "now serves version 2" in result.stdout, result.stdout[-2000:]
+    after = _post(stack, "/recommend", {"user_id": "42"}, "42")
+    assert after["model_version"] == "2", after
+    assert after["group"] == before["group"]

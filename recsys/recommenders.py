@@ -41,6 +41,8 @@ __all__ = ["ALS", "BPR", "By", "FactorRecommender"]
 #: How ids are given and returned: the external ids of the fitted data, or row/column indices of its matrix.
 By = Literal["id", "index"]
 Ids = npt.NDArray[Any]
+#: A scipy.sparse matrix or array (scipy ships no type information, so this cannot be narrower for mypy).
+Sparse = Any
 Scores = npt.NDArray[np.float32]
 
 #: ``metrics.json``'s ``data`` for a model fitted from Python: no held-out evaluation stands behind it.
@@ -72,7 +74,7 @@ class FactorRecommender:
 
     # ---- fitting ------------------------------------------------------------------------------------------------
 
-    def fit(self, user_items: Any, *, show_progress: bool = False) -> Self:
+    def fit(self, user_items: Sparse | Interactions, *, show_progress: bool = False) -> Self:
         """Learns from a scipy sparse users x items matrix of play counts (or weights), or from ``Interactions``.
 
         A matrix's rows and columns become ids ``0..n-1``; ``Interactions`` keep their external ids. What the data
@@ -162,12 +164,12 @@ class FactorRecommender:
 
     def recommend(
         self,
-        userid: Any,
-        user_items: Any = None,
+        userid: npt.ArrayLike,
+        user_items: Sparse | None = None,
         N: int = 10,
         *,
         filter_already_liked_items: bool = True,
-        filter_items: Any = None,
+        filter_items: npt.ArrayLike | None = None,
         by: By = "id",
     ) -> tuple[Ids, Scores]:
         """The ``N`` best items for one user (1-d arrays) or many (2-d, one row per user), best first.
@@ -184,11 +186,11 @@ class FactorRecommender:
 
     def recommend_all(
         self,
-        user_items: Any = None,
+        user_items: Sparse | None = None,
         N: int = 10,
         *,
         filter_already_liked_items: bool = True,
-        filter_items: Any = None,
+        filter_items: npt.ArrayLike | None = None,
         by: By = "id",
     ) -> tuple[Ids, Scores]:
         """``recommend`` for every user of the fitted data at once: row ``i`` is for the user ``user_ids[i]``.
@@ -201,7 +203,9 @@ class FactorRecommender:
         items, scores = self._top(users, self._check_n(N), liked, self._banned(filter_items, by))
         return self._answer(items, scores, False, by)
 
-    def similar_items(self, itemid: Any, N: int = 10, *, filter_items: Any = None, by: By = "id") -> tuple[Ids, Scores]:
+    def similar_items(
+        self, itemid: npt.ArrayLike, N: int = 10, *, filter_items: npt.ArrayLike | None = None, by: By = "id"
+    ) -> tuple[Ids, Scores]:
         """Items nearest to one item (1-d) or many (2-d) by cosine similarity of their factors, best first.
 
         As in implicit the item itself comes first (similarity 1) unless ``filter_items`` names it.
@@ -212,7 +216,7 @@ class FactorRecommender:
         found, scores = _nearest(self._fitted().item_factors, items, self._check_n(N), banned)
         return self._answer(found, scores, single, by)
 
-    def similar_users(self, userid: Any, N: int = 10, *, by: By = "id") -> tuple[Ids, Scores]:
+    def similar_users(self, userid: npt.ArrayLike, N: int = 10, *, by: By = "id") -> tuple[Ids, Scores]:
         """Users nearest to one user (1-d) or many (2-d) by cosine similarity of their factors; the user first."""
         single = np.ndim(userid) == 0
         users = self._indices(self._user_ids, userid, by, "user")
@@ -251,7 +255,7 @@ class FactorRecommender:
 
     # ---- ids and checks at the boundary ------------------------------------------------------------------------
 
-    def _indices(self, ids: IdMap, given: Any, by: By, what: str) -> npt.NDArray[np.int64]:
+    def _indices(self, ids: IdMap, given: npt.ArrayLike, by: By, what: str) -> npt.NDArray[np.int64]:
         """Row indices of the ids (or indices) the caller gave; a :class:`DataError` names the unknown ones."""
         self._fitted()
         values: npt.NDArray[Any] = np.atleast_1d(np.asarray(given))
@@ -276,7 +280,7 @@ class FactorRecommender:
         return found
 
     def _liked_rows(
-        self, users: npt.NDArray[np.int64], user_items: Any, filter_already_liked_items: bool
+        self, users: npt.NDArray[np.int64], user_items: Sparse | None, filter_already_liked_items: bool
     ) -> sp.csr_matrix | None:
         """One row per requested user of what to leave out: ``user_items`` when given, else the fitted data."""
         rows = None if user_items is None else self._rows_for(user_items, len(users))  # checked even when unused
@@ -284,10 +288,12 @@ class FactorRecommender:
             return None
         return self._liked[users] if rows is None else rows
 
-    def _rows_for(self, user_items: Any, n_rows: int) -> sp.csr_matrix:
+    def _rows_for(self, user_items: Sparse, n_rows: int) -> sp.csr_matrix:
         """implicit's ``user_items``: exactly one row per requested user, one column per known item."""
         if not sp.issparse(user_items):
             raise DataError(f"user_items must be a scipy sparse matrix, got {type(user_items).__name__}")
+        if len(user_items.shape) != 2:
+            raise DataError(f"user_items must be 2-d (one row per requested user), got shape {user_items.shape}")
         matrix = sp.csr_matrix(user_items)
         if matrix.shape != (n_rows, self.n_items):
             raise DataError(
@@ -296,7 +302,7 @@ class FactorRecommender:
             )
         return matrix
 
-    def _banned(self, filter_items: Any, by: By) -> npt.NDArray[np.int64] | None:
+    def _banned(self, filter_items: npt.ArrayLike | None, by: By) -> npt.NDArray[np.int64] | None:
         if filter_items is None:
             return None
         return self._indices(self._item_ids, filter_items, by, "item")
@@ -387,7 +393,7 @@ class BPR(FactorRecommender):
 # ---- pure helpers ---------------------------------------------------------------------------------------------------
 
 
-def interactions_of(user_items: Any) -> Interactions:
+def interactions_of(user_items: Sparse) -> Interactions:
     """``Interactions`` of a scipy sparse users x items matrix, ids ``0..n-1``; a :class:`DataError` for anything
     a model cannot learn from (not sparse, not 2-d, negative or non-finite weights, no nonzero)."""
     if not sp.issparse(user_items):

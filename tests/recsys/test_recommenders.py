@@ -27,7 +27,7 @@ from trainer.pipeline import save_result, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_ALS: dict[str, Any] = {"factors": 16, "iterations": 5, "seed": 1}
-SMALL_BPR: dict[str, Any] = {"factors": 16, "epochs": 5, "seed": 1}
+SMALL_BPR: dict[str, Any] = {"factors": 16, "epochs": 3, "seed": 1}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_the_services_kernel_imports_no_torch_or_trainer() -> None:
     """The gateway and the writer import ``recsys.core`` (so ``recsys/__init__``): the exports must stay lazy."""
     probe = (
         "import sys, recsys, recsys.core.errors, recsys.core.settings; "
-        "print(sorted(m for m in ('torch', 'trainer', 'scipy', 'recsys.recommenders') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'trainer', 'recsys.recommenders') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -272,6 +272,8 @@ def test_bad_parameters_and_calls(als: ALS, data: Any) -> None:
         als.recommend(1, data.to_csr())
     with pytest.raises(DataError, match="must be a scipy sparse matrix"):
         als.recommend(1, [1, 2, 3])
+    with pytest.raises(DataError, match="user_items must be 2-d"):
+        als.recommend(1, sp.coo_array(np.ones(data.n_items)))
     with pytest.raises(ConfigError, match="N must be an integer >= 1"):
         als.recommend(1, N=0)
     with pytest.raises(ConfigError, match="by must be 'id' or 'index'"):

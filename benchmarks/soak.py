@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         build_and_publish(catalog, work, work / "publish.log")
         script = work / "mix.lua"
         script.write_text(MIX_LUA)
-        config = StackConfig(model_repository=work / "repository", workdir=work / "stack", ports=StackPorts.free(),
-                             gateways=2, postgres_dir=Path(str(work / "pg")) if os.geteuid() else None)  # fmt: skip
+        config = StackConfig(model_repository=work / "repository", workdir=work / "stack",
+                             ports=StackPorts.free(gateways=2), gateways=2,
+                             postgres_dir=Path(str(work / "pg")) if os.geteuid() else None)  # fmt: skip
         if os.geteuid() == 0:
             config.postgres_dir = Path("/var/tmp/recsys-postgres-soak")
         stack = LocalStack(config)

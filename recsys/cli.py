@@ -287,6 +287,7 @@ def publish(
     settings = _settings(ctx)
     target = repository or settings.model_repository
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    stack_repository = _stack_triton_repository(settings, http, target) if load else None
     published = run_publish(run_dir, target)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
     checked = published.parity.users_checked
@@ -295,8 +296,32 @@ def publish(
         f"({', '.join(published.ensembles)}) into {target} (parity on {checked} rows: {diffs})"
     )
     if load:
-        activate(TritonControl.at(http), target, published.family, published.version)
-        out.print(f"Triton at {http} now serves version {published.version} of {', '.join(published.ensembles)}")
+        control = TritonControl.at(http)
+        activate(control, target, published.family, published.version)
+        what = f"version {published.version} of {', '.join(published.ensembles)}"
+        if not all(control.is_model_ready(step, str(published.version)) for step in published.family.steps):
+            raise ConfigError(f"Triton at {http} did not report {what} ready after loading it")
+        if stack_repository is not None:
+            out.print(f"Triton at {http} (the local stack's, serving {target}) now serves {what}")
+        else:
+            out.print(
+                f"Triton at {http} loaded {what} and reports it ready (not checked: that it serves {target}; "
+                "it is not the local stack's Triton)"
+            )
+
+
+def _stack_triton_repository(settings: Settings, http: str, target: Path) -> Path | None:
+    """The local stack's repository if its Triton is the one at ``http`` (None if it is not the stack's); a
+    one-line error, before anything is published, when that Triton serves another repository than ``target``."""
+    from recsys.stack.state import STATE_FILE, triton_repository
+
+    served = triton_repository(settings.stack_dir.resolve() / STATE_FILE, http)
+    if served is not None and served != target.resolve():
+        raise ConfigError(
+            f"Triton at {http} is the local stack's and serves {served}, not {target}: publish there "
+            f"(--repository {served}) or start the stack on {target}; nothing was published"
+        )
+    return served
 
 
 @app.command("render-repo")
@@ -343,6 +368,12 @@ def serve_triton(
         metrics=metrics_port if metrics_port is not None else settings.triton_metrics_port,
     )
     config = TritonConfig(model_repository=target, ports=ports, host=settings.triton_host)
+    _check_ports(
+        {"Triton HTTP (--http-port, RECSYS_TRITON_HTTP_PORT)": ports.http,
+         "Triton gRPC (--grpc-port, RECSYS_TRITON_GRPC_PORT)": ports.grpc,
+         "Triton metrics (--metrics-port, RECSYS_TRITON_METRICS_PORT)": ports.metrics},
+        settings.triton_host,
+    )  # fmt: skip
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
     with TritonServer(config) as server:
@@ -371,6 +402,11 @@ def serve_gateway(
 
     updates: dict[str, Any] = {"gateway_port": port, "gateway_grpc_port": grpc_port, "triton_url": triton}
     settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
+    _check_ports(
+        {"the gateway REST (--port, RECSYS_GATEWAY_PORT)": settings.gateway_port,
+         "the gateway gRPC (--grpc-port, RECSYS_GATEWAY_GRPC_PORT)": settings.gateway_grpc_port},
+        settings.gateway_host,
+    )  # fmt: skip
     run_gateway(settings)
 
 
@@ -385,7 +421,15 @@ def serve_feedback(
 
     updates: dict[str, Any] = {"feedback_port": port, "spool_dir": spool_dir}
     settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
+    _check_ports({"the feedback writer (--port, RECSYS_FEEDBACK_PORT)": settings.feedback_port}, settings.feedback_host)
     run_writer(settings)
+
+
+def _check_ports(ports: dict[str, int], host: str) -> None:
+    """One-line error before a server starts when one of its ports is taken (0: picked free at start)."""
+    from recsys.stack.ports import check_ports_free
+
+    check_ports_free({name: port for name, port in ports.items() if port != 0}, host)
 
 
 @app.command()
@@ -416,7 +460,10 @@ def simulate(
         raise ConfigError(f"{sum(summary.errors.values())} failed calls: {dict(summary.errors)}")
 
 
-stack_app = typer.Typer(help="The local stack: PostgreSQL, Triton, writer, gateway, NGINX.", no_args_is_help=True)
+stack_app = typer.Typer(
+    help="The local stack: PostgreSQL, Triton, writer, gateway(s), NGINX (and Prometheus): up, status, down.",
+    no_args_is_help=True,
+)
 app.add_typer(stack_app, name="stack")
 
 
@@ -427,26 +474,112 @@ def stack_up(
     experiment: Annotated[
         Path | None, typer.Option(help="Experiment config [RECSYS_EXPERIMENT_FILE, gateway/experiment.yaml].")
     ] = None,
-    gateways: Annotated[int, typer.Option(help="Gateways behind NGINX.")] = 1,
+    gateways: Annotated[int, typer.Option(min=1, max=9, help="Gateways behind NGINX.")] = 1,
+    prometheus: Annotated[
+        bool, typer.Option(help="Also run Prometheus [RECSYS_PROMETHEUS_PORT, 9090], scraping every server.")
+    ] = False,
 ) -> None:
-    """Start every server on its default port (NGINX 8088, gateway 8080/50051, writer 8090, PostgreSQL 5433,
-    Triton 8000-8002), serving the newest published version; Ctrl-C or SIGTERM stops them all."""
-    from recsys.stack.local import LocalStack, StackConfig
+    """Start every server on the ports of the settings (NGINX RECSYS_NGINX_PORT 8088, gateway 8080/50051, writer
+    8090, PostgreSQL: the port of RECSYS_DATABASE_URL 5433, Triton 8000-8002; gateway n > 1 on +100 (n-1) / +(n-1)),
+    serving the newest published version; every port is checked before anything starts. Records what runs in
+    RECSYS_STACK_DIR/state.json (`recsys stack status`, `recsys stack down`); Ctrl-C or SIGTERM stops it all."""
+    from recsys.stack.local import LocalStack, StackConfig, StackPorts
 
     settings = _settings(ctx)
     config = StackConfig(
         model_repository=repository or settings.model_repository,
+        workdir=settings.stack_dir,
+        ports=StackPorts.from_settings(settings),
         experiment_file=experiment or settings.experiment_file,
+        postgres_dir=settings.postgres_dir,
         gateways=gateways,
+        prometheus=prometheus,
     )
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.set())
-    with LocalStack(config) as stack:
+    stack = LocalStack(config)
+    stopping, up = threading.Event(), threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        stopping.set()
+        if not up.is_set():  # still starting: stop what started (LocalStack.start does on any exception)
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        stack.start()
+    except KeyboardInterrupt:
+        raise ConfigError("stopped while starting (Ctrl-C or SIGTERM); nothing is left running") from None
+    up.set()
+    try:
+        extra = f", Prometheus {stack.prometheus_site.url}" if prometheus else ""
         out.print(f"stack up: NGINX {stack.nginx_url}, gateway {stack.gateway_url} (gRPC {stack.gateway_grpc}), "
-                  f"writer {stack.feedback_url}, PostgreSQL {stack.database_url}; Ctrl-C stops it")  # fmt: skip
+                  f"writer {stack.feedback_url}, PostgreSQL {stack.database_url}, Triton http 127.0.0.1:"
+                  f"{config.ports.triton_http}{extra}; serving {_versions(stack.versions)}; state "
+                  f"{stack.state_path}; Ctrl-C or `recsys stack down` stops it")  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):
             while not stopping.wait(0.5):
                 pass
+    finally:
+        stack.stop()
+    out.print("stack stopped")
+
+
+def _versions(versions: dict[str, int]) -> str:
+    return ", ".join(f"{family} version {version}" for family, version in versions.items()) or "nothing"
+
+
+@stack_app.command("status")
+def stack_status(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the status as one JSON document.")] = False,
+) -> None:
+    """What the running stack (RECSYS_STACK_DIR/state.json) runs and whether each server passes its health check.
+    Exit status 0: up and healthy; 1: up but something is not; 3: no stack is up."""
+    from recsys.stack.state import STATE_FILE
+    from recsys.stack.status import stack_status as read_status
+
+    path = _settings(ctx).stack_dir.resolve() / STATE_FILE
+    status = read_status(path)
+    if status is None:
+        if json_out:
+            print(json.dumps({"state_file": str(path), "up": False, "healthy": False}))
+        else:
+            out.print(f"no stack is up (no state file {path})")
+        raise typer.Exit(3)
+    if json_out:
+        print(json.dumps(status.as_dict() | {"up": True}, indent=2))
+    else:
+        from rich.table import Table
+
+        supervisor = "alive" if status.supervisor_alive else "GONE"
+        out.print(
+            f"stack {status.phase} since {status.started_at} (supervisor pid {status.supervisor_pid}: {supervisor}), "
+            f"repository {status.repository}, loaded at start: {_versions(status.versions)}"
+        )
+        if status.triton_models is not None:
+            out.print("Triton READY: " + (", ".join(f"{m} {'/'.join(v)}" for m, v in status.triton_models.items())
+                                          or "no model"))  # fmt: skip
+        table = Table("service", "pid", "alive", "processes", "ports", "health", "check")
+        for s in status.services:
+            ports = " ".join(f"{k} {v}" for k, v in s.ports.items())
+            alive, health = "yes" if s.alive else "NO", "ok" if s.healthy else "FAIL"
+            table.add_row(s.name, str(s.pid), alive, str(s.processes), ports, health, s.detail)
+        out.print(table)
+    raise typer.Exit(0 if status.healthy else 1)
+
+
+@stack_app.command("down")
+def stack_down(ctx: typer.Context) -> None:
+    """Stop exactly the processes of the running stack's state file (each pid checked by its start time), also
+    after its supervisor died; the supervisor, when alive, stops them itself (PostgreSQL last)."""
+    from recsys.stack.down import stop_stack
+    from recsys.stack.state import STATE_FILE
+
+    path = _settings(ctx).stack_dir.resolve() / STATE_FILE
+    report = stop_stack(path)
+    if report is None:
+        out.print(f"no stack is up (no state file {path})")
+        return
+    out.print(report.summary())
 
 
 @app.command("ab-report")

@@ -74,7 +74,7 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
     config = StackConfig(
         model_repository=repository,
         workdir=tmp_path_factory.mktemp("stack"),
-        ports=StackPorts.free(),
+        ports=StackPorts.free(gateways=2),
         postgres_dir=pg_dir,
         gateways=2,
         prometheus=True,

@@ -13,6 +13,8 @@
     ├── ReportError              (feedback.report; also a ValueError) the A/B report's input cannot give a report
     ├── ServiceError             (recsys.stack.process) a local service cannot be started or reached
     │   ├── NotReadyError        (recsys.stack.process) it did not become ready in time
+    │   ├── PortInUseError       (recsys.stack.ports) a port it needs is taken (named with what holds it)
+    │   ├── StackStateError      (recsys.stack.state) a stack already runs there, or its state file is unreadable
     │   └── TritonServerError    (recsys.stack.triton) the local Triton cannot be found, started or reached
     ├── PromtoolError            (recsys.monitoring.prometheus) promtool is missing or rejected a file
     ├── LogUnreadableError       (recsys.loop.items) the feedback log cannot be read; the served version stays

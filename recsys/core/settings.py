@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     triton_url: str = Field("", description="Triton gRPC host:port the gateway calls; empty = triton_host:grpc port")
+    # the local stack (recsys stack up): its other ports are the ones above and below; PostgreSQL's is the one of
+    # database_url
+    stack_dir: Path = Field(Path(".cache/stack"), description="the local stack's logs, configs and state file")
+    postgres_dir: Path | None = Field(None, description="the local stack's PostgreSQL data folder (default: own)")
+    nginx_port: int = Field(8088, description="the local stack's NGINX (the public edge)")
+    prometheus_port: int = Field(9090, description="the local stack's Prometheus (stack up --prometheus)")
     # gateway
     gateway_host: str = Field("127.0.0.1", description="address the gateway binds (0.0.0.0 in containers)")
     gateway_port: int = Field(8080, description="gateway REST port")

@@ -4,7 +4,10 @@ writer, the gateways, and the benchmarks' servers).
 A :class:`ServiceProcess` starts its command in a process group of its own (so a stop reaches the children: Triton's
 python stubs, NGINX's workers, PostgreSQL's backends), sends its output to a log file, waits until a readiness check
 passes, and stops with its signal, then SIGKILLs the whole group after a timeout. Whatever is left of the group
-after the leader exits gets a grace period, then SIGKILL. A server nobody stopped is killed at interpreter exit.
+after the leader exits gets a grace period, then SIGKILL. A server nobody stopped is killed at interpreter exit,
+and one whose supervisor is killed outright (SIGKILL, the OOM killer) gets its ``death_signal`` from the kernel
+(Linux's parent-death signal), so no server outlives the process that started it: each server is given the
+signal on which it stops its own children (PostgreSQL's backends, NGINX's workers, Triton's stubs).
 
     RecsysError
     └── ServiceError         a server cannot be started, does not become ready, or cannot be stopped
@@ -14,10 +17,12 @@ after the leader exits gets a grace period, then SIGKILL. A server nobody stoppe
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -78,6 +83,8 @@ class ServiceProcess:
     ``signal_group`` sends the stop signal to the whole group (False: to the leader only, for servers that stop
     their own children: Triton's stubs watch its health, PostgreSQL shuts its backends down). ``on_unclean_exit``
     runs when the server was killed or exited with a non-zero status (Triton removes its /dev/shm regions).
+    ``death_signal`` (default: the stop signal) reaches the server when the thread that launched it dies; ``None``
+    lets it outlive its supervisor.
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class ServiceProcess:
         user: str | None = None,
         group: str | None = None,
         poll_max_s: float = 0.1,
+        death_signal: int | Literal["stop"] | None = "stop",
     ) -> None:
         self.name = name
         self.command = list(command)
@@ -116,6 +124,7 @@ class ServiceProcess:
         self.user = user
         self.group = group
         self.poll_max_s = poll_max_s
+        self.death_signal: int | None = stop_signal if death_signal == "stop" else death_signal
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self.started_at = 0.0
@@ -146,6 +155,7 @@ class ServiceProcess:
                 user=self.user,
                 group=self.group,
                 extra_groups=[] if self.user is not None else None,
+                preexec_fn=None if self.death_signal is None else _die_with_parent(self.death_signal),
             )
         except OSError as exc:
             self._close_log()
@@ -287,6 +297,28 @@ class ServiceProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+#: ``prctl(2)`` option: the signal this process gets when the thread that forked it exits
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(signum: int) -> Callable[[], None] | None:
+    """A child setup (run between fork and exec, after Popen changed the user, which would clear it) asking the
+    kernel for ``signum`` once the launching thread dies; None off Linux. If the parent died before the request
+    took effect, nobody would send it: the child then signals itself."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: the child only calls it
+    parent = os.getpid()
+
+    def setup() -> None:
+        if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return setup
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> bool:

@@ -1,0 +1,107 @@
+"""``recsys stack status``: what the state file says runs, checked now: each process alive (its pid verified by
+start time), each server's own health check, and the model versions Triton reports READY."""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from recsys.stack.memory import descendants
+from recsys.stack.pids import ProcessId
+from recsys.stack.state import Health, ServiceRecord, StackState, check_health, read_state
+
+__all__ = ["ServiceStatus", "StackStatus", "stack_status"]
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int
+    alive: bool
+    #: the server and its descendants alive (workers, backends, stubs)
+    processes: int
+    ports: dict[str, int]
+    #: what the health check asks (``http://...`` must answer 200, ``tcp://...`` must accept)
+    check: str
+    healthy: bool
+    detail: str
+    log: str
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    state_file: str
+    supervisor_pid: int
+    supervisor_alive: bool
+    started_at: str
+    phase: str
+    repository: str
+    experiment: str
+    ports: dict[str, int]
+    versions: dict[str, int]
+    #: model -> versions Triton reports READY now (None when Triton could not be asked)
+    triton_models: dict[str, list[str]] | None
+    services: tuple[ServiceStatus, ...]
+
+    @property
+    def healthy(self) -> bool:
+        return self.supervisor_alive and self.phase == "up" and all(s.alive and s.healthy for s in self.services)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"healthy": self.healthy}
+
+
+def _service_status(service: ServiceRecord) -> ServiceStatus:
+    alive = service.process.alive()
+    health = check_health(service.health) if alive else Health(healthy=False, detail="not running")
+    return ServiceStatus(
+        name=service.name,
+        pid=service.process.pid,
+        alive=alive,
+        processes=sum(1 for pid in descendants(service.process.pid) if ProcessId.of(pid)) if alive else 0,
+        ports=service.ports,
+        check=service.health,
+        healthy=health.healthy,
+        detail=health.detail,
+        log=service.log,
+    )
+
+
+def _triton_models(state: StackState) -> dict[str, list[str]] | None:
+    triton = state.service("tritonserver")
+    if triton is None or not triton.process.alive():
+        return None
+    from recsys.stack.triton import TritonControl
+
+    with contextlib.suppress(Exception):  # what Triton answers is reported; not being able to ask is None
+        models: dict[str, list[str]] = {}
+        for entry in TritonControl.at(f"127.0.0.1:{triton.ports['http']}", timeout_s=3).repository_index():
+            if entry.get("state") == "READY":
+                models.setdefault(str(entry["name"]), []).append(str(entry.get("version", "")))
+        return {name: sorted(versions) for name, versions in sorted(models.items())}
+    return None
+
+
+def stack_status(path: Path) -> StackStatus | None:
+    """The stack recorded in ``path``, checked now; None when there is no state file."""
+    state = read_state(path)
+    if state is None:
+        return None
+    with ThreadPoolExecutor(max_workers=max(1, len(state.services))) as pool:  # health checks side by side
+        services = tuple(pool.map(_service_status, state.services))
+    return StackStatus(
+        state_file=str(path),
+        supervisor_pid=state.supervisor.pid,
+        supervisor_alive=state.supervisor.alive(),
+        started_at=state.started_at.isoformat(timespec="seconds"),
+        phase=state.phase,
+        repository=state.repository,
+        experiment=state.experiment,
+        ports=state.ports,
+        versions=state.versions,
+        triton_models=_triton_models(state),
+        services=services,
+    )

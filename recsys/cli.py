@@ -277,24 +277,47 @@ def publish(
     triton_http: Annotated[
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (with --load).")
     ] = None,
+    ann: Annotated[
+        str | None,
+        typer.Option(help="Approximate scorer's index: auto, flat, ivf_flat or hnsw [RECSYS_ANN_KIND, auto]."),
+    ] = None,
+    ann_min_recall: Annotated[
+        float | None,
+        typer.Option(
+            help="Refuse the index below this recall@10 vs exact [RECSYS_ANN_MIN_RECALL, 0.95].", min=0.0, max=1.0
+        ),
+    ] = None,
 ) -> None:
     """Export (TorchScript + ONNX), check parity, and write a new numbered version of the run's family into the
     model repository: the factor ensembles (recsys_a, recsys_b, recsys_popular) for BPR/ALS, recsys_c for GRU4Rec."""
     from recsys.stack.triton import TritonControl
+    from trainer.ann import AnnPolicy
     from trainer.triton.publish import publish as run_publish
-    from trainer.triton.repository import activate
+    from trainer.triton.repository import activate, manifest
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
     stack_repository = _stack_triton_repository(settings, http, target) if load else None
-    published = run_publish(run_dir, target)
+    policy = AnnPolicy(
+        kind=ann or settings.ann_kind,
+        threshold_items=settings.ann_threshold_items,
+        min_recall=settings.ann_min_recall if ann_min_recall is None else ann_min_recall,
+        sample_users=settings.ann_sample_users,
+    )
+    published = run_publish(run_dir, target, ann=policy)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
     checked = published.parity.users_checked
     out.print(
         f"published version {published.version} of the {published.family.name} models "
         f"({', '.join(published.ensembles)}) into {target} (parity on {checked} rows: {diffs})"
     )
+    index = manifest(target, published.family, published.version).get("ann")
+    if index:
+        out.print(
+            f"approximate scorer (recsys_ann): {index['kind']} index, recall@10 {index['recall_at_10']:.4f} against "
+            f"exact on {index['users_checked']} users (gate {index['min_recall']})"
+        )
     if load:
         control = TritonControl.at(http)
         activate(control, target, published.family, published.version)

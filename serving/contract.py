@@ -39,6 +39,11 @@ ONNX_FILE: Final = "model.onnx"
 USERS_FILE: Final = "users.npy"  # the lookup's user rows, float32 [n_users + 1, D + 1]
 FOLD_IN_FILE: Final = "fold_in.npz"  # ALS only: item factors, Gram matrix and weighting for the live fold-in
 SEQUENCES_FILE: Final = "sequences.npz"  # session lookup: CSR indptr/indices of each listener's recent plays
+ANN_INDEX_FILE: Final = "ann.faiss"  # the approximate scorer's FAISS index over the item rows [n_items, D + 1]
+ANN_FILE: Final = "ann.npz"  # its search settings and the popularity order the fallback rows are answered from
 MANIFEST_FILE: Final = "publish.json"  # what was published, from which run, with which parity figures
 MODEL_CODE_FILE: Final = "model.py"
 CONFIG_FILE: Final = "config.pbtxt"
+
+# ------------------------------------------------------------------------------------------- metrics
+RECALL_METRIC: Final = "recsys_ann_recall_at_10"  # gauge {model, version} on :8002 (AnnScorerModel)

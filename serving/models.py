@@ -6,7 +6,8 @@
 * ``recsys_scorer_torchscript``, ``recsys_scorer_onnx``, ``recsys_session_scorer``: :class:`ScorerModel` (the
   exported graph's inputs -> SCORES, ITEMS);
 * ``recsys_topk``, ``recsys_session_topk``: :class:`TopK` (ITEMS, SCORES, TOP_K -> ITEM_IDS, SCORES);
-* ``recsys_fused``: :class:`Fused` (USER_ID, TOP_K -> ITEM_IDS, SCORES, FALLBACK, MODEL_VERSION).
+* ``recsys_fused``: :class:`Fused` (USER_ID, TOP_K -> ITEM_IDS, SCORES, FALLBACK, MODEL_VERSION);
+* ``recsys_scorer_ann``: :class:`AnnScorerModel` (the factor scorer's tensors, answered by a FAISS index).
 
 Every request of a batch is checked on its own (a bad one gets INVALID_ARG alone) and the good ones are computed
 together (:class:`serving.stub.BatchedModel`).
@@ -34,6 +35,7 @@ from serving.contract import (
     MANIFEST_FILE,
     MAX_TOP_K,
     MODEL_VERSION,
+    RECALL_METRIC,
     SCORES,
     SEQUENCE_LENGTH,
     SEQUENCES_FILE,
@@ -260,3 +262,39 @@ class Fused(_UserRequests):
             )
             start = stop
         return out
+
+
+class AnnScorerModel(ScorerModel):
+    """Step 2 of ``recsys_ann``: the exact scorer's contract and checks, answered by the version's FAISS index
+    (:class:`serving.retrieval.AnnRetriever`: heard items excluded, top_k complete, the fallback unchanged). The
+    recall@10 the version passed at publish becomes the gauge ``recsys_ann_recall_at_10{model, version}`` on
+    Triton's metrics endpoint."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.model_name = str(args.get("model_name", "recsys_scorer_ann"))
+        super().initialize(args)
+
+    def setup(self) -> None:
+        from serving.retrieval import AnnRetriever  # faiss only where an index is served
+
+        self.scorer = AnnRetriever.load(self.folder, threads=int(self.param("threads", "1")))  # type: ignore[assignment]
+        manifest = self.folder / MANIFEST_FILE
+        published = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        self.n_items = published.get("n_items")
+        self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
+        recall = (published.get("ann") or {}).get("recall_at_10")
+        self.recall_gauge = None if recall is None else _gauge(self.model_name, self.version, float(recall))
+
+
+def _gauge(model: str, version: int, recall: float) -> Any:
+    """The published recall as a Triton metric (the family and its metric live as long as the model)."""
+    import triton_python_backend_utils as pb_utils
+
+    family = pb_utils.MetricFamily(
+        name=RECALL_METRIC,
+        description="recall@10 of the approximate scorer against the exact top-10, measured at publish",
+        kind=pb_utils.MetricFamily.GAUGE,
+    )
+    gauge = family.Metric(labels={"model": model, "version": str(version)})
+    gauge.set(recall)
+    return family, gauge

@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     retrain_window_minutes: float = Field(15.0, gt=0, description="newest log held out to gate a retrain on")
     retrain_tolerance: float = Field(0.02, ge=0, lt=1, description="relative NDCG@10 a candidate may lose")
     retrain_min_users: int = Field(20, ge=1, description="listeners with new plays needed to judge a candidate")
+    # the approximate factor scorer (recsys_scorer_ann, built by recsys publish: trainer.ann)
+    ann_kind: Literal["auto", "flat", "ivf_flat", "hnsw"] = Field(
+        "auto", description="index publish builds: auto = flat (exhaustive) below ann_threshold_items, hnsw above"
+    )
+    ann_threshold_items: int = Field(1_000_000, ge=0, description="catalogue size from which auto builds hnsw")
+    ann_min_recall: float = Field(
+        0.95, ge=0, le=1, description="recall@10 vs the exact top-10 below which publish refuses the index"
+    )
+    ann_sample_users: int = Field(1000, ge=1, description="users per recall sample (one tunes, one gates)")
 
     @property
     def triton_grpc_url(self) -> str:

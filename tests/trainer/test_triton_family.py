@@ -254,6 +254,7 @@ def test_a_renamed_family_serves_a_second_lineage_beside_the_first(tmp_path: Pat
         SCORER_ONNX,
         "recsys_topk",
         "recsys_fused",
+        "recsys_scorer_ann",
     )
     with pytest.raises(ConfigError, match="suffix"):
         FACTOR.renamed("-x")

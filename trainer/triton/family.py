@@ -9,6 +9,8 @@ fallback pseudo-user; the items they heard) -> the exported scorer (one matrix p
 top-k; TorchScript in ``recsys_a``, ONNX in ``recsys_b``) -> ``recsys_topk`` (each request's k, external ids).
 ``recsys_popular`` serves the fallback row to everyone (popularity minus what they heard) from the same version,
 and ``recsys_fused`` runs recsys_b's path in one model: the yardstick the ensembles are measured against.
+``recsys_ann`` swaps the exact scorer for ``recsys_scorer_ann``, a FAISS index built and recall-gated at publish
+(``trainer.ann``): exhaustive below the catalogue threshold, IVF above it; the exact ensembles stay.
 
 The session family's path (``recsys_c``): ``recsys_session_lookup`` (the listener's latest plays, oldest first)
 -> the exported GRU4Rec scorer (the graph masks the plays it was given; an empty row gets the popularity
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from recsys.core.errors import ArtifactError, ConfigError
 from serving.contract import (
+    ANN_FILE,
+    ANN_INDEX_FILE,
     EXCLUDE,
     FALLBACK,
     FOLD_IN_FILE,
@@ -48,6 +52,7 @@ from serving.contract import (
     USER_VECTOR,
     USERS_FILE,
 )
+from trainer.ann import AnnPolicy
 from trainer.triton.configs import Flavour, ModelConfig, Tensor, ensemble, python_model, scorer_model
 
 if TYPE_CHECKING:
@@ -60,9 +65,11 @@ SCORER_TORCHSCRIPT = "recsys_scorer_torchscript"
 SCORER_ONNX = "recsys_scorer_onnx"
 TOPK = "recsys_topk"
 FUSED = "recsys_fused"
+SCORER_ANN = "recsys_scorer_ann"  # approximate: a FAISS index over the items (trainer.ann, serving.retrieval)
 ENSEMBLE_A = "recsys_a"  # factor model, TorchScript scorer
 ENSEMBLE_B = "recsys_b"  # factor model, ONNX scorer
 ENSEMBLE_POPULAR = "recsys_popular"  # popularity minus what the listener heard, for personal-vs-popular tests
+ENSEMBLE_ANN = "recsys_ann"  # factor model, approximate scorer (exhaustive below the publish threshold)
 #: Where torch.onnx puts the weights of a graph over protobuf's 2 GB limit (from about 8M items x 64 factors); it
 #: travels with model.onnx, which names it.
 ONNX_DATA_FILE = f"{ONNX_FILE}.data"
@@ -90,6 +97,7 @@ class Options:
 
     sequence_length: int = SEQUENCE_LENGTH
     live_fold_in: bool = True
+    ann: AnnPolicy = field(default_factory=AnnPolicy)  # a publish choice, not read back from the repository
 
     def __post_init__(self) -> None:
         if self.sequence_length < 1:
@@ -181,6 +189,7 @@ def _factor_steps(flavour: Flavour, options: Options) -> list[ModelConfig]:
         scorer_model(SCORER_ONNX, scorer_in, _CANDIDATES, "onnx", flavour),
         python_model(TOPK, topk_in, topk_out),
         python_model(FUSED, PUBLIC_INPUTS, _ANSWER, {**limits, "format": "onnx"}),
+        python_model(SCORER_ANN, scorer_in, _CANDIDATES, {**limits, "threads": "1"}),
     ]
 
 
@@ -193,9 +202,23 @@ def _export_factor(run_dir: Path, staging: Path, options: Options) -> Exported:
     if not isinstance(run.model, FactorModel):
         raise ExportError(f"{run_dir}: a {run.model.name} model cannot be served by the factor scorer")
     parity = export_all(run.model, run.history, staging)
+    ann = _export_ann(run.model, run.history, staging, options.ann)
     files = {IDS_FILE: run_dir / IDS_FILE, HISTORY_FILE: run_dir / HISTORY_FILE}
-    files |= {name: staging / name for name in (TORCHSCRIPT_FILE, ONNX_FILE, ONNX_DATA_FILE, USERS_FILE, FOLD_IN_FILE)}
-    return Exported(files, parity, {"n_items": run.model.n_items, "n_users": run.model.n_users})
+    exported = (TORCHSCRIPT_FILE, ONNX_FILE, ONNX_DATA_FILE, USERS_FILE, FOLD_IN_FILE, ANN_INDEX_FILE, ANN_FILE)
+    files |= {name: staging / name for name in exported}
+    return Exported(files, parity, {"n_items": run.model.n_items, "n_users": run.model.n_users, "ann": ann})
+
+
+def _export_ann(model: Any, history: Any, staging: Path, policy: AnnPolicy) -> dict[str, Any]:
+    """The approximate scorer's index for the exported factors, gated on recall@10 (``trainer.ann``)."""
+    import numpy as np
+
+    from trainer.ann import build_and_check
+
+    _, items, bias = model.factors()
+    fallback = np.bincount(history.indices, minlength=model.n_items).astype(np.float32)  # as export_all's
+    users = np.load(staging / USERS_FILE, mmap_mode="r")
+    return build_and_check(items, bias, fallback, users, history, staging, policy).as_manifest()
 
 
 FACTOR = Family(
@@ -208,11 +231,13 @@ FACTOR = Family(
         SCORER_ONNX: (ONNX_FILE, ONNX_DATA_FILE),
         TOPK: (IDS_FILE,),
         FUSED: (IDS_FILE, HISTORY_FILE, USERS_FILE, ONNX_FILE, ONNX_DATA_FILE),
+        SCORER_ANN: (ANN_INDEX_FILE, ANN_FILE),
     },
     ensembles={
         ENSEMBLE_A: (LOOKUP, SCORER_TORCHSCRIPT, TOPK),
         ENSEMBLE_B: (LOOKUP, SCORER_ONNX, TOPK),
         ENSEMBLE_POPULAR: (LOOKUP_POPULAR, SCORER_ONNX, TOPK),
+        ENSEMBLE_ANN: (LOOKUP, SCORER_ANN, TOPK),
     },
     build_steps=_factor_steps,
     export=_export_factor,

@@ -40,7 +40,11 @@ _FACTOR_SCORER_INPUTS = (USER_VECTOR, EXCLUDE, TOP_K)
 
 
 def is_factor_scorer(config: mc.ModelConfig) -> bool:
-    return config.backend == "python" and tuple(t.name for t in config.input) == _FACTOR_SCORER_INPUTS
+    return (  # the approximate scorer (FAISS, no "format") takes the same inputs and stays on the CPU
+        config.backend == "python"
+        and tuple(t.name for t in config.input) == _FACTOR_SCORER_INPUTS
+        and "format" in config.parameters
+    )
 
 
 def is_fused(config: mc.ModelConfig) -> bool:

@@ -11,13 +11,14 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recsys.core.errors import ArtifactError
 from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
+from trainer.ann import AnnPolicy
 from trainer.triton.family import Family, family_for_model
 from trainer.triton.repository import ensure_ensemble_versions, has_configs, next_version, options_of
 from trainer.triton.repository import render_repository as render
@@ -53,10 +54,18 @@ def run_family(run_dir: Path) -> Family:
     return family_for_model(str(model))
 
 
-def publish(run_dir: Path, repository: Path, *, version: int | None = None, family: Family | None = None) -> Published:
+def publish(
+    run_dir: Path,
+    repository: Path,
+    *,
+    version: int | None = None,
+    family: Family | None = None,
+    ann: AnnPolicy | None = None,
+) -> Published:
     """Exports the run, checks parity, and writes version ``version`` (default: the repository's next number) of
     every step of its family (``family``: the run's own by default, or a renamed instance of it); renders the
-    family's configs (local flavour) where they are missing."""
+    family's configs (local flavour) where they are missing. ``ann``: the factor family's approximate index
+    (kind, recall gate; ``trainer.ann``), defaults otherwise."""
     own = run_family(run_dir)
     family = family or own
     if family.models != own.models:
@@ -65,7 +74,7 @@ def publish(run_dir: Path, repository: Path, *, version: int | None = None, fami
     if not has_configs(repository, family):
         render(repository, families=(family,))
     ensure_ensemble_versions(repository, family)
-    options = options_of(repository, family)
+    options = replace(options_of(repository, family), ann=ann or AnnPolicy())
     number = next_version(repository) if version is None else version
     if number < 1 or any((repository / model / str(number)).exists() for model in family.steps):
         raise ArtifactError(f"{repository}: version {number} already exists or is not >= 1")

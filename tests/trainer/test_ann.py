@@ -1,0 +1,162 @@
+"""The approximate scorer's index (trainer.ann) and its retriever (serving.retrieval), in process, on a small run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from recsys.core.errors import ConfigError
+from serving.contract import ANN_FILE, ANN_INDEX_FILE, MANIFEST_FILE
+from serving.lookup import UserLookup
+from serving.retrieval import AnnRetriever, SearchSettings
+from trainer.ann import AnnPolicy, build_and_check, default_nlist, recall_at_k
+from trainer.artifacts import Run, load_run
+from trainer.export import user_table
+from trainer.exporting import ExportError
+from trainer.models.base import FactorModel
+from trainer.pipeline import save_result, train_and_evaluate
+from trainer.triton.family import FACTOR, LOOKUP, SCORER_ANN
+from trainer.triton.publish import publish
+from trainer.triton.repository import versions
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ann") / "als"
+    save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 4, "seed": 1}), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(run_dir: Path) -> Run:
+    return load_run(run_dir)
+
+
+def _factor(run: Run) -> FactorModel:
+    assert isinstance(run.model, FactorModel)
+    return run.model
+
+
+def _index(run: Run, folder: Path, policy: AnnPolicy) -> tuple[AnnRetriever, dict[str, Any]]:
+    model = _factor(run)
+    _, items, bias = model.factors()
+    fallback = np.bincount(run.history.indices, minlength=model.n_items).astype(np.float32)
+    report = build_and_check(items, bias, fallback, user_table(model), run.history, folder, policy)
+    return AnnRetriever.load(folder), report.as_manifest()
+
+
+def _requests(run: Run, folder: Path, users: npt.NDArray[np.int64]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """What recsys_lookup emits for these users: their rows and padded exclusions."""
+    lookup = UserLookup(folder)
+    vectors, exclude, _ = lookup([str(u) for u in run.user_ids.external(users).tolist()])
+    return vectors, exclude
+
+
+@pytest.fixture(scope="module")
+def published(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("repo")
+    publish(run_dir, repository)
+    return repository
+
+
+def test_an_exhaustive_index_answers_exactly_what_the_trainer_does(run: Run, published: Path) -> None:
+    manifest = json.loads((published / SCORER_ANN / "1" / MANIFEST_FILE).read_text())
+    assert manifest["ann"]["kind"] == "flat"  # 400 items: below the default threshold
+    assert manifest["ann"]["recall_at_10"] == 1.0
+    retriever = AnnRetriever.load(published / SCORER_ANN / "1")
+    users = np.arange(100)
+    vectors, exclude = _requests(run, published / LOOKUP / "1", users)
+    for k in (1, 10, 50):
+        scores, items = retriever(vectors, exclude, np.full((len(users), 1), k))
+        expected_items, expected_scores = run.model.recommend(users, k, exclude=run.history)
+        np.testing.assert_array_equal(items, expected_items)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [AnnPolicy(kind="ivf_flat", nlist=8, nprobe=1, min_recall=0.0), AnnPolicy(kind="hnsw", ef_search=16)],
+    ids=["ivf-nprobe1", "hnsw"],
+)
+def test_heard_items_are_never_answered_and_every_row_is_complete(run: Run, tmp_path: Path, policy: AnnPolicy) -> None:
+    """With 1 list of 8 probed most rows come back short: they are searched again exhaustively, minus what the
+    listener heard, so top_k = every item still yields exactly the items they did not hear."""
+    retriever, _ = _index(run, tmp_path / "index", policy)
+    users = np.arange(0, run.model.n_users, 7)
+    heard = [run.history[u].indices for u in users]
+    exclude = np.full((len(users), max(len(h) for h in heard)), -1, dtype=np.int64)
+    for row, h in enumerate(heard):
+        exclude[row, : len(h)] = h
+    vectors = user_table(_factor(run))[users]
+    for k in (10, run.model.n_items):
+        scores, items = retriever(vectors, exclude, np.full((len(users), 1), k))
+        for row, h in enumerate(heard):
+            answered = items[row][items[row] >= 0]
+            assert not np.isin(answered, h).any()
+            assert len(answered) == min(k, run.model.n_items - len(h))
+            assert len(set(answered.tolist())) == len(answered)
+            assert np.all(np.diff(scores[row][: len(answered)]) <= 1e-6)  # best first
+    full_items = retriever(vectors, exclude, np.full((len(users), 1), run.model.n_items))[1]
+    expected = run.model.recommend(users, 10, exclude=run.history)[0]
+    np.testing.assert_array_equal(full_items[:, :10], expected)  # the complete answer is the exact one
+
+
+def test_the_fallback_row_gets_the_popularity_order_minus_its_exclusions(run: Run, tmp_path: Path) -> None:
+    retriever, _ = _index(run, tmp_path, AnnPolicy(kind="ivf_flat", nlist=8, nprobe=1, min_recall=0.0))
+    listeners = np.bincount(run.history.indices, minlength=run.model.n_items)
+    pseudo = np.zeros((2, _factor(run).factors()[0].shape[1] + 1), dtype=np.float32)
+    pseudo[:, -1] = 1.0
+    heard = run.history[3].indices
+    exclude = np.full((2, len(heard)), -1, dtype=np.int64)
+    exclude[1] = heard
+    scores, items = retriever(pseudo, exclude, np.full((2, 1), 20))
+    np.testing.assert_array_equal(listeners[items[0]], np.sort(listeners)[::-1][:20])  # ties in any order
+    np.testing.assert_array_equal(scores[0], listeners[items[0]].astype(np.float32))
+    left = np.setdiff1d(np.arange(run.model.n_items), heard)
+    assert not np.isin(items[1], heard).any()
+    np.testing.assert_array_equal(listeners[items[1]], np.sort(listeners[left])[::-1][:20])
+
+
+def test_the_recall_gate_refuses_a_poor_index_and_leaves_the_repository_untouched(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "repo"
+    publish(run_dir, repository)
+    before = sorted(p.relative_to(repository) for p in repository.rglob("*"))
+    with pytest.raises(ExportError, match=r"recall@10 0\.\d+ < 0\.95"):
+        publish(run_dir, repository, ann=AnnPolicy(kind="ivf_flat", nlist=8, nprobe=1))
+    assert sorted(p.relative_to(repository) for p in repository.rglob("*")) == before
+    assert versions(repository, FACTOR) == [1]
+
+
+def test_tuning_picks_the_smallest_nprobe_that_passes_and_the_manifest_records_it(run: Run, tmp_path: Path) -> None:
+    _, report = _index(run, tmp_path, AnnPolicy(kind="ivf_flat", nlist=8))
+    assert report["nlist"] == 8
+    assert report["recall_at_10"] >= 0.95
+    assert report["tuning_recall_at_10"] >= 0.95
+    if report["nprobe"] > 1:  # one less list must have failed the tuning sample
+        fewer = AnnPolicy(kind="ivf_flat", nlist=8, nprobe=report["nprobe"] // 2, min_recall=0.0)
+        _, lower = _index(run, tmp_path / "lower", fewer)
+        assert lower["recall_at_10"] < 1.0
+    assert (tmp_path / ANN_INDEX_FILE).is_file()
+    assert (tmp_path / ANN_FILE).is_file()
+
+
+def test_policy_and_helpers_reject_or_compute_what_they_should() -> None:
+    with pytest.raises(ConfigError, match="unknown index kind"):
+        AnnPolicy(kind="lsh")
+    with pytest.raises(ConfigError, match="min_recall"):
+        AnnPolicy(min_recall=1.5)
+    assert AnnPolicy(threshold_items=1000).kind_for(999) == "flat"
+    assert AnnPolicy(threshold_items=1000).kind_for(1000) != "flat"
+    assert AnnPolicy(kind="flat", threshold_items=10).kind_for(10**7) == "flat"
+    assert default_nlist(1_000_000) == 4096
+    assert default_nlist(10**9) == 16384
+    assert recall_at_k(np.array([[1, 2, -1]]), [np.array([1, 3])]) == 0.5
+    with pytest.raises(ValueError, match="unknown index kind"):
+        SearchSettings("lsh")

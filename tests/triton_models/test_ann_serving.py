@@ -1,0 +1,107 @@
+"""The approximate ensemble (recsys_ann: lookup -> FAISS scorer -> top-k) served by the real Triton.
+
+The version's index is IVF with every list probed (exhaustive), so its answers must be the exact ensemble's;
+exclusions, completeness, the fallback and the published recall metric are checked through gRPC.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from recsys.core.triton_client import TritonCallError, TritonRecommender
+from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from serving.contract import RECALL_METRIC
+from trainer.ann import AnnPolicy
+from trainer.artifacts import Run, load_run
+from trainer.pipeline import save_result, train_and_evaluate
+from trainer.triton.family import ENSEMBLE_ANN, ENSEMBLE_B, SCORER_ANN
+from trainer.triton.publish import publish
+from trainer.triton.repository import load_all
+
+EXHAUSTIVE = AnnPolicy(kind="ivf_flat", nlist=8, nprobe=8)
+
+
+@pytest.fixture(scope="module")
+def run_dir(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ann-runs") / "als"
+    save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 4, "seed": 1}), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(run_dir: Path) -> Run:
+    return load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    repository = tmp_path_factory.mktemp("ann-repo")
+    publish(run_dir, repository, ann=EXHAUSTIVE)
+    with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
+        load_all(triton, repository)
+        yield triton
+
+
+@pytest.fixture
+def client(server: TritonServer) -> Iterator[TritonRecommender]:
+    recommender = TritonRecommender(server.urls.grpc)
+    yield recommender
+    recommender.close()
+
+
+@pytest.mark.parametrize("top_k", [10, 100])
+def test_an_exhaustive_index_answers_what_the_exact_ensemble_does(
+    client: TritonRecommender, run: Run, top_k: int
+) -> None:
+    users = [str(u) for u in run.user_ids.external(np.arange(100)).tolist()]
+    exact = client.recommend(ENSEMBLE_B, users, top_k=top_k)
+    approximate = client.recommend(ENSEMBLE_ANN, users, top_k=top_k)
+    for want, got in zip(exact, approximate, strict=True):
+        assert got.item_ids == want.item_ids
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+        assert not got.fallback
+        assert got.model_version == 1
+
+
+def test_heard_items_are_never_recommended_and_top_k_is_honoured(client: TritonRecommender, run: Run) -> None:
+    n_items = run.history.shape[1]
+    for index in (0, 17, 123):
+        user = str(run.user_ids.ids[index])
+        heard = set(run.item_ids.ids[run.history[index].indices].astype(str).tolist())
+        (everything,) = client.recommend(ENSEMBLE_ANN, [user], top_k=1000)
+        assert not heard & set(everything.item_ids)
+        assert len(everything.item_ids) == len(set(everything.item_ids)) == n_items - len(heard)
+        (three,) = client.recommend(ENSEMBLE_ANN, [user], top_k=3)
+        assert three.item_ids == everything.item_ids[:3]
+
+
+def test_an_unknown_listener_gets_the_unchanged_popularity_fallback(client: TritonRecommender, run: Run) -> None:
+    listeners = np.bincount(run.history.indices, minlength=run.history.shape[1])
+    (exact,) = client.recommend(ENSEMBLE_B, ["nobody-has-this-id"], top_k=20)
+    (answer,) = client.recommend(ENSEMBLE_ANN, ["nobody-has-this-id"], top_k=20)
+    assert answer.fallback
+    assert exact.fallback
+    served = run.item_ids.indices(answer.item_ids)
+    np.testing.assert_array_equal(listeners[served], listeners[run.item_ids.indices(exact.item_ids)])
+    np.testing.assert_array_equal(listeners[served], np.sort(listeners)[::-1][:20])  # ties may come in any order
+    np.testing.assert_allclose(answer.scores, exact.scores)
+
+
+def test_a_bad_top_k_is_invalid_argument_on_the_approximate_path(client: TritonRecommender) -> None:
+    with pytest.raises(TritonCallError, match=r"TOP_K must be in 1\.\.1000") as caught:
+        client.recommend(ENSEMBLE_ANN, ["1"], top_k=0)
+    assert caught.value.status == "INVALID_ARGUMENT"
+
+
+def test_the_published_recall_is_a_triton_metric(server: TritonServer) -> None:
+    line = re.search(rf"^{RECALL_METRIC}\{{(.*)\}} (\S+)$", server.metrics(), re.MULTILINE)
+    assert line is not None
+    assert f'model="{SCORER_ANN}"' in line.group(1)
+    assert 'version="1"' in line.group(1)
+    assert float(line.group(2)) == 1.0

@@ -46,7 +46,18 @@ from serving.contract import (
 from serving.fold_in import FoldIn, LivePlays
 from serving.lookup import SessionLookup, UserLookup, check_request, decode_user_ids, item_index
 from serving.scorer import Scorer, stack_rows
-from serving.stub import Arrays, BadRequest, BatchedModel, input_array, split
+from serving.stub import (
+    Arrays,
+    BadRequest,
+    BatchedModel,
+    input_array,
+    require_finite,
+    require_indices,
+    require_rows,
+    require_top_k,
+    require_width,
+    split,
+)
 from serving.topk import ItemIds, trim
 
 if TYPE_CHECKING:
@@ -69,6 +80,10 @@ def _is_true(value: str) -> bool:
 
 
 FACTOR_SCORER_INPUTS = (USER_VECTOR, EXCLUDE, TOP_K)
+#: config.pbtxt data types -> the numpy dtype a request's tensor arrives in
+_DTYPES: dict[str, Any] = {
+    "TYPE_FP32": np.float32, "TYPE_INT64": np.int64, "TYPE_BOOL": np.bool_, "TYPE_STRING": np.object_,
+}  # fmt: skip
 
 
 def _instance_device(args: dict[str, Any]) -> str | None:
@@ -102,8 +117,12 @@ class _UserRequests(BatchedModel):
         self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
 
     def read(self, request: Any) -> Arrays:
-        keys = decode_user_ids(input_array(request, USER_ID))
-        top_k = input_array(request, TOP_K).reshape(-1, 1).astype(np.int64)
+        users, top_k = input_array(request, USER_ID, np.object_), input_array(request, TOP_K, np.int64)
+        require_rows({USER_ID: users, TOP_K: top_k})
+        require_width(TOP_K, top_k, 1)
+        keys = decode_user_ids(users)
+        if len(keys) != len(top_k):
+            raise BadRequest(f"{USER_ID} holds one id per row, got {list(users.shape)}")
         problem = check_request(keys, top_k, self.max_top_k)
         if problem is not None:
             raise BadRequest(problem)
@@ -173,16 +192,21 @@ class SessionLookupModel(_UserRequests):
 class ScorerModel(BatchedModel):
     """Step 2 of both families: the version's export (``format``: torchscript or onnx) on the whole batch.
 
-    The inputs are the config's, in order (the exported graph's). Index inputs are checked per request against
-    the version's catalogue (from its ``publish.json``), so an out-of-range index sent straight to this model
-    fails only its own request.
+    The inputs are the config's, in order (the exported graph's). Each request is checked on its own before the
+    batch runs, whoever sent it: the config's dtypes, one batch size, finite user vectors of the export's width,
+    item indices (EXCLUDE, ITEM_SEQUENCE) inside the version's catalogue (its ``publish.json``), TOP_K's range.
     """
 
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.dtypes = {tensor["name"]: _DTYPES.get(tensor["data_type"]) for tensor in config["input"]}
+        self.dims = {tensor["name"]: [int(d) for d in tensor.get("dims", [])] for tensor in config["input"]}
         self.device = _instance_device(args)
-        super().initialize(args)
+        super().initialize(args)  # setup(): subclasses load another scorer, then the checks below follow it
+        declared = getattr(self.scorer, "widths", {})
+        fixed = {name: dims[0] for name, dims in self.dims.items() if len(dims) == 1 and dims[0] > 0}
+        self.widths: dict[str, int | None] = {name: fixed.get(name, declared.get(name)) for name in self.inputs}
 
     def setup(self) -> None:
         self.scorer = _factor_scorer(self, self.device, self.param("format", "torchscript"), tuple(self.inputs))
@@ -191,15 +215,17 @@ class ScorerModel(BatchedModel):
         self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
 
     def read(self, request: Any) -> Arrays:
-        arrays = tuple(input_array(request, name) for name in self.inputs)
-        for name, array in zip(self.inputs, arrays, strict=True):
-            if name == TOP_K and array.size and ((array < 1).any() or (array > self.max_top_k).any()):
-                raise BadRequest(f"TOP_K must be in 1..{self.max_top_k}")
-            if name == EXCLUDE and array.size and (array < -1).any():
-                raise BadRequest("EXCLUDE holds item indices >= 0, or -1 as padding")
-            if name == EXCLUDE and self.n_items is not None and array.size and (array >= self.n_items).any():
-                raise BadRequest(f"EXCLUDE indices must be below the catalogue size {self.n_items}")
-        return arrays
+        named = {name: input_array(request, name, self.dtypes[name]) for name in self.inputs}
+        require_rows(named)
+        for name, array in named.items():
+            require_width(name, array, self.widths.get(name))
+            if name == TOP_K:
+                require_top_k(array, self.max_top_k)
+            elif name in (EXCLUDE, ITEM_SEQUENCE):
+                require_indices(name, array, self.n_items)
+            elif array.dtype.kind == "f":
+                require_finite(name, array)
+        return tuple(named.values())
 
     def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
         stacked = [
@@ -216,12 +242,20 @@ class TopK(BatchedModel):
 
     def setup(self) -> None:
         self.item_ids = ItemIds(self.folder)
+        self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
 
     def read(self, request: Any) -> Arrays:
-        items = input_array(request, ITEMS)
-        if items.size and (items >= self.item_ids.padding).any():
-            raise BadRequest(f"ITEMS must be below the catalogue size {self.item_ids.padding}")
-        return items, input_array(request, SCORES), input_array(request, TOP_K)
+        items, scores = input_array(request, ITEMS, np.int64), input_array(request, SCORES, np.float32)
+        top_k = input_array(request, TOP_K, np.int64)
+        require_rows({ITEMS: items, SCORES: scores, TOP_K: top_k})
+        if items.shape != scores.shape:
+            raise BadRequest(f"ITEMS {list(items.shape)} and SCORES {list(scores.shape)} must have one shape")
+        require_width(TOP_K, top_k, 1)
+        require_indices(ITEMS, items, self.item_ids.padding)
+        require_top_k(top_k, self.max_top_k)
+        if np.isnan(scores).any():  # -inf marks a row's missing candidates; NaN is never produced
+            raise BadRequest("SCORES holds NaN")
+        return items, scores, top_k
 
     def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
         out = []

@@ -22,12 +22,17 @@ FORMATS: tuple[Format, ...] = ("torchscript", "onnx")
 
 
 class Scorer:
-    """``inputs`` (tensor names, in the exported graph's order) -> (scores, item indices) ``[B, max(TOP_K)]``."""
+    """``inputs`` (tensor names, in the exported graph's order) -> (scores, item indices) ``[B, max(TOP_K)]``.
+
+    :attr:`widths` holds the fixed second dimension of each input the export declares (ONNX does; a TorchScript
+    module does not say), so a request of another width is refused before it joins a batch.
+    """
 
     def __init__(self, folder: Path, fmt: str, inputs: Sequence[str], *, threads: int = 1) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown scorer format {fmt!r} (torchscript or onnx)")
         self.format, self.inputs = fmt, tuple(inputs)
+        self.widths: dict[str, int] = {}
         if fmt == "torchscript":
             import torch
 
@@ -43,6 +48,11 @@ class Scorer:
             options.intra_op_num_threads = threads
             options.enable_cpu_mem_arena = False  # the arena kept batch-sized buffers for good (+300 MB at 1M items)
             self._session = ort.InferenceSession(str(folder / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+            self.widths = {
+                node.name: int(node.shape[1])
+                for node in self._session.get_inputs()
+                if len(node.shape) == 2 and isinstance(node.shape[1], int)
+            }
 
     def __call__(self, *arrays: npt.NDArray[np.generic]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         if len(arrays) != len(self.inputs):

@@ -27,7 +27,10 @@ def build_app(settings: Settings) -> FastAPI:
         batch_size=settings.write_batch_size,
         interval_s=settings.write_interval_ms / 1000.0,
     )
-    return create_app(spool, writer, metrics)
+    token = settings.feedback_token.get_secret_value()
+    if not token:
+        log.error("RECSYS_FEEDBACK_TOKEN is not set: the intake refuses every event (401) until it is")
+    return create_app(spool, writer, metrics, token=token)
 
 
 def run(settings: Settings) -> None:

@@ -3,9 +3,10 @@
 The period is the impression's time truncated in UTC to the report's bucket (minute, hour or day); the bucket is
 a bound parameter of ``date_trunc``, checked against :data:`feedback.report.BUCKETS` before any query runs.
 
-Only clean feedback counts: an event flagged by ``feedback_checked`` (no matching impression, a click on an item
-that was not shown, or a user/group that disagrees with the impression) is left out and counted in
-:class:`Flagged`, which the report prints beside the figures.
+Only clean feedback counts (``feedback_checked.clean``, the one definition, which the live fold-in uses too): an
+event flagged by ``feedback_checked`` (no matching impression, a click on an item that was not shown, or a
+user/group that disagrees with the impression) is left out and counted in :class:`Flagged`, which the report prints
+beside the figures.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ FROM impressions i
 LEFT JOIN (
     SELECT request_id, bool_or(clicked_item IS NOT NULL) AS clicked, bool_or(cardinality(skipped_items) > 0) AS skipped
     FROM feedback_checked
-    WHERE NOT (orphan OR click_not_shown OR mismatch)
+    WHERE clean
     GROUP BY request_id
 ) f ON f.request_id = i.request_id
 WHERE i.ts >= $1 AND i.ts < $2

@@ -3,19 +3,23 @@ DO NOTHING per table, all in one transaction (COPY alone cannot skip duplicates)
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
+from feedback.conflicts import digest
+
 IMPRESSION_COLUMNS = (
     "request_id", "ts", "user_id", "ab_group", "model", "model_version", "items", "latency_ms", "fallback",
 )  # fmt: skip
 FEEDBACK_COLUMNS = (
     "event_id", "ts", "request_id", "user_id", "ab_group", "clicked_item", "skipped_items", "inference_time_ms",
+    "digest",
 )  # fmt: skip
-PLAY_COLUMNS = ("event_id", "ts", "user_id", "item_id", "ms_played")  # received and seq: the table's defaults
+PLAY_COLUMNS = ("event_id", "ts", "user_id", "item_id", "ms_played", "digest")  # received, seq: the table's defaults
 
 #: Event kind -> (table, columns), in the order a batch writes them.
 TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -23,7 +27,19 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "feedback": ("feedback", FEEDBACK_COLUMNS),
     "play": ("plays", PLAY_COLUMNS),
 }
+#: Tables keyed by a client's event_id, whose rows carry a content digest (feedback.conflicts).
+KEYED_TABLES = {"feedback": "feedback", "plays": "play"}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class BatchResult:
+    """Events newly stored, by kind; and the (kind, event_id) keys of events refused because the stored row of their
+    key holds other content, with that row's digest."""
+
+    written: dict[str, int]
+    conflicts: dict[tuple[str, str], bytes] = field(default_factory=dict)  # key -> the digest stored for it
+
 
 #: SQLSTATE classes of a batch the database refuses as data (22 data exception, 23 integrity violation): only
 #: those are set aside as dead letters; every other error is retried (disk full, read-only after a failover,
@@ -67,16 +83,22 @@ def rows_of(payloads: list[bytes]) -> dict[str, list[tuple[Any, ...]]]:
                  e["items"], e["latency_ms"], e["fallback"])
             )  # fmt: skip
         elif e["kind"] == "play":
-            rows["play"].append((e["event_id"], _ts_ms(e["ts_ms"]), e["user_id"], e["item_id"], e.get("ms_played")))
+            rows["play"].append(
+                (e["event_id"], _ts_ms(e["ts_ms"]), e["user_id"], e["item_id"], e.get("ms_played"), digest(e))
+            )
         else:
             rows["feedback"].append(
                 (e["event_id"], _ts(e["ts"]), e["request_id"], e["user_id"], e["group"], e.get("clicked_item"),
-                 e.get("skipped_items", []), e.get("inference_time_ms"))
+                 e.get("skipped_items", []), e.get("inference_time_ms"), digest(e))
             )  # fmt: skip
     return rows
 
 
-async def _copy_insert(conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: list[Any]) -> int:
+async def _copy_insert(
+    conn: asyncpg.Connection, table: str, columns: tuple[str, ...], rows: list[Any]
+) -> tuple[int, dict[str, bytes]]:
+    """Stores ``rows`` (duplicates skipped); returns how many were new and, for a keyed table, event_id -> stored
+    digest of the rows whose stored content differs from a staged one (that staged event is not stored)."""
     stage, cols = f"stage_{table}", ", ".join(columns)
     # Only the copied columns, without constraints: ``LIKE`` would copy NOT NULL but not the defaults, so a
     # column filled by a default (feedback.seq) would refuse every COPY.
@@ -85,18 +107,40 @@ async def _copy_insert(conn: asyncpg.Connection, table: str, columns: tuple[str,
     )
     await conn.copy_records_to_table(stage, records=rows, columns=columns)
     status = await conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} ON CONFLICT DO NOTHING")
-    return int(status.rsplit(" ", 1)[-1])
+    conflicts: dict[str, bytes] = {}
+    if table in KEYED_TABLES:
+        found = await conn.fetch(
+            f"SELECT DISTINCT s.event_id, t.digest FROM {stage} s JOIN {table} t USING (event_id) "
+            "WHERE t.digest <> s.digest"
+        )
+        conflicts = {r["event_id"]: bytes(r["digest"]) for r in found}
+    return int(status.rsplit(" ", 1)[-1]), conflicts
 
 
-async def write_batch(conn: asyncpg.Connection, payloads: list[bytes]) -> dict[str, int]:
-    """Writes one batch atomically; returns the events newly stored by kind (duplicates are skipped)."""
+async def write_batch(conn: asyncpg.Connection, payloads: list[bytes]) -> BatchResult:
+    """Writes one batch atomically; returns the events newly stored by kind (duplicates are skipped) and those
+    refused for a key that holds other content."""
     rows = rows_of(payloads)
-    written = dict.fromkeys(TABLES, 0)
+    result = BatchResult(dict.fromkeys(TABLES, 0))
     async with conn.transaction():
         for kind, (table, columns) in TABLES.items():
             if rows[kind]:
-                written[kind] = await _copy_insert(conn, table, columns, rows[kind])
-    return written
+                result.written[kind], conflicts = await _copy_insert(conn, table, columns, rows[kind])
+                result.conflicts |= {(kind, event_id): d for event_id, d in conflicts.items()}
+    return result
+
+
+async def stored_digests(conn: asyncpg.Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+    """The digests stored for these (kind, event_id) keys (rows without a digest, or absent, are left out)."""
+    found: dict[tuple[str, str], bytes] = {}
+    for table, kind in KEYED_TABLES.items():
+        ids = [event_id for k, event_id in keys if k == kind]
+        if ids:
+            rows = await conn.fetch(
+                f"SELECT event_id, digest FROM {table} WHERE event_id = ANY($1::text[]) AND digest IS NOT NULL", ids
+            )
+            found |= {(kind, r["event_id"]): bytes(r["digest"]) for r in rows}
+    return found
 
 
 async def insert_one_by_one(conn: asyncpg.Connection, payloads: list[bytes]) -> None:

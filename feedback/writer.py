@@ -1,5 +1,6 @@
 """Moves spooled events into PostgreSQL in batches, forever: waits out a database outage (events keep arriving
-in the spool meanwhile) and sets aside, in a dead-letter file, the rare event the database refuses as data."""
+in the spool meanwhile) and sets aside, in a dead-letter file, the rare event the database refuses as data or
+whose event_id the database already holds with other content (feedback.conflicts)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import time
 from pathlib import Path
 
 import asyncpg
+import orjson
 
+from feedback.conflicts import Key, SpooledKeys, digest, keyed_payloads
 from feedback.metrics import WriterMetrics
 from feedback.migrate import migrate
 from feedback.spool import Record, Spool
-from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, is_data_error, write_batch
+from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, is_data_error, stored_digests, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,12 @@ class DatabaseWriter:
         batch_size: int = 2000,
         interval_s: float = 0.05,
         max_backoff_s: float = 2.0,
+        keys: SpooledKeys | None = None,
     ) -> None:
         self.spool = spool
+        self.keys = keys if keys is not None else SpooledKeys()  # released here once their events are stored
+        self._lookup: asyncpg.Connection | None = None  # intake's reads of stored digests, beside the writes
+        self._lookup_lock = asyncio.Lock()
         self.dsn = dsn
         self.metrics = metrics
         self.batch_size = batch_size
@@ -77,8 +84,12 @@ class DatabaseWriter:
         while True:
             self.metrics.spool_events.set(len(self.spool.pending))
             if not self.spool.pending:
+                # Cleared first: an event left set with nothing pending (a commit that failed half-way) made this
+                # loop spin a core at 100% while idle. Set again by the next fsync'd append.
+                self.spool.new_records.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.spool.new_records.wait(), 1.0)
+                self.spool.probe()  # a spool fault (full disk) clears here too when no append comes to try
                 continue
             if len(self.spool.pending) < self.batch_size:  # let a batch fill up a little
                 await asyncio.sleep(self.interval_s)
@@ -106,16 +117,46 @@ class DatabaseWriter:
         conn = await self._connection()
         start = time.perf_counter()
         payloads = [r.payload for r in batch]
+        conflicts: dict[Key, bytes] = {}
         try:
-            written = await write_batch(conn, payloads)
+            result = await write_batch(conn, payloads)
+            written, conflicts = result.written, result.conflicts
         except asyncpg.PostgresError as exc:
             if not is_data_error(exc):
                 raise  # retried by the loop: the same batch can succeed later
             written = await self._sort_out(conn, payloads, exc)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
+        if conflicts:
+            self._set_aside_conflicts(payloads, conflicts)
         self.spool.commit(batch)
+        self.keys.release(keyed_payloads(payloads))
         for kind, n in written.items():
             self.metrics.written.labels(kind).inc(n)
+
+    def _set_aside_conflicts(self, payloads: list[bytes], stored: dict[Key, bytes]) -> None:
+        """Acknowledged events whose id the database holds with other content (intake could not see it)."""
+        for payload in payloads:
+            event = orjson.loads(payload)
+            key = (event["kind"], event.get("event_id", ""))
+            if key in stored and digest(event) != stored[key]:
+                error = ValueError(f"event_id {key[1]!r} is stored with other content")
+                self._dead_letter(payload, error, "conflict")
+
+    async def stored_digests(self, keys: list[Key], timeout_s: float = 1.0) -> dict[Key, bytes] | None:
+        """What the database holds for these keys; None when it cannot say now (down or slow)."""
+        if not keys or not self.db_up:
+            return {} if not keys else None
+        async with self._lookup_lock:
+            try:
+                if self._lookup is None or self._lookup.is_closed():
+                    self._lookup = await asyncpg.connect(self.dsn, timeout=timeout_s, command_timeout=timeout_s)
+                return await asyncio.wait_for(stored_digests(self._lookup, keys), timeout_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("cannot look up stored event ids (%s); conflicts are checked at write time", exc)
+                if self._lookup is not None:
+                    self._lookup.terminate()
+                self._lookup = None
+                return None
 
     async def _sort_out(self, conn: asyncpg.Connection, payloads: list[bytes], exc: Exception) -> dict[str, int]:
         """A batch the database refused as data: store events one by one, dead-letter those that still fail."""
@@ -126,17 +167,23 @@ class DatabaseWriter:
             except asyncpg.PostgresError as one:
                 if not is_data_error(one):
                     raise
-                self._dead_letter(payload, one)
+                self._dead_letter(payload, one, "database")
         return {}  # counted as written only by the batch path; the dead letters are counted apart
 
-    def _dead_letter(self, payload: bytes, exc: Exception) -> None:
+    def _dead_letter(self, payload: bytes, exc: Exception, reason: str) -> None:
         path: Path = self.spool.directory / "dead-letter.jsonl"
-        with path.open("ab") as f:
-            f.write(payload + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.metrics.rejected.labels("database").inc()
+        try:
+            with path.open("ab") as f:
+                f.write(payload + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as failed:  # a full disk: the event stays in the log line below
+            log.error("cannot write %s (%s): %s", path, failed, payload[:2000])
+        self.metrics.rejected.labels(reason).inc()
         log.error("event dead-lettered to %s: %s", path, exc)
 
     async def close(self) -> None:
         await self._drop_connection()
+        if self._lookup is not None:
+            self._lookup.terminate()
+            self._lookup = None

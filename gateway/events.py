@@ -35,6 +35,10 @@ class WriterRejectedError(RecsysError):
     """The writer refused the event as invalid; ``message`` says why."""
 
 
+class WriterConflictError(WriterRejectedError):
+    """The writer holds an event of this ``event_id`` with other content (409); ``message`` names the ids."""
+
+
 class EventSink:
     def __init__(
         self,
@@ -45,8 +49,11 @@ class EventSink:
         batch_size: int = 2000,
         interval_s: float = 0.25,
         max_buffer: int = 100_000,
+        token: str = "",
     ) -> None:
-        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s)
+        # the writer's intake token (RECSYS_FEEDBACK_TOKEN) on every request
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, headers=headers)
         self._metrics = metrics
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -102,6 +109,11 @@ class EventSink:
             raise WriterUnavailableError(f"feedback writer unreachable: {type(exc).__name__}") from None
         if response.status_code == 202:
             return
+        if response.status_code in (401, 403):  # our token is missing or wrong: nothing the client can fix
+            log.error("the feedback writer refused the gateway's intake token: %s", _error_message(response))
+            raise WriterUnavailableError("feedback writer refused the gateway's credentials")
+        if response.status_code == 409:
+            raise WriterConflictError(_error_message(response))
         if 400 <= response.status_code < 500:
             raise WriterRejectedError(_error_message(response))
         raise WriterUnavailableError(f"feedback writer answered {response.status_code}")

@@ -22,7 +22,9 @@ T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 #: Requests are counted with the HTTP status of the same outcome, so ``server_error_rate`` covers both transports.
-_HTTP_STATUS = {grpc.StatusCode.OK: "200", grpc.StatusCode.INVALID_ARGUMENT: "400", grpc.StatusCode.UNAVAILABLE: "503"}
+_HTTP_STATUS = {grpc.StatusCode.OK: "200", grpc.StatusCode.INVALID_ARGUMENT: "400", grpc.StatusCode.UNAVAILABLE: "503",
+                grpc.StatusCode.ALREADY_EXISTS: "409"}  # fmt: skip
+_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "conflict": grpc.StatusCode.ALREADY_EXISTS}
 
 
 def _metadata(context: Context, key: str) -> str | None:
@@ -49,7 +51,7 @@ class RecommenderServicer(recsys_pb2_grpc.RecommenderServicer):
             context.set_trailing_metadata(trailing)
             return await call(request_id)
         except GatewayError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT if exc.kind == "invalid" else grpc.StatusCode.UNAVAILABLE
+            code = _CODES.get(exc.kind, grpc.StatusCode.UNAVAILABLE)
             if exc.retry_after_s is not None:
                 trailing += (("retry-after", str(exc.retry_after_s)),)
             context.set_trailing_metadata(trailing)

@@ -28,7 +28,11 @@ def experiment_of(settings: Settings) -> Experiment:
 def build_service(settings: Settings, experiment: Experiment | None = None) -> GatewayService:
     """Call inside the event loop that will serve (the gRPC channel binds to it)."""
     metrics = GatewayMetrics()
-    triton = AsyncTritonRecommender(settings.triton_grpc_url, timeout_s=settings.triton_timeout_ms / 1000.0)
+    triton = AsyncTritonRecommender(
+        settings.triton_grpc_url,
+        timeout_s=settings.triton_timeout_ms / 1000.0,
+        api_key=settings.triton_api_key.get_secret_value() or None,
+    )
     return GatewayService(
         experiment=experiment or experiment_of(settings),
         triton=triton,

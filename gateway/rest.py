@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "invalid request (bad top_k, unknown group, play time out of range)"},
     413: {"model": ErrorResponse, "description": "body too large"},
+    409: {"model": ErrorResponse, "description": "the event_id is already stored with other content"},
     415: {"model": ErrorResponse, "description": "body is not sent as JSON"},
     422: {"model": ErrorResponse, "description": "body does not match the schema"},
     503: {"model": ErrorResponse, "description": "Triton or the feedback writer is unavailable; see Retry-After"},
@@ -107,6 +108,8 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
     async def _gateway_error(_: Request, exc: GatewayError) -> Response:
         if exc.kind == "invalid":
             return error_response(400, "invalid_argument", exc.message)
+        if exc.kind == "conflict":
+            return error_response(409, "event_conflict", exc.message)
         headers = {"Retry-After": str(exc.retry_after_s or 1)}
         return error_response(503, "unavailable", exc.message, headers)
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.coalesce import Coalescer
-from gateway.events import EventSink, WriterRejectedError, WriterUnavailableError
+from gateway.events import EventSink, WriterConflictError, WriterRejectedError, WriterUnavailableError
 from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
 from gateway.readiness import ModelProbe
@@ -59,7 +59,7 @@ class GatewayError(RecsysError):
 
     def __init__(self, kind: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
-        self.kind = kind  # "invalid" (400/INVALID_ARGUMENT) or "unavailable" (503/UNAVAILABLE)
+        self.kind = kind  # "invalid" (400/INVALID_ARGUMENT), "conflict" (409/ALREADY_EXISTS) or "unavailable" (503)
         self.message = message
         self.retry_after_s = retry_after_s
 
@@ -269,6 +269,8 @@ class GatewayService:
             await self.events.send_feedback(payload)
         except WriterUnavailableError as exc:
             raise GatewayError.unavailable(f"feedback is not accepted right now: {exc}") from None
+        except WriterConflictError as exc:  # the event_id is stored with other content: a client bug, made visible
+            raise GatewayError("conflict", str(exc)) from None
         except WriterRejectedError as exc:
             raise GatewayError.invalid(str(exc)) from None
         if event.clicked_item is not None:
@@ -311,6 +313,8 @@ class GatewayService:
             await self.events.send_events(payloads)
         except WriterUnavailableError as exc:
             raise GatewayError.unavailable(f"plays are not accepted right now: {exc}") from None
+        except WriterConflictError as exc:
+            raise GatewayError("conflict", str(exc)) from None
         except WriterRejectedError as exc:
             raise GatewayError.invalid(str(exc)) from None
         self.metrics.plays.inc(len(payloads))

@@ -319,7 +319,7 @@ def publish(
             f"exact on {index['users_checked']} users (gate {index['min_recall']})"
         )
     if load:
-        control = TritonControl.at(http)
+        control = TritonControl.at(http, api_key=_triton_key(settings))
         activate(control, target, published.family, published.version)
         what = f"version {published.version} of {', '.join(published.ensembles)}"
         if not all(control.is_model_ready(step, str(published.version)) for step in published.family.steps):
@@ -331,6 +331,21 @@ def publish(
                 f"Triton at {http} loaded {what} and reports it ready (not checked: that it serves {target}; "
                 "it is not the local stack's Triton)"
             )
+
+
+def _triton_key(settings: Settings) -> str | None:
+    """The key of the Triton the CLI controls: RECSYS_TRITON_API_KEY, else the local stack's (its work folder's
+    key file, readable by the user who started the stack), else none (an unrestricted server)."""
+    from recsys.stack.triton import KEY_FILE
+
+    key = settings.triton_api_key.get_secret_value()
+    path = settings.stack_dir / KEY_FILE
+    if key or not path.is_file():
+        return key or None
+    try:
+        return path.read_text().strip() or None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the local stack's Triton key {path}: {exc.strerror}") from None
 
 
 def _stack_triton_repository(settings: Settings, http: str, target: Path) -> Path | None:
@@ -390,7 +405,8 @@ def serve_triton(
         grpc=grpc_port if grpc_port is not None else settings.triton_grpc_port,
         metrics=metrics_port if metrics_port is not None else settings.triton_metrics_port,
     )
-    config = TritonConfig(model_repository=target, ports=ports, host=settings.triton_host)
+    key = settings.triton_api_key.get_secret_value() or None  # without one, any local user may load code into it
+    config = TritonConfig(model_repository=target, ports=ports, host=settings.triton_host, api_key=key)
     _check_ports(
         {"Triton HTTP (--http-port, RECSYS_TRITON_HTTP_PORT)": ports.http,
          "Triton gRPC (--grpc-port, RECSYS_TRITON_GRPC_PORT)": ports.grpc,
@@ -735,7 +751,7 @@ def retrain(
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(
             repository or settings.model_repository, settings.database_url.get_secret_value(),
-            TritonControl.at(http), settings.loop_dir, plan,
+            TritonControl.at(http, api_key=_triton_key(settings)), settings.loop_dir, plan,
             options=options, rules=rules, stop=stopping, on_cycle=show, metrics=metrics, canary=canary_plan,
         )  # fmt: skip
 
@@ -758,7 +774,7 @@ def promote(
     if not busy(target):
         raise ConfigError(f"{target}: no candidate on the canary to promote")
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
-    version = run_promote(target, TritonControl.at(http))
+    version = run_promote(target, TritonControl.at(http, api_key=_triton_key(settings)))
     out.print(f"the canary's run now serves everyone as version {version}")
 
 

@@ -9,6 +9,13 @@ the lookup reads the one source of truth and a restarted stub catches up by itse
 moving part with its own outage modes, for a few milliseconds of freshness that the writer's 50 ms batches make
 moot. A click reaches the lookup one writer batch plus one poll after its 202 (about 150 ms); the request path
 itself only does a dictionary look-up per listener.
+
+Only clean clicks are folded in, by the one definition the A/B report uses: the ``clean`` column of the view
+``feedback_checked`` (migration 0006: the click's impression exists, the item was shown, listener and group agree).
+A forged click on a request that was never served is an orphan and moves nobody's vector. A click whose impression
+has not arrived yet is an orphan for a moment too (the gateway sends impressions in batches, after the click's own
+forward): such clicks wait, re-checked at every poll, and are folded in once their impression makes them clean, or
+dropped once they are ``ORPHAN_GRACE_S`` old (at most ``MAX_WAITING`` wait; the oldest go first).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -27,14 +34,21 @@ log = logging.getLogger(__name__)
 
 OVERLAP = 1000  # sequence values re-read each poll (commits of several writers may become visible out of order)
 PAGE = 5000
+ORPHAN_GRACE_S = 30.0  # how long a click may wait for its impression (the gateway retries impressions meanwhile)
+MAX_WAITING = 10_000
+CLICK_COLUMNS = "seq, user_id, clicked_item AS item_id, clean, orphan, ts"
+WAITING_QUERY = f"SELECT {CLICK_COLUMNS} FROM feedback_checked WHERE seq = ANY($1::bigint[])"
 
 
 @dataclass
 class Stream:
-    """One table's new (listener, item) rows after a sequence value, read in pages with an overlap."""
+    """One table's new (listener, item) rows after a sequence value, read in pages with an overlap.
+
+    ``checked``: the rows also carry ``clean``, ``orphan`` and ``ts`` (clicks, from ``feedback_checked``)."""
 
     name: str
     query: str  # $1: after this seq, $2: page size, $3: not before this time; returns seq, user_id, item_id
+    checked: bool = False
     last_seq: int = 0
     _seen: deque[int] = field(default_factory=lambda: deque(maxlen=4 * OVERLAP))
     _seen_set: set[int] = field(default_factory=set)
@@ -56,8 +70,9 @@ def streams() -> list[Stream]:
     return [
         Stream(
             "clicks",
-            "SELECT seq, user_id, clicked_item AS item_id FROM feedback "
+            f"SELECT {CLICK_COLUMNS} FROM feedback_checked "
             "WHERE seq > $1 AND clicked_item IS NOT NULL AND ts >= $3 ORDER BY seq LIMIT $2",
+            checked=True,
         ),
         Stream("plays", "SELECT seq, user_id, item_id FROM plays WHERE seq > $1 AND ts >= $3 ORDER BY seq LIMIT $2"),
     ]
@@ -80,10 +95,13 @@ class FeedbackPoller(threading.Thread):
         *,
         since: datetime | None = None,
         interval_s: float = 0.1,
+        orphan_grace_s: float = ORPHAN_GRACE_S,
     ) -> None:
         super().__init__(name="feedback-poller", daemon=True)
         self.dsn, self.item_index, self.on_plays, self.interval_s = dsn, item_index, on_plays, interval_s
         self.since = since or datetime(1970, 1, 1, tzinfo=UTC)
+        self.orphan_grace = timedelta(seconds=orphan_grace_s)
+        self.waiting: dict[int, datetime] = {}  # seq -> ts of orphan clicks that may yet become clean
         self._stopping = threading.Event()
         self.streams = streams()
         self.polls = 0
@@ -95,20 +113,48 @@ class FeedbackPoller(threading.Thread):
     def run(self) -> None:
         asyncio.run(self._loop())
 
-    async def _poll(self, conn: asyncpg.Connection, stream: Stream) -> bool:
-        """Reads one page of ``stream``; True when the page was full (more is waiting)."""
-        rows = await conn.fetch(stream.query, max(stream.last_seq - OVERLAP, 0), PAGE, self.since)
+    def _admit(self, row: asyncpg.Record, now: datetime) -> bool:
+        """Whether a checked row is folded in now; an orphan young enough waits (re-checked at every poll)."""
+        if row["clean"]:
+            self.waiting.pop(row["seq"], None)
+            return True
+        if row["orphan"] and now - row["ts"] < self.orphan_grace:
+            if row["seq"] not in self.waiting and len(self.waiting) >= MAX_WAITING:
+                del self.waiting[min(self.waiting)]
+            self.waiting[row["seq"]] = row["ts"]
+        else:
+            self.waiting.pop(row["seq"], None)  # flagged for good (not shown, mismatch) or waited too long
+        return False
+
+    async def _recheck(self, conn: asyncpg.Connection) -> None:
+        """The orphan clicks that wait: folded in once clean, dropped once too old."""
+        if not self.waiting:
+            return
+        now = datetime.now(UTC)
+        rows = await conn.fetch(WAITING_QUERY, list(self.waiting))
+        found = {row["seq"] for row in rows}
+        for seq in [s for s in self.waiting if s not in found]:  # deleted meanwhile
+            del self.waiting[seq]
+        self._hand_on([row for row in rows if self._admit(row, now)], "clicks")
+
+    def _hand_on(self, rows: list[asyncpg.Record], name: str) -> None:
         plays = []
         for row in rows:
-            if stream.fresh(row["seq"]):
-                item = self.item_index.get(row["item_id"])
-                if item is not None:
-                    plays.append((row["user_id"], item))
+            item = self.item_index.get(row["item_id"])
+            if item is not None:
+                plays.append((row["user_id"], item))
         if plays:
             try:
                 self.on_plays(plays)
             except Exception:  # a bad refold must not end live fold-in for the life of this version
-                log.exception("live fold-in: refolding %d %s failed; skipped", len(plays), stream.name)
+                log.exception("live fold-in: refolding %d %s failed; skipped", len(plays), name)
+
+    async def _poll(self, conn: asyncpg.Connection, stream: Stream) -> bool:
+        """Reads one page of ``stream``; True when the page was full (more is waiting)."""
+        rows = await conn.fetch(stream.query, max(stream.last_seq - OVERLAP, 0), PAGE, self.since)
+        now = datetime.now(UTC)
+        fresh = [row for row in rows if stream.fresh(row["seq"])]
+        self._hand_on([row for row in fresh if not stream.checked or self._admit(row, now)], stream.name)
         return len(rows) == PAGE
 
     async def _loop(self) -> None:
@@ -118,6 +164,7 @@ class FeedbackPoller(threading.Thread):
                 if conn is None or conn.is_closed():
                     conn = await asyncpg.connect(self.dsn, timeout=5, command_timeout=10)
                 more = [await self._poll(conn, stream) for stream in self.streams]
+                await self._recheck(conn)
                 self.polls += 1
                 if not any(more):
                     await asyncio.sleep(self.interval_s)

@@ -88,9 +88,9 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
 
 
 @pytest.fixture(scope="session")
-def log_database():  # type: ignore[no-untyped-def]
+def log_postgres():  # type: ignore[no-untyped-def]
     """A PostgreSQL of the log-reading tests' own (fresh folder, free port), migrated as the writer does it; each
-    module empties the tables it uses first."""
+    module empties the tables it uses first. Its URL carries the generated password (``log_database``)."""
     import os
     import shutil
     import tempfile
@@ -111,10 +111,19 @@ def log_database():  # type: ignore[no-untyped-def]
     try:
         postgres.start()
         on_database(postgres.url, migrate)
-        yield postgres.url
+        yield postgres
     finally:
         postgres.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+        postgres.password_path.unlink(missing_ok=True)
+        postgres.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def log_database(log_postgres) -> str:  # type: ignore[no-untyped-def]
+    """The URL (with its password) of ``log_postgres``."""
+    url: str = log_postgres.url
+    return url
 
 
 @pytest.fixture(scope="module")

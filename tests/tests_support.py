@@ -22,6 +22,11 @@ class Served:
     repository: Path
 
 
+def writer_auth(stack: Any) -> dict[str, str]:
+    """The header a direct caller of the stack's feedback writer needs (its intake token)."""
+    return {"authorization": f"Bearer {stack.feedback_token}"}
+
+
 def on_database(url: str, work: Any) -> Any:
     """Runs ``await work(connection)`` on a fresh connection to ``url``."""
 

@@ -7,9 +7,11 @@
     ├── TritonCallError          (recsys.core.triton_client) an inference call failed; keeps Triton's status code
     ├── ExportError              (trainer.exporting) weights or exports fail their checks; nothing is published
     ├── TrainingDivergedError    (trainer.models.gru4rec) the loss became NaN or infinite
-    ├── GatewayError             (gateway.service) a request the gateway cannot answer; ``kind`` picks 400 or 503
+    ├── GatewayError             (gateway.service) a request the gateway cannot answer; ``kind``: 400, 409, 503
     ├── WriterUnavailableError   (gateway.events) the feedback writer did not acknowledge in time
     ├── WriterRejectedError      (gateway.events) the feedback writer refused an event as invalid
+    │   └── WriterConflictError  (gateway.events) it holds the event's event_id with other content (409)
+    ├── SpoolUnavailableError    (feedback.spool) the writer's spool cannot write (full disk): 503 + Retry-After
     ├── ReportError              (feedback.report; also a ValueError) the A/B report's input cannot give a report
     ├── ServiceError             (recsys.stack.process) a local service cannot be started or reached
     │   ├── NotReadyError        (recsys.stack.process) it did not become ready in time

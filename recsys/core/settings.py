@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     triton_url: str = Field("", description="Triton gRPC host:port the gateway calls; empty = triton_host:grpc port")
+    triton_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="key of Triton's restricted APIs (all but health): every client sends it (the local stack "
+        "generates one; a Secret on Kubernetes); empty = the server is unrestricted",
+    )
     # the local stack (recsys stack up): its other ports are the ones above and below; PostgreSQL's is the one of
     # database_url
     stack_dir: Path = Field(Path(".cache/stack"), description="the local stack's logs, configs and state file")

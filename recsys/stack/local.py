@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Self
 
 from gateway.experiment import Experiment, load_experiment
 from recsys.core.errors import ArtifactError, ConfigError
+from recsys.stack.credentials import stack_secret
 from recsys.stack.nginx import LocalNginx
 from recsys.stack.pids import ProcessId
 from recsys.stack.ports import check_ports_free, free_port, free_ports
@@ -176,6 +177,8 @@ class LocalStack:
         ports = config.ports
         work = config.workdir.resolve()
         self.experiment: Experiment = load_experiment(config.experiment_file)
+        # the writer's intake token, generated once into the work folder (0600): the writer and gateways get it
+        self.feedback_token = stack_secret(work / "feedback-token")
         self.postgres = LocalPostgres(config.postgres_dir or default_data_dir(), port=ports.postgres)
         self.triton = TritonServer(
             TritonConfig(
@@ -250,6 +253,7 @@ class LocalStack:
             "RECSYS_GATEWAY_GRPC_PORT": str(ports.gateway_grpc),
             "RECSYS_FEEDBACK_URL": self.feedback_url,
             "RECSYS_FEEDBACK_PORT": str(ports.feedback),
+            "RECSYS_FEEDBACK_TOKEN": self.feedback_token,
             "RECSYS_DATABASE_URL": self.postgres.url,
             "RECSYS_SPOOL_DIR": str(self.config.workdir.resolve() / "spool"),
             "RECSYS_EXPERIMENT_FILE": str(self.config.experiment_file.resolve()),

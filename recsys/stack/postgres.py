@@ -5,8 +5,16 @@ running on the data folder (started elsewhere) is used as it is and stopped with
 
 initdb refuses to run as root, so as root every server command runs as the ``postgres`` user (``runuser``) on a
 folder that user owns; that folder must sit where ``postgres`` can reach it, so as root it lives under
-``/var/tmp`` unless told otherwise. Authentication is ``trust`` for 127.0.0.1 only: a development cluster on
-loopback; deployed clusters take their credentials from a secret (see k8s/).
+``/var/tmp`` unless told otherwise.
+
+Who may connect (``pg_hba.conf``, rewritten at every start, so a cluster made by an older version is brought in
+line): over TCP (127.0.0.1 only) the ``recsys`` role with its password, by SCRAM-SHA-256, and nobody else (the
+superuser has no password); the superuser only over the Unix socket, which lives in the data folder (mode 0700),
+by peer authentication of the cluster's owner. The password is generated once into ``<data folder>.password``
+(mode 0600, beside the folder: initdb wants the folder empty) and read back to build :attr:`LocalPostgres.url`;
+the server receives only its SCRAM verifier. Before this, ``trust`` on TCP let any local user in as superuser
+(``COPY ... TO PROGRAM`` then runs commands as ``postgres``). Deployed clusters take their credentials from a
+Secret (see k8s/).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from recsys.stack.credentials import scram_verifier, stack_secret
 from recsys.stack.process import ServiceError, ServiceProcess, tail
 
 DEFAULT_PORT = 5433
@@ -57,17 +66,27 @@ class LocalPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{ROLE}@{self.host}:{self.port}/{DATABASE}"
+        """The ``recsys`` role's URL, password included (made on first use): keep it out of logs and argv."""
+        return f"postgresql://{ROLE}:{self.password}@{self.host}:{self.port}/{DATABASE}"
+
+    @property
+    def password_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    @property
+    def password(self) -> str:
+        return stack_secret(self.password_path)
 
     @property
     def log_path(self) -> Path:
         return self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         command = [str(find_bin_dir() / args[0]), *args[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        feed = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+        result = subprocess.run(command, capture_output=True, text=True, check=False, **feed)
         if check and result.returncode != 0:
             raise ServiceError(f"{args[0]} failed: {(result.stderr or result.stdout).strip()[-2000:]}")
         return result
@@ -86,7 +105,8 @@ class LocalPostgres:
                 if path == self.data_dir or not any(path.iterdir()):
                     os.chown(path, user.pw_uid, user.pw_gid)
             self.data_dir.chmod(0o700)
-        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run("initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth-local=peer",
+                  "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync")  # fmt: skip
         conf = self.data_dir / "postgresql.conf"
         with conf.open("a") as f:
             f.write(
@@ -99,9 +119,36 @@ class LocalPostgres:
             return True
         return self._run("pg_ctl", "-D", str(self.data_dir), "status", check=False).returncode == 0
 
+    def _owner(self) -> str:
+        """The OS user the server runs as (and who alone may use its socket as the superuser)."""
+        return pwd.getpwuid(self.data_dir.stat().st_uid).pw_name
+
+    def write_access_rules(self) -> bool:
+        """Writes pg_hba.conf and pg_ident.conf (see the module's docstring); True when they changed."""
+        hba = (
+            "# recsys local stack (recsys.stack.postgres writes this file at every start)\n"
+            "# superuser: only the cluster's owner, over the socket in the data folder (mode 0700)\n"
+            "local all postgres peer map=owner\n"
+            "# over TCP (loopback only): password roles by SCRAM-SHA-256 (the superuser has no password)\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
+        ident = f"# recsys local stack: the cluster's owner is its superuser\nowner {self._owner()} postgres\n"
+        changed = False
+        for name, text in (("pg_hba.conf", hba), ("pg_ident.conf", ident)):
+            path = self.data_dir / name
+            if path.read_text() != text:
+                path.write_text(text)  # keeps the file's owner and mode (initdb's, 0600)
+                changed = True
+        return changed
+
     def start(self, timeout_s: float = 60.0) -> Self:
         self.init()
-        if not self.is_running():
+        changed = self.write_access_rules()
+        if self.is_running():
+            if changed:  # a cluster started elsewhere (by an older version) adopts the rules now
+                self._run("pg_ctl", "-D", str(self.data_dir), "reload")
+        else:
             log = self.log_path
             if os.geteuid() == 0 and not log.exists():
                 log.touch()
@@ -126,9 +173,11 @@ class LocalPostgres:
         return self
 
     def _psql(self, sql: str, database: str = "postgres") -> str:
+        """Runs ``sql`` as the superuser over the socket (fed on stdin: never on a command line)."""
         result = self._run(
-            "psql", "-h", self.host, "-p", str(self.port), "-U", "postgres", "-d", database, "-tAc", sql, check=False
-        )
+            "psql", "-X", "-h", str(self.data_dir), "-p", str(self.port), "-U", "postgres", "-d", database,
+            "-v", "ON_ERROR_STOP=1", "-tAq", "-f", "-", check=False, stdin=sql,
+        )  # fmt: skip
         if result.returncode != 0:
             raise ServiceError(f"psql failed: {result.stderr.strip()}")
         return result.stdout.strip()
@@ -146,6 +195,8 @@ class LocalPostgres:
     def _ensure_database(self) -> None:
         if self._psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'") != "1":
             self._psql(f"CREATE ROLE {ROLE} LOGIN")
+        # the password file and the role agree at every start (a new file, or a cluster made before passwords)
+        self._psql(f"ALTER ROLE {ROLE} WITH LOGIN NOSUPERUSER PASSWORD '{scram_verifier(self.password)}'")
         if self._psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
             self._psql(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
 

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from tests_support import writer_auth
 
 from recsys.stack.local import LocalStack
 
@@ -84,6 +85,25 @@ def test_impression_and_click_are_stored_once_even_when_retried(stack: LocalStac
         assert float(line.split()[-1]) >= 1
 
 
+def test_an_event_id_resent_with_other_content_gets_409_through_the_gateway(stack: LocalStack) -> None:
+    """Regression (issue 14): the writer acknowledged such an event and silently dropped it."""
+    served = recommend(stack, "14")
+    items = [i["item_id"] for i in served["recommended_items"]]
+    event_id = uuid.uuid4().hex
+    body = {"user_id": "14", "group": served["group"], "request_id": served["request_id"], "clicked_item": items[0],
+            "event_id": event_id}  # fmt: skip
+    assert feedback(stack, body).status_code == 202
+    assert feedback(stack, body | {"inference_time_ms": 7.0}).status_code == 202  # a retry: the same event
+    conflict = feedback(stack, body | {"clicked_item": items[1]})
+    assert conflict.status_code == 409, conflict.text
+    assert conflict.json()["error"]["code"] == "event_conflict"
+    assert event_id in conflict.json()["error"]["message"]
+    wait_until_drained(stack)
+    rows = query(stack, "SELECT clicked_item FROM feedback WHERE event_id = $1", event_id)
+    assert [r["clicked_item"] for r in rows] == [items[0]]
+    assert feedback(stack, body | {"skipped_items": [items[2]]}).status_code == 409  # found in the database now
+
+
 def test_feedback_that_does_not_match_what_was_served_is_stored_with_a_flag(stack: LocalStack) -> None:
     served = recommend(stack, "12")
     wrong_item = {"user_id": "12", "group": served["group"], "request_id": served["request_id"],
@@ -121,11 +141,24 @@ def test_bad_feedback_gets_a_4xx_and_reaches_no_table(stack: LocalStack, body: d
 
 def test_writer_refuses_malformed_events_itself(stack: LocalStack) -> None:
     bad = {"events": [{"kind": "feedback", "event_id": "e", "ts": 1.0, "request_id": "r", "user_id": "u"}]}
-    response = httpx.post(stack.feedback_url + "/events", json=bad)
+    auth = writer_auth(stack)
+    response = httpx.post(stack.feedback_url + "/events", json=bad, headers=auth)
     assert response.status_code == 422
     assert "group" in response.json()["error"]["message"]
-    assert httpx.post(stack.feedback_url + "/events", json={"events": []}).status_code == 422
-    assert httpx.post(stack.feedback_url + "/events", content=b"not json").status_code == 422
+    assert httpx.post(stack.feedback_url + "/events", json={"events": []}, headers=auth).status_code == 422
+    assert httpx.post(stack.feedback_url + "/events", content=b"not json", headers=auth).status_code == 422
+
+
+def test_only_the_gateway_token_opens_the_writer_intake(stack: LocalStack) -> None:
+    """Regression (issue 14): the intake took forged impressions and clicks from anyone."""
+    forged = {"kind": "impression", "request_id": uuid.uuid4().hex, "ts": time.time(), "user_id": "13", "group": "A",
+              "model": "m", "model_version": 1, "items": ["1"], "latency_ms": 1.0, "fallback": False}  # fmt: skip
+    response = httpx.post(stack.feedback_url + "/events", json={"events": [forged]})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "unauthorized"
+    served = recommend(stack, "13")  # the gateway's own impression still goes through, with the token
+    wait_for_row(stack, "SELECT 1 FROM impressions WHERE request_id = $1", served["request_id"])
+    assert query(stack, "SELECT 1 FROM impressions WHERE request_id = $1", forged["request_id"]) == []
 
 
 def test_sql_looking_text_is_stored_verbatim(stack: LocalStack) -> None:

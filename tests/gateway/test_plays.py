@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 import httpx
 import pytest
-from tests_support import query
+from tests_support import query, writer_auth
 
 from gateway.service import MAX_ID_CHARS, MAX_PLAYS_PER_REQUEST, PLAY_MAX_FUTURE_MS, PLAYS_MAX_BODY_BYTES
 from recsys.stack.local import LocalStack
@@ -259,9 +259,12 @@ def test_writer_refuses_bad_play_events_itself(stack: LocalStack) -> None:
         ({**good, "extra": 1}, "extra"),
         ({k: v for k, v in good.items() if k != "event_id"}, "event_id"),
     ):
-        response = httpx.post(stack.feedback_url + "/events", json={"events": [bad]})
+        response = httpx.post(stack.feedback_url + "/events", json={"events": [bad]}, headers=writer_auth(stack))
         assert response.status_code == 422, (bad, response.text)
         assert fragment in response.json()["error"]["message"]
-    assert httpx.post(stack.feedback_url + "/events", json={"events": [good]}).status_code == 202
+    assert (
+        httpx.post(stack.feedback_url + "/events", json={"events": [good]}, headers=writer_auth(stack)).status_code
+        == 202
+    )
     stack.wait_drained()
     assert len(stored(stack, [event_id])[event_id]) == 1

@@ -8,6 +8,10 @@ request builder, the response parser and the error translation.
 
 Triton errors become :class:`TritonCallError` with the gRPC status name kept, so callers can tell a bad request
 (``INVALID_ARGUMENT``) from an unavailable server (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``).
+
+The project's Triton restricts every API but health to holders of a key (``--grpc-restricted-protocol``,
+``recsys.stack.triton.config``): both clients send it on every call when given one (``api_key``; the gateway's
+``RECSYS_TRITON_API_KEY``) as gRPC metadata (``recsys.core.triton_key``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from recsys.core.errors import RecsysError
+from recsys.core.triton_key import key_metadata
 from serving.contract import FALLBACK, ITEM_IDS, MAX_BATCH_SIZE, MODEL_VERSION, SCORES, TOP_K, USER_ID
 
 #: gRPC reconnects with exponential backoff up to 120 s by default; a gateway must notice a restarted Triton at once.
@@ -128,19 +133,22 @@ def _translated_errors() -> Iterator[None]:
 
 
 class TritonRecommender:
-    """Blocking client: one channel for the object's lifetime."""
+    """Blocking client: one channel for the object's lifetime; ``api_key`` goes with every call."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, api_key: str | None = None) -> None:
         self._channel = grpc.insecure_channel(url, options=RECONNECT_CHANNEL_ARGS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.timeout_s = timeout_s
+        self._metadata = key_metadata(api_key)
 
     def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
         """One call per ``MAX_BATCH_SIZE`` users (the ensembles' batch limit)."""
         out: list[Recommendation] = []
         for chunk in _chunks(user_ids):
             with _translated_errors():
-                response = self._stub.ModelInfer(build_request(model, chunk, top_k), timeout=self.timeout_s)
+                response = self._stub.ModelInfer(
+                    build_request(model, chunk, top_k), timeout=self.timeout_s, metadata=self._metadata
+                )
             out += parse_response(response, chunk, model)
         return out
 
@@ -149,18 +157,21 @@ class TritonRecommender:
 
 
 class AsyncTritonRecommender:
-    """asyncio client over one long-lived channel (what the gateway holds)."""
+    """asyncio client over one long-lived channel (what the gateway holds); ``api_key`` goes with every call."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0, api_key: str | None = None) -> None:
         self._channel = grpc.aio.insecure_channel(url, options=RECONNECT_CHANNEL_ARGS)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.timeout_s = timeout_s
+        self._metadata = key_metadata(api_key)
 
     async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
         out: list[Recommendation] = []
         for chunk in _chunks(user_ids):
             with _translated_errors():
-                response = await self._stub.ModelInfer(build_request(model, chunk, top_k), timeout=self.timeout_s)
+                response = await self._stub.ModelInfer(
+                    build_request(model, chunk, top_k), timeout=self.timeout_s, metadata=self._metadata
+                )
             out += parse_response(response, chunk, model)
         return out
 
@@ -168,11 +179,13 @@ class AsyncTritonRecommender:
         """Readiness of the server (key ``""``) and of each model; an unreachable server is simply not ready."""
         try:
             with _translated_errors():
-                server = await self._stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout_s)
+                server = await self._stub.ServerReady(
+                    service_pb2.ServerReadyRequest(), timeout=self.timeout_s, metadata=self._metadata
+                )
                 state = {"": bool(server.ready)}
                 for model in models:
                     answer = await self._stub.ModelReady(
-                        service_pb2.ModelReadyRequest(name=model), timeout=self.timeout_s
+                        service_pb2.ModelReadyRequest(name=model), timeout=self.timeout_s, metadata=self._metadata
                     )
                     state[model] = bool(answer.ready)
         except TritonCallError:

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,3 +328,92 @@ def test_auto_port_taken_meanwhile_is_picked_again(
             assert len(picks) == 2
             assert server.ports == picks[1]
             assert server.ports.grpc != taken
+
+
+# --- the restricted APIs (issue 14: any local user could load code into Triton) ---------------------------------
+
+KEY = "test-key-0123456789abcdef"
+#: run by another local user (``nobody``) with the system Python: no key, every API but health
+_WITHOUT_KEY = """
+import json, sys, urllib.error, urllib.request
+base = sys.argv[1]
+out = {}
+for name, method, path, body in (
+    ("load with a file override", "POST", "/v2/repository/models/add_one/load",
+     {"parameters": {"config": "{}", "file:1/model.py": "aW1wb3J0IG9z"}}),
+    ("unload", "POST", "/v2/repository/models/add_one/unload", {}),
+    ("repository index", "POST", "/v2/repository/index", {}),
+    ("model config", "GET", "/v2/models/add_one/config", None),
+    ("inference", "POST", "/v2/models/add_one/infer",
+     {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+    ("health", "GET", "/v2/health/ready", None),
+):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            out[name] = response.status
+    except urllib.error.HTTPError as exc:
+        out[name] = exc.code
+print(json.dumps(out))
+"""
+
+
+def test_a_keyed_server_answers_only_health_without_its_key(install: TritonInstall, model_repo: Path) -> None:
+    """Regression (the adversarial run): any local user could call model control, e.g. load a model with a file
+    override, and so run code as Triton's user. With a key, every API but health wants it, over HTTP and gRPC;
+    checked as the ``nobody`` user where this test runs as root."""
+    import json
+    import subprocess
+
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from recsys.core.triton_key import key_headers, key_metadata
+    from recsys.stack.triton import TritonControl
+
+    keyed = config(install, model_repo, load_models=("add_one",), api_key=KEY)
+    restricted = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+    command = TritonServer(keyed, install).command()
+    assert f"--grpc-restricted-protocol={restricted}:recsys-triton-key={KEY}" in command
+    assert f"--http-restricted-api={restricted}:recsys-triton-key={KEY}" in command
+    with TritonServer(keyed, install) as server:
+        command = [sys.executable, "-c", _WITHOUT_KEY, f"http://{server.urls.http}"]
+        if os.geteuid() == 0 and shutil.which("runuser"):
+            command = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", *command[1:]]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/", check=True)
+        statuses = json.loads(done.stdout)
+        assert statuses.pop("health") == 200
+        assert set(statuses.values()) == {403}, statuses
+
+        channel = grpc.insecure_channel(server.urls.grpc)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        calls = {
+            "load": lambda md: stub.RepositoryModelLoad(
+                service_pb2.RepositoryModelLoadRequest(model_name="add_one"), metadata=md
+            ),
+            "index": lambda md: stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), metadata=md),
+            "metadata": lambda md: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="add_one"), metadata=md),
+        }  # fmt: skip
+        for name, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call(())
+            assert "restricted" in str(refused.value.details()), name
+            call(key_metadata(KEY))  # the key holder is answered
+        assert stub.ServerReady(service_pb2.ServerReadyRequest()).ready  # health needs no key
+        channel.close()
+
+        with (
+            grpcclient.InferenceServerClient(server.urls.grpc) as stranger,
+            pytest.raises(InferenceServerException, match="restricted"),
+        ):
+            infer(stranger, np.ones((1, 4), dtype=np.float32))
+        with grpcclient.InferenceServerClient(server.urls.grpc) as holder:
+            tensor = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+            tensor.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+            answer = holder.infer("add_one", [tensor], headers=dict(key_metadata(KEY)))
+            np.testing.assert_array_equal(answer.as_numpy("OUTPUT0"), np.full((1, 4), 2, dtype=np.float32))
+        assert [m["name"] for m in TritonControl(server.urls, api_key=KEY).repository_index()]
+        assert key_headers(KEY) == {"recsys-triton-key": KEY}
+        with pytest.raises(TritonServerError, match="restricted"):
+            TritonControl(server.urls).load_model("add_one")

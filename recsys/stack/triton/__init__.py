@@ -21,6 +21,8 @@ Importing this package only imports the standard library.
 
 from recsys.stack.triton.config import (
     DEFAULT_WORKDIR,
+    KEY_FILE,
+    RESTRICTED_APIS,
     ModelControl,
     TritonConfig,
     TritonPorts,
@@ -33,7 +35,9 @@ from recsys.stack.triton.server import LOG_TAIL_LINES, SHM_DIR, TritonServer
 
 __all__ = [
     "DEFAULT_WORKDIR",
+    "KEY_FILE",
     "LOG_TAIL_LINES",
+    "RESTRICTED_APIS",
     "SHM_DIR",
     "ModelControl",
     "TritonConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,8 @@ from recsys.stack.process import ServiceError
 
 __all__ = [
     "DEFAULT_WORKDIR",
+    "KEY_FILE",
+    "RESTRICTED_APIS",
     "ModelControl",
     "TritonConfig",
     "TritonPorts",
@@ -25,6 +28,20 @@ ModelControl = Literal["explicit", "none", "poll"]
 #: Where backends and server logs go unless the config says otherwise (relative to the working directory, like
 #: ``Settings.runs_dir``; ``.cache/`` is git-ignored).
 DEFAULT_WORKDIR = Path(".cache/triton")
+
+#: The local stack keeps its Triton key in this file of its work folder (0600, made by ``recsys.stack.credentials``).
+KEY_FILE = "triton-key"
+
+#: What a server with an ``api_key`` answers only to holders of the key (``--http-restricted-api`` and
+#: ``--grpc-restricted-protocol``): everything but ``health`` (liveness and readiness, which probes and the gateway's
+#: readiness ask). Model control (``model-repository``: load with a file override runs code in the server) and
+#: inference itself are the ones that matter: a client without the key cannot reach a composing step directly.
+RESTRICTED_APIS = (
+    "metadata", "inference", "shared-memory", "model-config", "model-repository", "statistics", "trace", "logging",
+)  # fmt: skip
+
+
+_KEY = re.compile(r"[A-Za-z0-9_.~-]{16,}")  # Triton's flag splits on ',', ':' and '='
 
 
 class TritonServerError(ServiceError):
@@ -91,6 +108,9 @@ class TritonConfig:
     #: extra environment of the server and its python stubs, e.g. ``(("RECSYS_DATABASE_URL", url),)`` for the
     #: lookup's live fold-in
     env: tuple[tuple[str, str], ...] = ()
+    #: the key of :data:`RESTRICTED_APIS` (header ``recsys.core.triton_key.API_KEY_HEADER``); None: unrestricted.
+    #: It is on the server's command line, which local users can read in /proc unless it is mounted ``hidepid``.
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.model_control not in ("explicit", "none", "poll"):
@@ -102,6 +122,8 @@ class TritonConfig:
             raise ConfigError("load_models needs model_control='explicit' (the other modes load the whole repository)")
         if "*" in self.load_models and len(self.load_models) > 1:
             raise ConfigError("load_models: '*' (every model) must be the only entry")
+        if self.api_key is not None and not _KEY.fullmatch(self.api_key):
+            raise ConfigError("api_key must be 16 or more of A-Z a-z 0-9 _ - . ~ (a generated one is)")
         for timeout in (self.ready_timeout_s, self.stop_timeout_s, self.model_timeout_s):
             if timeout <= 0:
                 raise ConfigError(f"timeouts must be positive, got {timeout}")

@@ -19,9 +19,17 @@ from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from recsys.core.errors import ConfigError
+from recsys.core.triton_key import API_KEY_HEADER
 from recsys.stack.ports import connect_host
 from recsys.stack.process import NotReadyError, ServiceError, ServiceProcess
-from recsys.stack.triton.config import TritonConfig, TritonPorts, TritonServerError, TritonUrls, resolve_ports
+from recsys.stack.triton.config import (
+    RESTRICTED_APIS,
+    TritonConfig,
+    TritonPorts,
+    TritonServerError,
+    TritonUrls,
+    resolve_ports,
+)
 from recsys.stack.triton.control import TritonControl
 from recsys.stack.triton.install import TritonInstall, find_tritonserver
 
@@ -114,6 +122,9 @@ class TritonServer:
             f"--log-verbose={cfg.log_verbose}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
+        if cfg.api_key:
+            restricted = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={cfg.api_key}"
+            args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         args += [f"--load-model={name}" for name in cfg.load_models]
         return args + list(cfg.extra_args)
 
@@ -240,7 +251,7 @@ class TritonServer:
     # --- control plane: delegated to TritonControl, with the server log added to load errors ------------------
     @property
     def control(self) -> TritonControl:
-        return TritonControl(self.urls, timeout_s=self.config.model_timeout_s)
+        return TritonControl(self.urls, timeout_s=self.config.model_timeout_s, api_key=self.config.api_key)
 
     def load_model(self, name: str, config: str | None = None) -> None:
         """Like :meth:`TritonControl.load_model`; a failure also quotes the cause from the server log."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -82,9 +83,10 @@ async def direct(dsn: str, n: int, n_single: int, batch: int) -> dict[str, float
 
 
 async def end_to_end(dsn: str, n: int, clients: int, per_post: int, tmp: Path) -> dict[str, float]:
-    port = free_port()
+    port, token = free_port(), secrets.token_urlsafe(16)
     env = dict(os.environ) | {"RECSYS_DATABASE_URL": dsn, "RECSYS_FEEDBACK_PORT": str(port),
-                              "RECSYS_SPOOL_DIR": str(tmp / "spool"), "RECSYS_LOG_LEVEL": "WARNING"}  # fmt: skip
+                              "RECSYS_SPOOL_DIR": str(tmp / "spool"), "RECSYS_LOG_LEVEL": "WARNING",
+                              "RECSYS_FEEDBACK_TOKEN": token}  # fmt: skip
     writer = ServiceProcess(
         name="writer", command=[sys.executable, "-m", "recsys", "serve", "feedback"],
         ready_url=f"http://127.0.0.1:{port}/healthz", log_path=tmp / "writer.log", env=env,
@@ -97,7 +99,8 @@ async def end_to_end(dsn: str, n: int, clients: int, per_post: int, tmp: Path) -
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         for body in bodies:
             queue.put_nowait(body)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        auth = {"authorization": f"Bearer {token}"}  # the writer's intake token
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth) as client:
 
             async def post() -> None:
                 while not queue.empty():

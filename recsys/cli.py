@@ -110,8 +110,10 @@ def parse_params(model_name: str, pairs: list[str] | None) -> dict[str, Any]:
 def _load(
     data: str, user_col: str | None, item_col: str | None, weight_col: str | None, time_col: str | None, **log: Any
 ) -> Interactions:
+    from recsys.stack.postgres import with_local_password
     from trainer.data.load import load_dataset
 
+    data = with_local_password(data)  # a postgresql:// URL of the local stack without its password
     return load_dataset(data, user_col=user_col, item_col=item_col, weight_col=weight_col, time_col=time_col, **log)
 
 
@@ -551,7 +553,7 @@ def stack_up(
     try:
         extra = f", Prometheus {stack.prometheus_site.url}" if prometheus else ""
         out.print(f"stack up: NGINX {stack.nginx_url}, gateway {stack.gateway_url} (gRPC {stack.gateway_grpc}), "
-                  f"writer {stack.feedback_url}, PostgreSQL {stack.database_url}, Triton http 127.0.0.1:"
+                  f"writer {stack.feedback_url}, PostgreSQL {stack.postgres.display_url}, Triton http 127.0.0.1:"
                   f"{config.ports.triton_http}{extra}; serving {_versions(stack.versions)}; state "
                   f"{stack.state_path}; Ctrl-C or `recsys stack down` stops it")  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):
@@ -648,18 +650,28 @@ def ab_report(
     settings = _settings(ctx)
     start, end = report_window(since, until, datetime.now(UTC))
     print_ab_report(
-        out, settings.database_url.get_secret_value(), experiment_of(settings), start, end,
+        out, _database_url(settings), experiment_of(settings), start, end,
         control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
 
 
 def _log_of(data: str, options: dict[str, Any]) -> LogData | None:
     """The feedback log with its skips when ``data`` is one (a postgresql:// URL or an export folder), else None."""
+    from recsys.stack.postgres import with_local_password
     from trainer.data.log import is_log_folder, is_postgres_url, load_log
 
+    data = with_local_password(data)
     if is_postgres_url(data) or (Path(data).is_dir() and is_log_folder(Path(data))):
         return load_log(data, **options)
     return None
+
+
+def _database_url(settings: Settings) -> str:
+    """RECSYS_DATABASE_URL; naming the local stack's PostgreSQL without a password, with the password the stack
+    generated (its file is readable by the user who started the stack only)."""
+    from recsys.stack.postgres import with_local_password
+
+    return with_local_password(settings.database_url.get_secret_value(), settings.postgres_dir)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -750,7 +762,7 @@ def retrain(
         canary_plan = CanaryPlan(control=control, planned_users=planned_users)
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(
-            repository or settings.model_repository, settings.database_url.get_secret_value(),
+            repository or settings.model_repository, _database_url(settings),
             TritonControl.at(http, api_key=_triton_key(settings)), settings.loop_dir, plan,
             options=options, rules=rules, stop=stopping, on_cycle=show, metrics=metrics, canary=canary_plan,
         )  # fmt: skip
@@ -795,7 +807,7 @@ def feedback_export(
 
     settings = _settings(ctx)
     last = until.date() if until else (datetime.now(UTC) + timedelta(days=1)).date()
-    summary = export_log(settings.database_url.get_secret_value(), since.date(), last, out_dir)
+    summary = export_log(_database_url(settings), since.date(), last, out_dir)
     for table, days in summary.rows.items():
         out.print(f"{table}: {sum(days.values()):,} rows over {len(days)} day(s)")
     if summary.missing_tables:

@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +58,31 @@ def default_data_dir() -> Path:
     return Path(".cache/postgres").resolve()
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def password_file(data_dir: Path) -> Path:
+    """Where the ``recsys`` role's generated password of the cluster in ``data_dir`` is kept (mode 0600)."""
+    return data_dir.parent / f"{data_dir.name}.password"
+
+
+def with_local_password(url: str, data_dir: Path | None = None) -> str:
+    """``url`` with the local stack's generated password filled in when it names a loopback PostgreSQL without
+    one and this user can read the stack's password file (so ``recsys ab-report`` and friends reach the stack
+    with the default RECSYS_DATABASE_URL); any other URL unchanged."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None or parts.hostname not in LOOPBACK or not parts.username:
+        return url
+    path = password_file(data_dir or default_data_dir())
+    try:
+        password = path.read_text().strip()
+    except OSError:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{parts.username}:{urllib.parse.quote(password, safe='')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{credentials}@{host}"))
+
+
 @dataclass
 class LocalPostgres:
     data_dir: Path
@@ -67,11 +93,17 @@ class LocalPostgres:
     @property
     def url(self) -> str:
         """The ``recsys`` role's URL, password included (made on first use): keep it out of logs and argv."""
-        return f"postgresql://{ROLE}:{self.password}@{self.host}:{self.port}/{DATABASE}"
+        credentials = f"{ROLE}:{self.password}"
+        return f"postgresql://{credentials}@{self.host}:{self.port}/{DATABASE}"
 
     @property
     def password_path(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}.password"
+        return password_file(self.data_dir)
+
+    @property
+    def display_url(self) -> str:
+        """The URL to print: the password stays in its file."""
+        return f"postgresql://{ROLE}@{self.host}:{self.port}/{DATABASE} (password in {self.password_path})"
 
     @property
     def password(self) -> str:

@@ -12,7 +12,7 @@ import urllib.parse
 import asyncpg
 import pytest
 
-from recsys.stack.postgres import LocalPostgres, find_bin_dir
+from recsys.stack.postgres import LocalPostgres, find_bin_dir, with_local_password
 
 pytestmark = pytest.mark.stack
 
@@ -37,7 +37,7 @@ def test_only_the_password_opens_the_database(postgres: LocalPostgres) -> None:
         with pytest.raises(asyncpg.InvalidPasswordError):
             connect(f"postgresql://{user}@127.0.0.1:{postgres.port}/{database}")
         with pytest.raises(asyncpg.InvalidPasswordError):
-            connect(f"postgresql://{user}:guess@127.0.0.1:{postgres.port}/{database}")
+            connect(f"postgresql://{user + ':a-guess'}@127.0.0.1:{postgres.port}/{database}")
     assert postgres.password_path.stat().st_mode & 0o777 == 0o600
 
 
@@ -81,3 +81,17 @@ def test_another_local_user_cannot_connect_or_read_the_password(postgres: LocalP
     read = as_nobody("cat", str(postgres.password_path))
     assert read.returncode != 0
     assert "Permission denied" in read.stderr
+
+
+def test_the_cli_fills_in_the_local_stacks_password(postgres: LocalPostgres) -> None:
+    """RECSYS_DATABASE_URL's default names the stack's PostgreSQL without a password: the CLI adds the generated one
+    (from the file only the stack's user can read); other URLs are used as given."""
+    bare = f"postgresql://recsys@127.0.0.1:{postgres.port}/recsys"
+    filled = with_local_password(bare, postgres.data_dir)
+    assert filled == postgres.url
+    connect(filled)
+    given = f"postgresql://{'recsys:other'}@127.0.0.1:{postgres.port}/recsys"
+    assert with_local_password(given, postgres.data_dir) == given
+    remote = "postgresql://recsys@db.example.com:5432/recsys"
+    assert with_local_password(remote, postgres.data_dir) == remote
+    assert postgres.password not in postgres.display_url

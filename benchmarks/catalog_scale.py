@@ -1,0 +1,444 @@
+"""Exact and approximate retrieval side by side at 50k, 1M and 10M items, through the real Triton ensembles.
+
+For each catalogue size, in one run:
+
+1. a child process (its own peak RSS) builds a synthetic world, fits our ALS (2 iterations: the shapes matter,
+   not the quality), saves the run and publishes it with ``trainer.triton.publish.publish`` and an HNSW index
+   for ``recsys_scorer_ann`` (``trainer.ann``: the recall gate runs as in production);
+2. ``tritonserver`` loads the lookup, the exact ONNX scorer, the approximate scorer, the top-k step and both
+   ensembles (``recsys_b`` exact, ``recsys_ann`` approximate); each load is timed and the tree's RSS read;
+3. recall@10 of ``recsys_ann`` against ``recsys_b`` on real users through gRPC (besides the gate's own figure);
+4. perf_analyzer over gRPC: p50/p99 at concurrency 1 and throughput at 16, for both ensembles;
+5. the bandwidth floor of the exact scan: the items' bytes over one thread's measured copy bandwidth.
+
+    .venv/bin/python -m benchmarks.catalog_scale                    # 50k, 1M, 10M: results/catalog_scale.{md,json}
+    .venv/bin/python -m benchmarks.catalog_scale --sizes 20000 --quick   # smoke test: catalog_scale-quick.*
+
+The 10M size needs ~10 GB at its peak (publish; then Triton with both scorers): check ``free -g`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.harness.catalog import sample_requests, write_input_data
+from benchmarks.harness.facts import (
+    REPO_ROOT,
+    RESULTS_DIR,
+    git_revision,
+    load_average,
+    machine,
+    now_utc,
+    peak_rss_mib,
+    versions,
+)
+from benchmarks.harness.perf_analyzer import Measurement, find_perf_analyzer, run_perf_analyzer
+from benchmarks.harness.running import int_list, say, work_folder
+from benchmarks.harness.tables import fmt, markdown_table, write_results
+
+EXACT, APPROXIMATE = "recsys_b", "recsys_ann"
+LOAD_ORDER = ("recsys_lookup", "recsys_topk", "recsys_scorer_onnx", "recsys_scorer_ann", EXACT, APPROXIMATE)
+DEFAULT_SIZES = (50_000, 1_000_000, 10_000_000)
+
+# The issue's goals on this 2-core machine.
+GOAL_P50_MS = {10_000_000: 5.0, 1_000_000: 3.0}
+GOAL_RECALL = 0.95
+GOAL_RSS_10M_MIB = 8 * 1024
+
+
+def world(items: int, users: int) -> dict[str, float]:
+    """The synthetic world per size: triton_perf's 50k world, its 1M world (2 x 5 plays per user) above."""
+    if items < 1_000_000:
+        return {"users": users, "sessions": 5.0, "session_length": 10.0}
+    return {"users": users, "sessions": 2.0, "session_length": 5.0}
+
+
+# ------------------------------------------------------------------------------------------------ child: build
+
+
+def build(items: int, users: int, work: Path, seed: int, sample_users: int) -> dict[str, Any]:
+    """World -> ALS -> save_run -> publish (exact exports + HNSW index, recall-gated); runs in a child process."""
+    import torch
+
+    from benchmarks.harness.running import output_to
+    from trainer.ann import AnnPolicy
+    from trainer.artifacts import save_run
+    from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.models.als import ALS, ALSParams
+    from trainer.triton.publish import publish
+    from trainer.triton.repository import manifest, render_repository
+
+    torch.set_num_threads(2)
+    shape = world(items, users)
+    began = time.perf_counter()
+    config = SyntheticConfig(
+        n_users=users,
+        n_items=items,
+        n_genres=20,
+        mean_sessions_per_user=shape["sessions"],
+        mean_session_length=shape["session_length"],
+        seed=seed,
+    )
+    data = generate(config).interactions
+    generate_s = time.perf_counter() - began
+    params = ALSParams(factors=64, iterations=2, seed=seed)
+    model = ALS(params)
+    began = time.perf_counter()
+    model.fit(data)
+    fit_s = time.perf_counter() - began
+    history = data.to_csr()
+    save_run(work / "run", model, data, {"model": "als", "params": params.to_dict(), "note": "catalog_scale"})
+    del model, data
+    repository = work / "repository"
+    render_repository(repository)
+    policy = AnnPolicy(kind="hnsw", min_recall=GOAL_RECALL, sample_users=sample_users, seed=seed)
+    began = time.perf_counter()
+    with output_to(work / "publish.log"):
+        published = publish(work / "run", repository, ann=policy)
+    publish_s = time.perf_counter() - began
+    from trainer.triton.family import FACTOR
+
+    lengths = np.diff(history.indptr)
+    return {
+        "items": items,
+        "users": users,
+        "pairs": int(history.nnz),
+        "items_with_plays": int(np.count_nonzero(np.bincount(history.indices, minlength=items))),
+        "exclude_width": max(int(lengths.max()) if len(lengths) else 1, 1),
+        "generate_s": round(generate_s, 1),
+        "fit_s": round(fit_s, 1),
+        "publish_s": round(publish_s, 1),
+        "version": published.version,
+        "ann": manifest(repository, FACTOR, published.version)["ann"],
+        "build_peak_rss_mib": round(peak_rss_mib(), 0),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def served_recall(url: str, user_ids: list[str], k: int = 10) -> float:
+    """recall@10 of the approximate ensemble's answers against the exact ensemble's, through gRPC."""
+    from recsys.core.triton_client import TritonRecommender
+
+    client = TritonRecommender(url)
+    hits = total = 0
+    try:
+        for start in range(0, len(user_ids), 32):
+            batch = user_ids[start : start + 32]
+            exact = client.recommend(EXACT, batch, top_k=k)
+            approximate = client.recommend(APPROXIMATE, batch, top_k=k)
+            for want, got in zip(exact, approximate, strict=True):
+                hits += len(set(want.item_ids) & set(got.item_ids))
+                total += len(want.item_ids)
+    finally:
+        client.close()
+    return hits / total if total else 1.0
+
+
+def serve(
+    repository: Path, inputs: dict[str, Path], user_ids: list[str], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    from recsys.stack.memory import settled_tree_memory
+    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+
+    analyzer = find_perf_analyzer()
+    measurement = Measurement(
+        request_count=args.request_count, stability_percentage=args.stability, max_trials=args.max_trials
+    )
+    config = TritonConfig(
+        model_repository=repository,
+        ports=TritonPorts.auto(),
+        workdir=REPO_ROOT / ".cache" / "triton",
+        model_timeout_s=1800.0,
+    )
+    load_s: dict[str, float] = {}
+    with TritonServer(config) as server:
+        assert server.pid is not None
+        for name in LOAD_ORDER:
+            began = time.perf_counter()
+            server.load_model(name)
+            load_s[name] = round(time.perf_counter() - began, 2)
+        loaded = settled_tree_memory(server.pid)
+        say(f"loaded in {sum(load_s.values()):.1f} s ({load_s}); RSS {loaded.rss_mib:,.0f} MiB")
+        recall = served_recall(server.urls.grpc, user_ids[: args.recall_users])
+        say(f"served recall@10 {recall:.4f}")
+        runs = {}
+        for model in (APPROXIMATE, EXACT):
+            run = run_perf_analyzer(
+                analyzer,
+                model,
+                server.urls.grpc,
+                concurrency=args.concurrency,
+                work_dir=work / "perf_analyzer",
+                input_data=inputs["by_id"],
+                measurement=measurement,
+                timeout_s=args.pa_timeout,
+                log=say,
+            )
+            runs[model] = {
+                str(c): None
+                if run.row(c) is None
+                else {
+                    "p50_ms": run.row(c).p50_ms,  # type: ignore[union-attr]
+                    "p99_ms": run.row(c).p99_ms,  # type: ignore[union-attr]
+                    "throughput": run.row(c).throughput,  # type: ignore[union-attr]
+                }
+                for c in args.concurrency
+            }
+            runs[model]["failures"] = {str(c): why for c, why in run.failures.items()}
+        after = settled_tree_memory(server.pid)
+        ready = server.ready_after_s
+    return {
+        "ready_s": ready,
+        "load_s": load_s,
+        "rss_loaded_mib": loaded.rss_mib,
+        "pss_loaded_mib": loaded.pss_mib,
+        "rss_after_mib": after.rss_mib,
+        "per_process_mib": loaded.per_process,
+        "served_recall_at_10": round(recall, 4),
+        "perf": runs,
+    }
+
+
+def stub_rss(per_process: dict[str, float], model: str) -> float:
+    return sum(v for k, v in per_process.items() if f"stub {model}/" in k)
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def _perf(size: dict[str, Any], model: str, c: int, key: str) -> float | None:
+    row = size["serving"]["perf"][model].get(str(c))
+    return None if row is None else float(row[key])
+
+
+def checks(sizes: list[dict[str, Any]], lo: int) -> list[list[str]]:
+    out = []
+    for size in sizes:
+        items = f"{size['items']:,} items"
+        goal = GOAL_P50_MS.get(size["items"])
+        p50 = _perf(size, APPROXIMATE, lo, "p50_ms")
+        if goal is not None:
+            out.append([f"{items}: {APPROXIMATE} p50 at c={lo}", fmt(p50), f"<= {goal:g} ms", _yes(p50, goal)])
+        if size["items"] >= 10_000_000:
+            recall = size["serving"]["served_recall_at_10"]
+            out.append([f"{items}: recall@10 (served)", fmt(recall, 4), f">= {GOAL_RECALL}", _yes(GOAL_RECALL, recall)])
+            rss = size["serving"]["rss_loaded_mib"]
+            ann_only = rss - stub_rss(size["serving"]["per_process_mib"], "recsys_scorer_onnx")
+            limit = f"<= {GOAL_RSS_10M_MIB:,}"
+            out.append([f"{items}: Triton RSS, both scorers (MiB)", fmt(rss, 0), limit, _yes(rss, GOAL_RSS_10M_MIB)])
+            out.append(
+                [
+                    f"{items}: Triton RSS less the exact scorer (MiB)",
+                    fmt(ann_only, 0),
+                    limit,
+                    _yes(ann_only, GOAL_RSS_10M_MIB),
+                ]
+            )
+    return out
+
+
+def _yes(value: float | None, limit: float) -> str:
+    """``value <= limit``, as the goals table writes it."""
+    return "-" if value is None else ("yes" if value <= limit else "**no**")
+
+
+def render(payload: dict[str, Any]) -> str:
+    lo, hi = min(payload["concurrency"]), max(payload["concurrency"])
+    sizes = payload["sizes"]
+    bw = payload["bandwidth"]
+    lines = [
+        f"# Catalogue scale: exact vs approximate retrieval ({payload['mode']})",
+        "",
+        f"{payload['finished_at']}, git {payload['git']}, {payload['machine']['cpu']} "
+        f"({payload['machine']['usable_cores']} usable cores, {payload['machine']['memory_gib']} GiB). "
+        f"`uptime` load average {payload['load_average']['start']} at start, {payload['load_average']['end']} at end: "
+        "7 other engineers share these 2 cores, so every latency here carries their load too.",
+        "",
+        f"Per size: {payload['users']:,} synthetic users, ALS 64 factors (2 iterations), published with "
+        "`trainer.triton.publish.publish` (exact TorchScript + ONNX exports with parity, and an HNSW index for "
+        "`recsys_scorer_ann`, tuned and recall-gated on disjoint user samples). Requests: real users cycled, "
+        f"TOP_K = 10, gRPC, batch 1; perf_analyzer {payload['perf_analyzer']}, {payload['measurement']}.",
+        "",
+        "## Latency, throughput, recall",
+        "",
+    ]
+    rows = []
+    for size in sizes:
+        for model, label in ((EXACT, "exact (ONNX scan)"), (APPROXIMATE, "approximate (HNSW)")):
+            recall = 1.0 if model == EXACT else size["serving"]["served_recall_at_10"]
+            rows.append(
+                [
+                    f"{size['items']:,}",
+                    f"`{model}` {label}",
+                    fmt(_perf(size, model, lo, "p50_ms")),
+                    fmt(_perf(size, model, lo, "p99_ms")),
+                    fmt(_perf(size, model, hi, "throughput"), 0),
+                    fmt(recall, 4),
+                ]
+            )
+    lines += [
+        markdown_table(
+            ["items", "ensemble", f"p50 ms c={lo}", f"p99 ms c={lo}", f"infer/s c={hi}", "recall@10 vs exact"], rows
+        ),
+        "",
+        "## Build, index and memory",
+        "",
+    ]
+    rows = []
+    for size in sizes:
+        ann, serving = size["ann"], size["serving"]
+        item_bytes = size["items"] * 65 * 4
+        rows.append(
+            [
+                f"{size['items']:,}",
+                f"{size['pairs']:,} ({size['items_with_plays']:,} items played)",
+                f"{size['fit_s']:.0f}",
+                f"{size['publish_s']:.0f}",
+                f"{ann['build_seconds']:.0f} + {ann['check_seconds']:.0f}",
+                f"ef {ann['ef_search']}: {ann['recall_at_10']:.4f} (tuning {ann['tuning_recall_at_10']})",
+                fmt(ann["index_bytes"] / 2**20, 0),
+                fmt(size["build_peak_rss_mib"], 0),
+                f"{serving['load_s']['recsys_scorer_ann']:.1f} / {serving['load_s']['recsys_scorer_onnx']:.1f}",
+                fmt(serving["rss_loaded_mib"], 0),
+                f"{stub_rss(serving['per_process_mib'], 'recsys_scorer_ann'):,.0f} / "
+                f"{stub_rss(serving['per_process_mib'], 'recsys_scorer_onnx'):,.0f}",
+                fmt(item_bytes / 1e9 / bw["numpy_copy_gbs"] * 1e3, 2),
+            ]
+        )
+    lines += [
+        markdown_table(
+            [
+                "items",
+                "pairs",
+                "ALS fit s",
+                "publish s",
+                "index build + gate s",
+                "gate recall@10",
+                "index MiB",
+                "publish peak RSS MiB",
+                "load s ann / exact",
+                "Triton RSS MiB",
+                "stub RSS MiB ann / exact",
+                "exact scan floor ms",
+            ],
+            rows,
+        ),
+        "",
+        f"*exact scan floor*: the items' bytes (n x 65 x 4 B) over one thread's copy bandwidth, "
+        f"{bw['numpy_copy_gbs']:.1f} GB/s ((read + write) / s on a {bw['array_mib']} MiB array): the least one "
+        "exact pass costs the single-threaded ONNX scorer. *publish s* includes the exact exports, their parity "
+        "check, the index build and the gate. *Triton RSS* is the server and every stub with both ensembles loaded.",
+        "",
+        "## Goals",
+        "",
+        markdown_table(["check", "value", "goal", "met"], checks(sizes, lo)),
+        "",
+    ]
+    if payload.get("notes"):
+        lines += ["## Notes", "", *[f"* {note}" for note in payload["notes"]], ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.catalog_scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int_list, default=list(DEFAULT_SIZES), help="catalogue sizes (items)")
+    parser.add_argument("--users", type=int, default=20_000, help="synthetic users per size (default 20,000)")
+    parser.add_argument("--concurrency", type=int_list, default=[1, 16], help="levels (default 1,16)")
+    parser.add_argument("--request-users", type=int, default=1000, help="distinct real users in the input data")
+    parser.add_argument("--recall-users", type=int, default=320, help="users whose served answers are compared")
+    parser.add_argument("--sample-users", type=int, default=500, help="users per recall sample of the gate")
+    parser.add_argument("--request-count", type=int, default=300, help="perf_analyzer requests per window")
+    parser.add_argument("--stability", type=float, default=40.0, help="--stability-percentage (shared cores: 40)")
+    parser.add_argument("--max-trials", type=int, default=8)
+    parser.add_argument("--pa-timeout", type=float, default=900.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="short windows: a smoke test (<stem>-quick)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--stem", default=None, help="results file stem (default catalog_scale[-quick])")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--build", type=int, help=argparse.SUPPRESS)  # child: build one size into --work
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.request_count, args.stability, args.max_trials = 100, 50.0, 3
+    args.stem = args.stem or "catalog_scale" + ("-quick" if args.quick else "")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.build is not None:  # the child process
+        print(json.dumps(build(args.build, args.users, args.work, args.seed, args.sample_users)))
+        return 0
+    from benchmarks.triton_perf import memory_bandwidth
+
+    started_at, load_start = now_utc(), load_average()
+    say("measuring memory bandwidth ...")
+    bandwidth = memory_bandwidth()
+    sizes = []
+    for items in args.sizes:
+        with work_folder(f"catalog_scale-{items}-", keep=args.keep) as work:
+            say(f"{items:,} items: building and publishing (child process) ...")
+            child = [sys.executable, "-m", "benchmarks.catalog_scale", "--build", str(items), "--work", str(work)]
+            child += ["--users", str(args.users), "--seed", str(args.seed), "--sample-users", str(args.sample_users)]
+            done = subprocess.run(child, check=False, capture_output=True, text=True, cwd=REPO_ROOT)
+            if done.returncode != 0:
+                say(f"{items:,} items: the build failed:\n{done.stderr[-3000:]}")
+                return 1
+            size = json.loads(done.stdout.strip().splitlines()[-1])
+            say(f"built: {json.dumps(size)}")
+            repository = work / "repository"
+            requests = sample_requests(repository, size["version"], args.request_users, 10, args.seed)
+            inputs = write_input_data(requests, work / "inputs")
+            size["serving"] = serve(repository, inputs, requests.user_ids, args, work)
+            size["load_average_after"] = load_average()
+            sizes.append(size)
+    payload: dict[str, Any] = {
+        "benchmark": "catalog_scale",
+        "mode": args.stem,
+        "started_at": started_at,
+        "finished_at": now_utc(),
+        "git": git_revision(),
+        "machine": machine(),
+        "load_average": {"start": load_start, "end": load_average()},
+        "versions": versions(("faiss-cpu", "numpy", "onnxruntime", "nvidia-pytriton", "torch")),
+        "users": args.users,
+        "concurrency": args.concurrency,
+        "perf_analyzer": find_perf_analyzer().version(),
+        "measurement": (
+            f"count_windows of {args.request_count}, stability {args.stability}%, max {args.max_trials} trials"
+        ),
+        "bandwidth": bandwidth.__dict__,
+        "sizes": sizes,
+        "notes": [
+            f"Every size is ALS on a sparse synthetic world ({args.users:,} users, a few plays each): most items "
+            "of the 1M and 10M catalogues were never played, so their factors sit at the origin. The exact scan's "
+            "cost does not depend on that; the index's recall and build time do, and real catalogues would differ.",
+            "HNSW (16 links per item) was chosen by an in-process measurement on the 1M world: recall@10 0.99 at "
+            "ef_search 16 in 0.07 ms per query, where IVF over inner products reached < 0.2 with 128 of 4096 lists "
+            "probed (the items' norms are very uneven; `trainer.ann`'s docstring).",
+        ],
+    }
+    md = render(payload)
+    md_path, _ = write_results(args.out, args.stem, md, payload)
+    print(md)
+    say(f"wrote {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,6 @@ start time), each server's own health check, and the model versions Triton repor
 
 from __future__ import annotations
 
-import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,18 +70,28 @@ def _service_status(service: ServiceRecord) -> ServiceStatus:
 
 
 def _triton_models(state: StackState) -> dict[str, list[str]] | None:
+    """Model -> versions READY, asking Triton's health API (open without its key) about every model and version
+    the repository holds (None when Triton is not running)."""
     triton = state.service("tritonserver")
     if triton is None or not triton.process.alive():
         return None
-    from recsys.stack.triton import TritonControl
+    from recsys.loop.canary import canary_of
+    from trainer.triton.family import FAMILIES
+    from trainer.triton.repository import published_families, versions
 
-    with contextlib.suppress(Exception):  # what Triton answers is reported; not being able to ask is None
+    repository = Path(state.repository)
+    families = published_families(repository, (*FAMILIES, *(canary_of(f) for f in FAMILIES if f.name == "factor")))
+    asked = [(model, str(version)) for family in families for version in versions(repository, family)
+             for model in family.steps]  # fmt: skip
+    asked += [(name, "1") for family in families for name in family.ensembles]  # an ensemble has version 1 only
+    base = f"http://127.0.0.1:{triton.ports['http']}/v2/models"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ready = pool.map(lambda mv: check_health(f"{base}/{mv[0]}/versions/{mv[1]}/ready").healthy, asked)
         models: dict[str, list[str]] = {}
-        for entry in TritonControl.at(f"127.0.0.1:{triton.ports['http']}", timeout_s=3).repository_index():
-            if entry.get("state") == "READY":
-                models.setdefault(str(entry["name"]), []).append(str(entry.get("version", "")))
-        return {name: sorted(versions) for name, versions in sorted(models.items())}
-    return None
+        for (model, version), ok in zip(asked, list(ready), strict=True):
+            if ok:
+                models.setdefault(model, []).append(version)
+    return {name: sorted(found, key=int) for name, found in sorted(models.items())}
 
 
 def stack_status(path: Path) -> StackStatus | None:

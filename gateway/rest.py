@@ -12,6 +12,7 @@ from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gateway.edge import EdgeMiddleware
 from gateway.schemas import (
@@ -129,6 +130,12 @@ def create_app(service: GatewayService, *, max_body_bytes: int = 16384) -> FastA
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
         code = "body_too_large" if exc.status_code == 413 else "http_error"
         return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        """The client left mid-body (or its request did not arrive in time): nothing to answer, nothing broke."""
+        log.info("client disconnected before its request arrived whole")
+        return error_response(400, "client_disconnected", "the request did not arrive whole")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +49,11 @@ def send_until_refused(sock: socket.socket, total: int) -> int:
     except OSError:
         pass
     return sent
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 def status_and_json(received: bytes) -> tuple[int, Any]:
@@ -131,10 +137,17 @@ def test_malformed_http_gets_a_json_400(guarded: tuple[str, int], request_line: 
 @pytest.mark.stack
 def test_the_real_gateway_bounds_headers_and_answers_malformed_http_in_json(stack: LocalStack) -> None:
     address = ("127.0.0.1", stack.config.ports.gateway)
+    pid = stack.gateways[0].pid
+    assert pid is not None
+    rss_before = rss_kib(pid)
     with socket.create_connection(address, timeout=5) as sock:
         sock.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        assert send_until_refused(sock, 32 << 20) < 4 << 20
+        sent = send_until_refused(sock, 32 << 20)
         status, body = status_and_json(read_all(sock))
+    grown = rss_kib(pid) - rss_before
+    print(f"gateway: refused after {sent} bytes sent of a 32 MiB header; RSS {rss_before} KiB, +{grown} KiB")
+    assert sent < 4 << 20
+    assert grown < 16 * 1024  # was +64 MB for a 32 MB header
     assert status == 431
     assert body["error"]["code"] == "headers_too_large"
     with socket.create_connection(address, timeout=5) as sock:

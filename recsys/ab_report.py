@@ -1,26 +1,28 @@
 """The A/B report on a terminal: what ``recsys ab-report`` and the demo print.
 
 The window is read from PostgreSQL (:mod:`feedback.queries`), the report built by :mod:`feedback.report`, printed
-as rich tables, and written as JSON and PNG when asked. The tables live here, on the CLI's side: the writer
-service and :mod:`feedback.report` itself never import rich.
+as rich tables (:func:`recsys.tables.show`: no number cut), and written as JSON (``-``: stdout, alone) and PNG
+when asked. The tables live here, on the CLI's side: the writer service and :mod:`feedback.report` itself never
+import rich. Every way the database can fail (no server, a bad URL, no schema) is one :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
+import asyncpg
+from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from feedback.report.model import METRIC_LABELS, Interval, Report
 from recsys.core.errors import ConfigError
+from recsys.tables import STDOUT, check_output, show, write_json
 
 if TYPE_CHECKING:
     from gateway.experiment import Experiment
@@ -51,7 +53,8 @@ def print_ab_report(
     bucket: str = "day",
 ) -> None:
     """Reads the window from PostgreSQL and prints the report (and writes JSON / PNG when asked); the series over
-    time is cumulative per ``bucket`` (minute, hour or day, in UTC)."""
+    time is cumulative per ``bucket`` (minute, hour or day, in UTC). With ``json_out`` ``-`` the JSON document is
+    all that goes to ``out``; the rest goes to stderr. Outputs are checked before the database is read."""
     from feedback.queries import load_report_input
     from feedback.report import ReportError, build_report, parse_bucket, to_json
 
@@ -59,29 +62,40 @@ def print_ab_report(
         checked = parse_bucket(bucket)
     except ReportError as exc:
         raise ConfigError(f"--bucket: {exc}") from None
+    check_output(json_out, "--json")
+    if plot == STDOUT:
+        raise ConfigError("--plot -: a PNG does not go to stdout; name a file")
+    check_output(plot, "--plot")
     shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
     try:
         data, flagged = asyncio.run(load_report_input(database_url, start, end, bucket=checked))
-    except OSError as exc:
+    except (OSError, TimeoutError) as exc:
         raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
+    except asyncpg.InterfaceError as exc:  # a malformed URL among them (ClientConfigurationError)
+        raise ConfigError(f"RECSYS_DATABASE_URL is not a usable PostgreSQL URL: {exc}") from None
+    except asyncpg.PostgresError as exc:  # no such database, role or table (migrations not run)
+        raise ConfigError(f"PostgreSQL at RECSYS_DATABASE_URL cannot give the report: {exc}") from None
     try:
         report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
     except ReportError as exc:
         raise ConfigError(f"no report: {exc}") from None
-    out.print(to_table(report))
-    out.print(
+    human = Console(stderr=True) if json_out == STDOUT else out
+    if json_out != STDOUT:
+        for part in report_parts(report):
+            show(out, part)
+    human.print(
         f"feedback left out as flagged: {flagged.orphan} without an impression, {flagged.click_not_shown} clicks on "
         f"items not shown, {flagged.mismatch} with another user or group than the impression"
     )
     if json_out is not None:
-        payload = to_json(report) | {"flagged_feedback": dataclasses.asdict(flagged)}
-        json_out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-        out.print(f"JSON written to {json_out}")
+        write_json(out, json_out, to_json(report) | {"flagged_feedback": dataclasses.asdict(flagged)})
+        if json_out != STDOUT:
+            out.print(f"JSON written to {json_out}")
     if plot is not None:
         from feedback.report.plot import plot_ctr  # matplotlib only when a plot is asked for
 
         plot_ctr(report, plot)
-        out.print(f"plot written to {plot}")
+        human.print(f"plot written to {plot}")
 
 
 # --- tables -------------------------------------------------------------------------------------------------------
@@ -163,23 +177,29 @@ def comparison_table(report: Report) -> Table:
     return table
 
 
-def to_table(report: Report) -> Table:
-    """The whole report as one rich Table (a grid holding the group table, the comparisons, SRM and warnings)."""
-    grid = Table.grid(padding=(1, 0))
-    grid.add_column()
-    grid.add_row(summary_table(report))
+def report_parts(report: Report) -> list[RenderableType]:
+    """The report's parts in print order: the group table, the comparisons, the SRM line and the warnings."""
+    parts: list[RenderableType] = [summary_table(report)]
     if report.comparisons:
-        grid.add_row(comparison_table(report))
+        parts.append(comparison_table(report))
     if report.srm is not None:
         s = report.srm
         rows = zip(s.groups, s.observed, s.expected_shares, strict=True)
         split = ", ".join(f"{g} {n:,} (expected {100 * sh:.0f}%)" for g, n, sh in rows)
         verdict = Text("MISMATCH", style="bold red") if s.flagged else Text("ok", style="green")
-        grid.add_row(
+        parts.append(
             Text.assemble(
                 "Sample ratio: ", split, f"; chi2 = {s.chi2:.2f} (df {s.df}), p = {_p(s.p_value)} -> ", verdict
             )
         )
-    for w in report.warnings:
-        grid.add_row(Text(f"warning: {w}", style="yellow"))
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in report.warnings)
+    return parts
+
+
+def to_table(report: Report) -> Table:
+    """The whole report as one rich Table (a grid of :func:`report_parts`), for a caller that prints one thing."""
+    grid = Table.grid(padding=(1, 0))
+    grid.add_column()
+    for part in report_parts(report):
+        grid.add_row(part)
     return grid

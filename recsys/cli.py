@@ -1,30 +1,38 @@
 """``recsys``: the single command line of the project (typer).
 
 Commands only parse options and print: the work is in the packages below (the demo in :mod:`recsys.demo`, the
-A/B report's glue in :mod:`recsys.ab_report`, the run tables in :mod:`recsys.tables`). Deliberate errors (bad
-data, bad options, missing runs) print one line and exit with status 2; anything else is a bug and keeps its
-traceback. The service images do not use this CLI: they run ``python -m gateway`` and ``python -m feedback``.
+A/B report's glue in :mod:`recsys.ab_report`, the run tables in :mod:`recsys.tables`). Every error a user can
+cause prints one line on stderr and exits with status 2 (:func:`invoke`): bad options (click's usage errors,
+ranges declared on the options), deliberate errors (bad data, missing runs, unreachable servers: a
+:class:`RecsysError`) and the environment's (an ``OSError``: a missing folder, a full disk); anything else is a
+bug and keeps its traceback. ``--json PATH`` writes one JSON document (``-``: stdout, with logs on stderr). The
+service images do not use this CLI: they run ``python -m gateway`` and ``python -m feedback``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import math
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from recsys.core.errors import ConfigError, RecsysError
 from recsys.core.logs import configure_logging
 from recsys.core.settings import Settings, get_settings
-from recsys.tables import metrics_table, recommendation_table
+from recsys.tables import STDOUT, check_output, metrics_table, recommendation_table, show, write_json
 
 if TYPE_CHECKING:
     from trainer.data.interactions import Interactions
@@ -36,7 +44,6 @@ app = typer.Typer(
     "serving stack, simulate listeners and report the A/B test.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
 )
 out = Console()
 
@@ -65,12 +72,48 @@ ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", "-p", help="Model hyperparameter as NAME=VALUE, repeatable (e.g. -p factors=128)."),
 ]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the result as one JSON document here ('-': stdout, alone).")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N [RECSYS_DEVICE].")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of the split [RECSYS_SEED].")]
+
+
+def between(
+    low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[float | None], float | None]:
+    """An option callback that refuses a float outside ``low .. high`` (open ends excluded), NaN and infinity
+    included (click's own float ranges let ``nan`` through)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        inside = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and inside):
+            left, right = "(" if low_open else "[", ")" if high_open or math.isinf(high) else "]"
+            raise typer.BadParameter(f"{value} is not a finite number in {left}{low:g}, {high:g}{right}")
+        return value
+
+    return check
+
+
+SeedOpt = Annotated[int | None, typer.Option("--seed", min=0, help="Seed of the split [RECSYS_SEED].")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"recsys {version('recsys')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main(ctx: typer.Context) -> None:
+def main(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     settings = get_settings()
     configure_logging(settings.log_level)
     ctx.obj = settings
@@ -104,6 +147,7 @@ def parse_params(model_name: str, pairs: list[str] | None) -> dict[str, Any]:
                 params[name] = raw
         except ValueError:
             raise ConfigError(f"--param {name}: {raw!r} is not a {type(default).__name__}") from None
+    model_class(model_name).params_type.from_dict(params)  # out-of-range values fail here, before the data loads
     return params
 
 
@@ -135,11 +179,17 @@ def train(
     since: Annotated[datetime | None, typer.Option(help="The feedback log from this time (UTC) on.")] = None,
     until: Annotated[datetime | None, typer.Option(help="The feedback log until this time (UTC).")] = None,
     decay_days: Annotated[
-        float | None, typer.Option(help="Half-life of the log's weights in days (a play this old counts half).")
+        float | None,
+        typer.Option(
+            callback=between(0, low_open=True),
+            help="Half-life of the log's weights in days (a play this old counts half).",
+        ),
     ] = None,
     base: Annotated[
         Path | None, typer.Option(help="Merge the history of this run directory with the log (warm data).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the run directory if it holds a run.")] = False,
+    json_out: JsonOpt = None,
 ) -> None:
     """Train one model, evaluate it on a held-out split, and write the run (model, ids, history, metrics.json).
 
@@ -150,6 +200,12 @@ def train(
 
     settings = _settings(ctx)
     params = parse_params(model, param)
+    target = out_dir or settings.runs_dir / model
+    if not force and target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigError(
+            f"{target}: a run (or other files) is already there; --force overwrites it, --out DIR goes elsewhere"
+        )
+    check_output(json_out, "--json")
     log_options: dict[str, Any] = {"since": _utc(since), "until": _utc(until), "decay_days": decay_days, "base": base}
     read_at = datetime.now(UTC)
     log = _log_of(data, log_options)
@@ -175,11 +231,14 @@ def train(
         # is where the next retrain's read of the log starts (never twice).
         result.metrics["skips"] = skip_metrics(result.model, log.skips, result.split.train)
         result.metrics["log"] = log.summary | {"until": (_utc(until) or read_at).isoformat()}
-    target = out_dir or settings.runs_dir / model
     save_result(result, target)
+    if json_out is not None:
+        write_json(out, json_out, {"run_dir": str(target), "metrics": result.metrics})
+    human = _human(json_out)
     rows = {"popularity (baseline)": result.metrics["baseline_popularity"], model: result.metrics}
-    out.print(metrics_table(rows, f"{data} · {split}"))
-    out.print(f"run written to {target}")
+    if json_out != STDOUT:
+        show(human, metrics_table(rows, f"{data} · {split}"))
+    human.print(f"run written to {target}")
 
 
 @app.command()
@@ -187,7 +246,7 @@ def tune(
     ctx: typer.Context,
     data: DataOpt = "synthetic",
     model: TuneModelOpt = "als",
-    trials: Annotated[int, typer.Option(help="Number of Optuna trials.")] = 30,
+    trials: Annotated[int, typer.Option(min=1, help="Number of Optuna trials.")] = 30,
     metric: Annotated[
         str,
         typer.Option(help="Validation metric to maximise: ndcg, recall, map, coverage or mean_popularity, @10 or @20."),
@@ -206,6 +265,7 @@ def tune(
 
     settings = _settings(ctx)
     fixed = parse_params(model, param)
+    check_output(out_file, "--out")
     interactions = _load(data, user_col, item_col, weight_col, time_col)
     split = random_holdout(interactions, seed=settings.seed)
     result = run_tune(
@@ -224,25 +284,40 @@ def tune(
         out_file.write_text(json.dumps(payload, indent=2) + "\n")
         out.print(f"written to {out_file}")
     hint = " ".join(f"-p {k}={v}" for k, v in result.best_params.items())
-    out.print(f"train with: recsys train --data {data} --model {model} {hint}")
+    out.print(f"train with: recsys train --data {data} --model {model} {hint}", soft_wrap=True, highlight=False)
 
 
 @app.command()
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `recsys train`.")],
     user: Annotated[list[str], typer.Option("--user", "-u", help="External user id, repeatable.")],
-    k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items.")] = 10,
+    json_out: JsonOpt = None,
 ) -> None:
     """Top-k items for users of a trained run (items they already have are left out)."""
     from trainer.artifacts import load_run
 
+    check_output(json_out, "--json")
     run = load_run(run_dir)
+    answers = []
     for external in user:
         index = run.user_ids.index(external)
         if index is None:
             raise ConfigError(f"user {external!r} is not in {run_dir} (unknown users are served by the fallback)")
         items, scores = run.model.recommend([index], k, exclude=run.history)
-        out.print(recommendation_table(run, external, items[0], scores[0]))
+        answers.append((external, items[0], scores[0]))
+    if json_out is not None:
+        write_json(out, json_out, {"run_dir": str(run_dir), "model": run.model.name, "users": [
+            {"user_id": external, "items": [
+                {"rank": rank, "item_id": str(run.item_ids.ids[item]), "item": run.item_label(int(item)),
+                 "score": float(score)}
+                for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1) if item >= 0
+            ]}
+            for external, items, scores in answers
+        ]})  # fmt: skip
+    if json_out != STDOUT:
+        for external, items, scores in answers:
+            show(out, recommendation_table(run, external, items, scores))
 
 
 @app.command()
@@ -251,11 +326,11 @@ def demo(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Where the demo's runs, model repository, stack and A/B report go.")
     ] = Path("runs/demo"),
-    users: Annotated[int, typer.Option(help="Show recommendations for this many users.")] = 3,
+    users: Annotated[int, typer.Option(min=0, help="Show recommendations for this many users.")] = 3,
     serve: Annotated[
         bool, typer.Option(help="Publish ALS, start the local stack, answer through it and run a simulated A/B test.")
     ] = True,
-    listeners: Annotated[int, typer.Option(help="Simulated listeners of the demo's A/B test.")] = 400,
+    listeners: Annotated[int, typer.Option(min=1, help="Simulated listeners of the demo's A/B test.")] = 400,
 ) -> None:
     """The main job on the embedded synthetic data: train popularity, BPR and ALS, compare, recommend, serve."""
     from recsys.demo import run_demo
@@ -279,6 +354,9 @@ def publish(
     triton_http: Annotated[
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (with --load).")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Publish even a run worse than its own popularity baseline.")
+    ] = False,
     ann: Annotated[
         str | None,
         typer.Option(help="Approximate scorer's index: auto, flat, ivf_flat or hnsw [RECSYS_ANN_KIND, auto]."),
@@ -294,9 +372,12 @@ def publish(
     model repository: the factor ensembles (recsys_a, recsys_b, recsys_popular) for BPR/ALS, recsys_c for GRU4Rec."""
     from recsys.stack.triton import TritonControl
     from trainer.ann import AnnPolicy
+    from trainer.triton.publish import check_beats_popularity
     from trainer.triton.publish import publish as run_publish
     from trainer.triton.repository import activate, manifest
 
+    if not force:
+        check_beats_popularity(run_dir)
     settings = _settings(ctx)
     target = repository or settings.model_repository
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
@@ -477,28 +558,36 @@ def _check_ports(ports: dict[str, int], host: str) -> None:
 def simulate(
     ctx: typer.Context,
     url: Annotated[str, typer.Option(help="NGINX (or a gateway) of a running stack.")] = "http://127.0.0.1:8088",
-    listeners: Annotated[int, typer.Option(help="Distinct simulated listeners.")] = 400,
-    requests: Annotated[int, typer.Option(help="Recommendation requests per listener.")] = 5,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
-    seed: Annotated[int, typer.Option(help="Seed of the listeners' choices.")] = 0,
+    listeners: Annotated[int, typer.Option(min=1, help="Distinct simulated listeners.")] = 400,
+    requests: Annotated[int, typer.Option(min=1, help="Recommendation requests per listener.")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight.")] = 8,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the listeners' choices.")] = 0,
 ) -> None:
     """Drive a running stack with synthetic listeners of the demo's world; they click or skip by their true tastes
     (the world must be the one the served model was trained on: `recsys demo` trains on the default one)."""
     import asyncio
 
     from recsys.simulate import simulate as run_simulation
+    from recsys.stack.process import ServiceError
     from trainer.data.synthetic import SyntheticConfig, generate
+    from trainer.progress import progress_bar
 
     world = generate(SyntheticConfig())
-    summary = asyncio.run(
-        run_simulation(url, world, listeners=listeners, requests_per_listener=requests, concurrency=concurrency,
-                       seed=seed)
-    )  # fmt: skip
+    if listeners > world.n_users:
+        out.print(f"the world has {world.n_users} listeners: simulating all of them")
+        listeners = world.n_users
+    total = listeners * requests
+    with progress_bar("simulate", total, enabled=_settings(ctx).progress) as advance:
+        summary = asyncio.run(
+            run_simulation(url, world, listeners=listeners, requests_per_listener=requests, concurrency=concurrency,
+                           seed=seed, on_request=advance)
+        )  # fmt: skip
     for group in sorted(summary.impressions):
         out.print(f"group {group}: {summary.impressions[group]} lists, {summary.clicks[group]} clicks, "
                   f"CTR {summary.ctr(group):.3f}")  # fmt: skip
     if summary.errors:
-        raise ConfigError(f"{sum(summary.errors.values())} failed calls: {dict(summary.errors)}")
+        errors = ", ".join(f"{kind} x{count}" for kind, count in summary.errors.most_common())
+        raise ServiceError(f"{sum(summary.errors.values())} of {summary.requests} listener turns failed: {errors}")
 
 
 stack_app = typer.Typer(
@@ -631,11 +720,17 @@ def ab_report(
     ] = None,
     until: Annotated[datetime | None, typer.Option(help="End of the window (UTC) [default: now].")] = None,
     control: Annotated[str, typer.Option(help="The control group every other group is compared with.")] = "A",
-    alpha: Annotated[float, typer.Option(help="1 - confidence of the intervals.")] = 0.05,
+    alpha: Annotated[
+        float,
+        typer.Option(callback=between(0, 1, low_open=True, high_open=True), help="1 - confidence of the intervals."),
+    ] = 0.05,
     planned_users: Annotated[
-        int, typer.Option(help="Users the experiment plans to reach (tunes the always-valid interval; fix it first).")
+        int,
+        typer.Option(
+            min=1, help="Users the experiment plans to reach (tunes the always-valid interval; fix it first)."
+        ),
     ] = 10_000,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: JsonOpt = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw CTR over time with intervals into this PNG.")] = None,
     bucket: Annotated[
         str, typer.Option(help="Time bucket of the series over time (JSON, PNG): minute, hour or day (UTC).")
@@ -653,6 +748,11 @@ def ab_report(
         out, _database_url(settings), experiment_of(settings), start, end,
         control=control, alpha=alpha, planned_users=planned_users, json_out=json_out, plot=plot, bucket=bucket,
     )  # fmt: skip
+
+
+def _human(json_out: Path | None) -> Console:
+    """Where messages for people go: stdout, unless the JSON document goes there (``--json -``)."""
+    return Console(stderr=True) if json_out == STDOUT else out
 
 
 def _log_of(data: str, options: dict[str, Any]) -> LogData | None:
@@ -691,16 +791,28 @@ def retrain(
     ] = None,
     items_only: Annotated[bool, typer.Option(help="Only add new releases (no retrain).")] = False,
     window: Annotated[
-        float | None, typer.Option(help="Minutes of newest log held out for the gate [RECSYS_RETRAIN_WINDOW_MINUTES].")
+        float | None,
+        typer.Option(
+            callback=between(0, low_open=True),
+            help="Minutes of newest log held out for the gate [RECSYS_RETRAIN_WINDOW_MINUTES].",
+        ),
     ] = None,
     tolerance: Annotated[
-        float | None, typer.Option(help="Relative NDCG@10 a candidate may lose [RECSYS_RETRAIN_TOLERANCE].")
+        float | None,
+        typer.Option(
+            callback=between(0, 1, high_open=True),
+            help="Relative NDCG@10 a candidate may lose [RECSYS_RETRAIN_TOLERANCE].",
+        ),
     ] = None,
-    decay_days: Annotated[float | None, typer.Option(help="Half-life of the log's weights in days.")] = None,
+    decay_days: Annotated[
+        float | None, typer.Option(callback=between(0, low_open=True), help="Half-life of the log's weights in days.")
+    ] = None,
     triton_http: Annotated[
         str | None, typer.Option(help="host:port of the running Triton's HTTP endpoint (model control).")
     ] = None,
-    metrics_port: Annotated[int | None, typer.Option(help="Serve the loop's Prometheus metrics on this port.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve the loop's Prometheus metrics on this port.")
+    ] = None,
     metrics_addr: Annotated[
         str, typer.Option(help="Address of the metrics port (0.0.0.0 in a container or pod).")
     ] = "127.0.0.1",
@@ -708,12 +820,13 @@ def retrain(
     canary: Annotated[
         float | None,
         typer.Option(
+            callback=between(0, 100, low_open=True, high_open=True),
             help="Serve a candidate that passes the gate to the experiment's `canary` group (SHARE percent of "
-            "listeners) and promote it once the always-valid interval excludes a loss."
+            "listeners) and promote it once the always-valid interval excludes a loss.",
         ),
     ] = None,
     control: Annotated[str, typer.Option(help="The group a canary is compared with.")] = "A",
-    planned_users: Annotated[int, typer.Option(help="Users a canary comparison plans to reach.")] = 10_000,
+    planned_users: Annotated[int, typer.Option(min=1, help="Users a canary comparison plans to reach.")] = 10_000,
 ) -> None:
     """The training loop: new releases (the closed-form item step + a fast publish) and a gated warm retrain
     (log -> warm start -> gate on the newest window -> publish -> hot swap) of the served factor model, each cycle
@@ -815,10 +928,38 @@ def feedback_export(
     out.print(f"{summary.total:,} rows written under {summary.out}")
 
 
-def run() -> None:
-    """Console entry point: turns deliberate errors into one line on stderr and exit status 2."""
+def invoke(args: Sequence[str] | None = None) -> int:
+    """Runs the command line on ``args`` (default: ``sys.argv``) and returns its exit status; every error a user
+    can cause is one line on stderr (``error: ...``) and status 2, never a traceback or a panel."""
     try:
-        app()
+        status = app(args=args, prog_name="recsys", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors (typer bundles click: its classes, not click's)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 2  # a bare `recsys` or command group: typer has printed its help
+        context = getattr(exc, "ctx", None)
+        if context is None:
+            return _fail(exc.format_message())
+        command = context.command_path
+        return _fail(f"{command}: {exc.format_message()} (see `{command} --help`)")
+    except typer.Abort:
+        return _fail("aborted")
     except RecsysError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        return _fail(str(exc))
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader of a pipe went away (`recsys ... | head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's last flush goes nowhere
+            return 1
+        return _fail(str(exc))
+    return status if isinstance(status, int) else 0
+
+
+def _fail(message: str) -> int:
+    """One line on stderr, whatever the message holds (a log tail's lines are joined with `` | ``)."""
+    line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    Console(stderr=True, soft_wrap=True, highlight=False).print(Text.assemble(("error:", "bold red"), " ", line))
+    return 2
+
+
+def run() -> NoReturn:
+    """Console entry point (``recsys``, ``python -m recsys``)."""
+    sys.exit(invoke())

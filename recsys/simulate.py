@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from recsys.stack.process import ServiceError
 from trainer.data.synthetic import SyntheticWorld
 
 
@@ -53,7 +55,11 @@ async def _one(
 ) -> None:  # fmt: skip
     user = str(world.interactions.user_ids.ids[user_index])
     summary.requests += 1
-    served = await client.post("/recommend", json={"user_id": user, "top_k": top_k}, headers={"X-User-Id": user})
+    try:
+        served = await client.post("/recommend", json={"user_id": user, "top_k": top_k}, headers={"X-User-Id": user})
+    except httpx.TransportError as exc:  # counted like an error status: the run goes on and reports them
+        summary.errors[f"recommend {type(exc).__name__}"] += 1
+        return
     if served.status_code != 200:
         summary.errors[f"recommend {served.status_code}"] += 1
         return
@@ -75,7 +81,11 @@ async def _one(
         "inference_time_ms": body["inference_time_ms"],
         "event_id": uuid.UUID(int=int(rng.integers(0, 2**63)) << 64 | summary.requests).hex,
     }
-    ack = await client.post("/feedback", json=event)
+    try:
+        ack = await client.post("/feedback", json=event)
+    except httpx.TransportError as exc:
+        summary.errors[f"feedback {type(exc).__name__}"] += 1
+        return
     if ack.status_code != 202:
         summary.errors[f"feedback {ack.status_code}"] += 1
 
@@ -89,8 +99,12 @@ async def simulate(
     concurrency: int = 8,
     top_k: int = 10,
     seed: int = 0,
+    on_request: Callable[[], None] | None = None,
 ) -> SimulationSummary:
-    """Drives ``base_url`` (NGINX or a gateway) with ``listeners`` random listeners of ``world``."""
+    """Drives ``base_url`` (NGINX or a gateway) with ``listeners`` random listeners of ``world`` (at most all of
+    its users), calling ``on_request`` after each listener's turn (a progress bar). Raises
+    :class:`ServiceError` at once when nothing answers at ``base_url``; later failures are counted in the
+    summary's ``errors``."""
     rng = np.random.default_rng(seed)
     users = rng.choice(world.n_users, size=min(listeners, world.n_users), replace=False)
     plan = np.repeat(users, requests_per_listener)
@@ -101,10 +115,18 @@ async def simulate(
         queue.put_nowait(user_index)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base_url, timeout=10, limits=limits) as client:
+        try:
+            await client.get("/")  # any answer (a 404 too) says something listens there
+        except httpx.TransportError as exc:
+            raise ServiceError(
+                f"nothing answers at {base_url} ({exc!r}): is a stack running (`recsys stack up`)?"
+            ) from exc
 
         async def worker(worker_rng: np.random.Generator) -> None:
             while not queue.empty():
                 await _one(client, world, queue.get_nowait(), worker_rng, summary, top_k)
+                if on_request is not None:
+                    on_request()
 
         await asyncio.gather(*(worker(np.random.default_rng([seed, n])) for n in range(concurrency)))
     return summary

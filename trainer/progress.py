@@ -1,10 +1,15 @@
-"""One progress-bar helper for long loops, so every long job reports the same way (rich, on stderr)."""
+"""One progress-bar helper for long loops, so every long job reports the same way (rich, on stderr).
+
+The bar draws on the console of the logging handler when there is one (rich's, on a terminal): one live display
+then prints log records above the bar instead of two writers overwriting each other's lines (`recsys tune`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,11 +17,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 T = TypeVar("T")
 
 
+class Advance(Protocol):
+    def __call__(self, steps: int = 1) -> None: ...
+
+
+def _nothing(steps: int = 1) -> None:
+    pass
+
+
 @contextmanager
-def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Callable[[], None]]:
-    """Yields a function that advances the bar by one step (a no-op when ``enabled`` is false)."""
+def progress_bar(description: str, total: int | None, *, enabled: bool = True) -> Iterator[Advance]:
+    """Yields a function that advances the bar by ``steps`` (one by default; a no-op when ``enabled`` is false)."""
     if not enabled:
-        yield lambda: None
+        yield _nothing
         return
     columns = (
         TextColumn("[progress.description]{task.description}"),
@@ -24,9 +37,13 @@ def progress_bar(description: str, total: int | None, *, enabled: bool = True) -
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=_log_console()) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+
+        def advance(steps: int = 1) -> None:
+            bar.advance(task, steps)
+
+        yield advance
 
 
 def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
@@ -35,3 +52,12 @@ def track(items: Iterable[T], description: str, *, total: int | None = None, ena
         for item in items:
             yield item
             advance()
+
+
+def _log_console() -> Console:
+    """The console the root logger's rich handler writes to, else a new one on stderr."""
+    for handler in logging.getLogger().handlers:
+        console = getattr(handler, "console", None)
+        if isinstance(console, Console):
+            return console
+    return Console(stderr=True)

@@ -4,6 +4,7 @@
     ├── DataError                input data is missing, malformed or empty (user's fault: one-line message)
     ├── ConfigError              an option, setting or hyperparameter is out of range
     ├── ArtifactError            a saved model directory is missing a file or is from an unknown format
+    ├── QualityGateError         a run is worse than its own popularity baseline: `recsys publish` refuses it
     ├── TritonCallError          (recsys.core.triton_client) an inference call failed; keeps Triton's status code
     ├── ExportError              (trainer.exporting) weights or exports fail their checks; nothing is published
     ├── TrainingDivergedError    (trainer.models.gru4rec) the loss became NaN or infinite
@@ -50,3 +51,7 @@ class ConfigError(RecsysError):
 
 class ArtifactError(RecsysError):
     """A saved model directory cannot be read."""
+
+
+class QualityGateError(RecsysError):
+    """A run is worse than its own popularity baseline, so it is not published (unless forced)."""

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 
-def recsys(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RECSYS_PROGRESS": "false", "RECSYS_DEVICE": "cpu", "COLUMNS": "200"}
+def recsys(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RECSYS_PROGRESS": "false", "RECSYS_DEVICE": "cpu", "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "recsys", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -80,6 +80,9 @@ def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) ->
         (("train", "-p", "weighting=tfidf"), "unknown weighting 'tfidf'"),
         (("render-repo", "--out", "x", "--flavour", "nvidia"), "unknown flavour 'nvidia'"),
         (("tune", "--metric", "auc"), "unknown metric 'auc'"),
+        (("train", "-p", "regularization=nan"), "ALS regularization=nan is out of range"),
+        (("train", "--model", "bpr", "-p", "learning_rate=0"), "BPR learning_rate=0.0 is out of range"),
+        (("publish", "missing-run"), "missing-run: no readable metrics.json"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(
@@ -89,6 +92,65 @@ def test_bad_input_is_one_line_not_a_traceback(
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_scripting_and_whole_numbers(tmp_path: Path, table: Path) -> None:
+    """`--json` writes one document (`-`: stdout, logs on stderr); a table piped at 60 columns keeps every number
+    whole (it showed `66.1…`). (`train` refusing to overwrite a run: test_cli_errors.py.)"""
+    from recsys.tables import METRIC_COLUMNS
+
+    run_dir = tmp_path / "run"
+    args = ("--data", str(table), "--user-col", "listener", "--item-col", "artist", "--model", "als")
+    done = recsys("train", *args, "-p", "iterations=3", "--out", str(run_dir), "--json", "run.json", cwd=tmp_path,
+                  columns=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads((tmp_path / "run.json").read_text()) == {"run_dir": str(run_dir), "metrics": metrics}
+    assert "…" not in done.stdout
+    for name, row in (("als", metrics), ("popularity (baseline)", metrics["baseline_popularity"])):
+        line = next(line for line in done.stdout.splitlines() if line.startswith(name))
+        assert line.split()[-6:-1] == [f"{row[column]:.4f}" for column in METRIC_COLUMNS]
+
+    again = recsys("train", *args, "-p", "iterations=4", "--out", str(run_dir), "--json", "-", "--force", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    document = json.loads(again.stdout)  # the whole of stdout is one JSON document
+    assert document["metrics"]["params"]["iterations"] == 4
+    assert "run written to" in again.stderr
+    assert not (tmp_path / "-").exists()
+
+    shown = recsys(
+        "recommend", str(run_dir), "--user", "user-3", "-u", "user-4", "-k", "5", "--json", "-", cwd=tmp_path
+    )
+    assert shown.returncode == 0, shown.stderr
+    answer = json.loads(shown.stdout)
+    assert [u["user_id"] for u in answer["users"]] == ["user-3", "user-4"]
+    items = answer["users"][0]["items"]
+    assert [i["rank"] for i in items] == [1, 2, 3, 4, 5]
+    assert all(i["item_id"].startswith("artist-") for i in items)
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
+
+
+def test_publish_refuses_a_run_worse_than_its_popularity_baseline(tmp_path: Path, table: Path) -> None:
+    """Regression: a run trained with `-p regularization=nan` (worse than popularity) published without complaint.
+    The gate reads the run's recorded metrics; here they say the run lost to its baseline."""
+    run_dir = tmp_path / "run"
+    args = ("--user-col", "listener", "--item-col", "artist", "--model", "als", "-p", "iterations=3")
+    assert recsys("train", "--data", str(table), *args, "--out", str(run_dir), cwd=tmp_path).returncode == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["ndcg@10"] = metrics["baseline_popularity"]["ndcg@10"] / 2
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    repository = tmp_path / "repo"
+
+    refused = recsys("publish", str(run_dir), "--repository", str(repository), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert "below its popularity baseline" in refused.stderr
+    assert "--force" in refused.stderr
+    assert not repository.exists()
+
+    forced = recsys("publish", str(run_dir), "--repository", str(repository), "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert "published version 1" in forced.stdout
 
 
 def test_bad_setting_is_one_line(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +21,7 @@ import torch
 from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
 from trainer.models._als_cpu import cg_solve
-from trainer.models.base import FactorModel, InitialFactors
+from trainer.models.base import SEED, Bound, FactorModel, InitialFactors
 from trainer.models.base import Params as _Params
 from trainer.progress import track
 from trainer.weighting import CorpusStats, Weighting, confidence, weighting
@@ -42,11 +42,20 @@ class ALSParams(_Params):
     init_scale: float = 0.01
     seed: int = 0
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "factors": Bound(1, 4096),
+        "iterations": Bound(1, 1000),
+        "regularization": Bound(0, 1e6),
+        "alpha": Bound(0, 1e4),
+        "bm25_k1": Bound(0, 100),
+        "bm25_b": Bound(0, 1),
+        "cg_steps": Bound(1, 100),
+        "init_scale": Bound(0, 10, low_open=True),
+        "seed": SEED,
+    }
+
     def __post_init__(self) -> None:
-        if self.factors < 1 or self.iterations < 1 or self.cg_steps < 1:
-            raise ConfigError("ALS factors, iterations and cg_steps must be >= 1")
-        if self.regularization < 0 or self.alpha < 0:
-            raise ConfigError("ALS regularization and alpha must be >= 0")
+        super().__post_init__()
         if self.solver not in ("cg", "cholesky"):
             raise ConfigError(f"ALS solver must be 'cg' or 'cholesky', got {self.solver!r}")
         weighting(self.weighting)

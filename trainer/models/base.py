@@ -8,6 +8,7 @@ them. Weights are saved as ``.npz`` without pickle plus a JSON header, on CPU, w
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,8 +27,46 @@ FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The values a numeric hyperparameter may take: ``low .. high``, an open end excluded; always finite."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        return f"{'(' if self.low_open else '['}{number(self.low)}, {number(self.high)}{')' if self.high_open else ']'}"
+
+
+#: Seeds of numpy and torch generators.
+SEED = Bound(0, 2**32 - 1)
+
+
+@dataclass(frozen=True)
 class Params:
-    """Hyperparameters of a model; subclasses add fields with defaults."""
+    """Hyperparameters of a model; subclasses add fields with defaults and give every numeric field its range in
+    ``BOUNDS`` (a test checks that none is missing), so a NaN or an absurd value is refused before a fit, not
+    discovered in a model worse than popularity. Subclasses that check more call ``super().__post_init__()``."""
+
+    BOUNDS: ClassVar[dict[str, Bound]] = {}
+
+    def __post_init__(self) -> None:
+        model = type(self).__name__.removesuffix("Params")
+        for name, bound in self.BOUNDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{model} {name} must be a number, got {value!r}")
+            if not bound.admits(value):
+                raise ConfigError(f"{model} {name}={value!r} is out of range: must be a finite number in {bound}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

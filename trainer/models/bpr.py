@@ -9,7 +9,7 @@ catch up with WARP. Sampled "negatives" the user actually played are masked out 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from torch.nn import functional
 
 from recsys.core.errors import ConfigError
 from trainer.data.interactions import Interactions
-from trainer.models.base import FactorModel, InitialFactors
+from trainer.models.base import SEED, Bound, FactorModel, InitialFactors
 from trainer.models.base import Params as _Params
 from trainer.progress import track
 
@@ -36,13 +36,22 @@ class BPRParams(_Params):
     init_scale: float = 0.1
     seed: int = 0
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "factors": Bound(1, 4096),
+        "epochs": Bound(1, 10_000),
+        "batch_size": Bound(1, 2**24),
+        "learning_rate": Bound(0, 10, low_open=True),
+        "regularization": Bound(0, 1e3),
+        "neg_exponent": Bound(0, 10),
+        "n_candidates": Bound(1, 1000),
+        "init_scale": Bound(0, 10, low_open=True),
+        "seed": SEED,
+    }
+
     def __post_init__(self) -> None:
-        if min(self.factors, self.epochs, self.batch_size, self.n_candidates) < 1:
-            raise ConfigError("BPR factors, epochs, batch_size and n_candidates must be >= 1")
+        super().__post_init__()
         if self.negatives not in ("uniform", "popularity"):
             raise ConfigError(f"BPR negatives must be 'uniform' or 'popularity', got {self.negatives!r}")
-        if self.learning_rate <= 0 or self.regularization < 0:
-            raise ConfigError("BPR learning_rate must be > 0 and regularization >= 0")
 
 
 class BPR(FactorModel):

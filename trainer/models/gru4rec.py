@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -41,8 +41,8 @@ from torch.nn import functional
 
 from recsys.core.errors import ArtifactError, ConfigError, DataError, RecsysError
 from trainer.data.interactions import Interactions
-from trainer.models.base import Params, Recommender
-from trainer.progress import track
+from trainer.models.base import SEED, Bound, Params, Recommender
+from trainer.progress import Advance, progress_bar
 from trainer.sessions import (
     DEFAULT_IDLE_GAP,
     BoolArray,
@@ -87,28 +87,36 @@ class GRU4RecParams(Params):
     max_sequence_length: int = 50
     seed: int = 0
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "batch_size": Bound(1, 2**16),
+        "dropout_p_embed": Bound(0, 1, high_open=True),
+        "dropout_p_hidden": Bound(0, 1, high_open=True),
+        "learning_rate": Bound(0, 10, low_open=True),
+        "momentum": Bound(0, 1, high_open=True),
+        "sample_alpha": Bound(0, 1),
+        "n_sample": Bound(0, 2**20),
+        "embedding": Bound(0, 4096),
+        "n_epochs": Bound(1, 1000),
+        "bpreg": Bound(0, 100),
+        "elu_param": Bound(0, 100),
+        "logq": Bound(0, 10),
+        "session_gap": Bound(1, 10**9),
+        "max_sequence_length": Bound(1, 10_000),
+        "seed": SEED,
+    }
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(size) for size in self.layers))  # JSON gives a list
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ConfigError(f"GRU4Rec loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not self.layers or min(self.layers) < 1:
-            raise ConfigError("GRU4Rec layers must be a non-empty list of sizes >= 1")
-        if min(self.batch_size, self.n_epochs, self.max_sequence_length, self.session_gap) < 1:
-            raise ConfigError("GRU4Rec batch_size, n_epochs, max_sequence_length and session_gap must be >= 1")
-        if self.n_sample < 0 or self.embedding < 0:
-            raise ConfigError("GRU4Rec n_sample and embedding must be >= 0")
+        if not self.layers or min(self.layers) < 1 or max(self.layers) > 4096:
+            raise ConfigError("GRU4Rec layers must be a non-empty list of sizes in [1, 4096]")
         if not self.constrained_embedding and self.embedding == 0:
             raise ConfigError(
                 "GRU4Rec without constrained_embedding needs embedding > 0 (the official one-hot GRU input "
                 "layer is not implemented)"
             )
-        if self.learning_rate <= 0 or self.momentum < 0:
-            raise ConfigError("GRU4Rec learning_rate must be > 0 and momentum >= 0")
-        for name in ("dropout_p_embed", "dropout_p_hidden"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"GRU4Rec {name} must be in [0, 1)")
-        if self.bpreg < 0 or self.elu_param < 0 or self.logq < 0 or self.sample_alpha < 0:
-            raise ConfigError("GRU4Rec bpreg, elu_param, logq and sample_alpha must be >= 0")
 
 
 # ------------------------------------------------------------------------------------------------ mini-batches
@@ -463,8 +471,11 @@ class GRU4Rec(Recommender):
         self.log = TrainingLog()
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(p.seed)  # dropout masks
-            for epoch in track(range(p.n_epochs), "GRU4Rec", total=p.n_epochs, enabled=show_progress):
-                self._train_epoch(net, train, sampler, support, optimizer, epoch)
+            # The bar counts predicted plays, so it moves within an epoch too (one epoch can take minutes).
+            per_epoch = int(np.maximum(train.lengths - 1, 0).sum())
+            with progress_bar("GRU4Rec", p.n_epochs * per_epoch, enabled=show_progress) as advance:
+                for epoch in range(p.n_epochs):
+                    self._train_epoch(net, train, sampler, support, optimizer, epoch, advance)
         self.net = net.eval()
         self.item_counts = counts
         self.n_items = train.n_items
@@ -483,6 +494,7 @@ class GRU4Rec(Recommender):
         support: torch.Tensor,
         optimizer: IndexedAdagrad,
         epoch: int,
+        advance: Advance | None = None,
     ) -> None:
         p = self.params
         dev = self.device
@@ -510,6 +522,8 @@ class GRU4Rec(Recommender):
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            if advance is not None:
+                advance(len(step.inputs))
             losses.append(loss.detach())
             steps += 1
             if len(losses) >= 256:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys.core.errors import ArtifactError
+from recsys.core.errors import ArtifactError, QualityGateError
 from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
 from trainer.ann import AnnPolicy
 from trainer.triton.family import Family, family_for_model
@@ -52,6 +53,30 @@ def run_family(run_dir: Path) -> Family:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{run_dir}: no readable {METRICS_FILE} naming its model ({exc})") from exc
     return family_for_model(str(model))
+
+
+#: The metric a run must not lose to its own popularity baseline to be published (``recsys publish``).
+GATE_METRIC = "ndcg@10"
+
+
+def check_beats_popularity(run_dir: Path) -> None:
+    """Refuses a run whose recorded ``ndcg@10`` (its ``metrics.json``) is below its own popularity baseline's on
+    the same split, or is not a number: serving it would be worse than serving nothing personal (a NaN
+    hyperparameter once trained such a run). A run without a recorded evaluation (fitted from Python, a popularity
+    run) has nothing to compare and passes; ``recsys publish --force`` skips the check."""
+    try:
+        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{run_dir}: no readable {METRICS_FILE} ({exc})") from exc
+    baseline = metrics.get("baseline_popularity")
+    if not isinstance(baseline, dict) or GATE_METRIC not in baseline or metrics.get("model") == "popularity":
+        return
+    ours, theirs = metrics.get(GATE_METRIC), baseline[GATE_METRIC]
+    if not isinstance(ours, int | float) or not math.isfinite(ours) or ours < theirs:
+        raise QualityGateError(
+            f"{run_dir}: its {GATE_METRIC} {ours} is below its popularity baseline's {theirs} on the same split; "
+            "nothing published (pass --force to publish it anyway)"
+        )
 
 
 def publish(

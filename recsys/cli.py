@@ -604,7 +604,7 @@ def stack_up(
     experiment: Annotated[
         Path | None, typer.Option(help="Experiment config [RECSYS_EXPERIMENT_FILE, gateway/experiment.yaml].")
     ] = None,
-    gateways: Annotated[int, typer.Option(min=1, max=9, help="Gateways behind NGINX.")] = 1,
+    gateways: Annotated[int, typer.Option(min=1, help="Gateways behind NGINX.")] = 1,
     prometheus: Annotated[
         bool, typer.Option(help="Also run Prometheus [RECSYS_PROMETHEUS_PORT, 9090], scraping every server.")
     ] = False,
@@ -688,11 +688,11 @@ def stack_status(
         if status.triton_models is not None:
             out.print("Triton READY: " + (", ".join(f"{m} {'/'.join(v)}" for m, v in status.triton_models.items())
                                           or "no model"))  # fmt: skip
-        table = Table("service", "pid", "alive", "processes", "ports", "health", "check")
+        table = Table("service", "pid", "alive", "processes", "ports", "health")
         for s in status.services:
             ports = " ".join(f"{k} {v}" for k, v in s.ports.items())
-            alive, health = "yes" if s.alive else "NO", "ok" if s.healthy else "FAIL"
-            table.add_row(s.name, str(s.pid), alive, str(s.processes), ports, health, s.detail)
+            alive, health = "yes" if s.alive else "NO", "ok" if s.healthy else f"FAIL: {s.detail}"
+            table.add_row(s.name, str(s.pid), alive, str(s.processes), ports, health)
         out.print(table)
     raise typer.Exit(0 if status.healthy else 1)
 

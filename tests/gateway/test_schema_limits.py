@@ -42,9 +42,12 @@ def _service() -> GatewayService:
 
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, Any]:
-    document = create_app(_service()).openapi()  # what GET /openapi.json answers
-    schemas: dict[str, Any] = document["components"]["schemas"]
-    return schemas
+    async def build() -> dict[str, Any]:  # the service's gRPC channel needs a running loop
+        document = create_app(_service()).openapi()  # what GET /openapi.json answers
+        schemas: dict[str, Any] = document["components"]["schemas"]
+        return schemas
+
+    return asyncio.run(build())
 
 
 def _number(prop: dict[str, Any]) -> dict[str, Any]:
@@ -80,26 +83,30 @@ def _feedback(**fields: Any) -> FeedbackEvent:
     return FeedbackEvent(**(base | fields))
 
 
-def _accepted(call: Any) -> bool:
+async def _accepted(call: Any) -> bool:
     try:
-        asyncio.run(call)
+        await call
     except GatewayError:
         return False
     return True
 
 
-def test_the_service_takes_each_documented_maximum_and_refuses_one_past_it() -> None:
+async def _check_each_bound() -> None:
     service = _service()
     top = limits.MAX_INFERENCE_TIME_MS
-    assert _accepted(service.feedback(_feedback(inference_time_ms=float(top))))
-    assert not _accepted(service.feedback(_feedback(inference_time_ms=top + 0.001)))
-    assert _accepted(service.feedback(_feedback(skipped_items=("x",) * limits.MAX_SKIPPED_ITEMS)))
-    assert not _accepted(service.feedback(_feedback(skipped_items=("x",) * (limits.MAX_SKIPPED_ITEMS + 1))))
-    assert _accepted(service.feedback(_feedback(request_id="r" * limits.MAX_ID_CHARS)))
-    assert not _accepted(service.feedback(_feedback(request_id="r" * (limits.MAX_ID_CHARS + 1))))
+    assert await _accepted(service.feedback(_feedback(inference_time_ms=float(top))))
+    assert not await _accepted(service.feedback(_feedback(inference_time_ms=top + 0.001)))
+    assert await _accepted(service.feedback(_feedback(skipped_items=("x",) * limits.MAX_SKIPPED_ITEMS)))
+    assert not await _accepted(service.feedback(_feedback(skipped_items=("x",) * (limits.MAX_SKIPPED_ITEMS + 1))))
+    assert await _accepted(service.feedback(_feedback(request_id="r" * limits.MAX_ID_CHARS)))
+    assert not await _accepted(service.feedback(_feedback(request_id="r" * (limits.MAX_ID_CHARS + 1))))
     now_ms = 1_800_000_000_000
     play = PlayEvent("1", "7", limits.PLAY_TS_MIN_MS, limits.MAX_MS_PLAYED)
-    assert _accepted(service.plays([play] * limits.MAX_PLAYS_PER_REQUEST))
-    assert not _accepted(service.plays([play] * (limits.MAX_PLAYS_PER_REQUEST + 1)))
-    assert not _accepted(service.plays([PlayEvent("1", "7", limits.PLAY_TS_MIN_MS - 1)]))
-    assert not _accepted(service.plays([PlayEvent("1", "7", now_ms, limits.MAX_MS_PLAYED + 1)]))
+    assert await _accepted(service.plays([play] * limits.MAX_PLAYS_PER_REQUEST))
+    assert not await _accepted(service.plays([play] * (limits.MAX_PLAYS_PER_REQUEST + 1)))
+    assert not await _accepted(service.plays([PlayEvent("1", "7", limits.PLAY_TS_MIN_MS - 1)]))
+    assert not await _accepted(service.plays([PlayEvent("1", "7", now_ms, limits.MAX_MS_PLAYED + 1)]))
+
+
+def test_the_service_takes_each_documented_maximum_and_refuses_one_past_it() -> None:
+    asyncio.run(_check_each_bound())

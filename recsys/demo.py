@@ -19,7 +19,7 @@ from rich.console import Console
 from recsys.ab_report import print_ab_report
 from recsys.core.errors import ConfigError
 from recsys.core.settings import Settings
-from recsys.tables import metrics_table, recommendation_table
+from recsys.tables import metrics_table, recommendation_table, show
 
 MODELS = ("popularity", "bpr", "als")
 #: The demo's experiment: personal ALS (group A) against the popularity baseline (group B).
@@ -46,13 +46,13 @@ def run_demo(out: Console, settings: Settings, out_dir: Path, *, users: int, ser
         )
         save_result(result, out_dir / name)
         rows[name] = result.metrics
-    out.print(metrics_table(rows, "synthetic · random-holdout"))
+    show(out, metrics_table(rows, "synthetic · random-holdout"))
     run = load_run(out_dir / "als")
     for external in run.user_ids.ids[:users].tolist():
         index = run.user_ids.index(external)
         assert index is not None
         items, scores = run.model.recommend([index], 10, exclude=run.history)
-        out.print(recommendation_table(run, external, items[0], scores[0]))
+        show(out, recommendation_table(run, external, items[0], scores[0]))
     out.print(f"runs written to {out_dir}")
     if serve:
         serve_demo(out, out_dir, [str(u) for u in run.user_ids.ids[:users].tolist()], world, listeners)

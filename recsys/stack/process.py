@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -83,8 +84,9 @@ class ServiceProcess:
     ``signal_group`` sends the stop signal to the whole group (False: to the leader only, for servers that stop
     their own children: Triton's stubs watch its health, PostgreSQL shuts its backends down). ``on_unclean_exit``
     runs when the server was killed or exited with a non-zero status (Triton removes its /dev/shm regions).
-    ``death_signal`` (default: the stop signal) reaches the server when the thread that launched it dies; ``None``
-    lets it outlive its supervisor.
+    ``death_signal`` (default: the stop signal) reaches the server when its supervisor dies; ``None`` lets it
+    outlive it. The kernel ties it to the launching thread, so it is set only for servers launched from the main
+    thread (one a worker thread starts, e.g. a Triton the watchdog restarts, would die with that thread).
     """
 
     def __init__(
@@ -155,7 +157,7 @@ class ServiceProcess:
                 user=self.user,
                 group=self.group,
                 extra_groups=[] if self.user is not None else None,
-                preexec_fn=None if self.death_signal is None else _die_with_parent(self.death_signal),
+                preexec_fn=_die_with_parent(self.death_signal),
             )
         except OSError as exc:
             self._close_log()
@@ -303,11 +305,14 @@ class ServiceProcess:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(signum: int) -> Callable[[], None] | None:
+def _die_with_parent(signum: int | None) -> Callable[[], None] | None:
     """A child setup (run between fork and exec, after Popen changed the user, which would clear it) asking the
-    kernel for ``signum`` once the launching thread dies; None off Linux. If the parent died before the request
-    took effect, nobody would send it: the child then signals itself."""
-    if not sys.platform.startswith("linux"):
+    kernel for ``signum`` once the launching thread dies; None off Linux, off the main thread (a worker thread
+    ends long before the process), or without a signal. If the parent died before the request took effect,
+    nobody would send it: the child then signals itself."""
+    if signum is None or not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: the child only calls it
     parent = os.getpid()

@@ -146,3 +146,39 @@ def test_free_ports_are_distinct_and_memory_is_read_from_proc() -> None:
     memory = tree_memory(me)
     assert me in memory.pids
     assert memory.rss_mib > 0
+
+
+#: prints the parent-death signal the kernel holds for it (prctl PR_GET_PDEATHSIG), then sleeps
+PRINT_DEATH_SIGNAL = (
+    "import ctypes, time\n"
+    "signum = ctypes.c_int()\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(signum), 0, 0, 0)\n"
+    "print('death signal', signum.value, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_a_server_dies_with_the_main_thread_but_not_with_a_worker_thread(tmp_path: Path) -> None:
+    """The kernel ties the parent-death signal to the launching thread: from the main thread a server gets its stop
+    signal (it dies with its supervisor); from a worker thread, which ends long before it, none."""
+    import threading
+
+    def launch(name: str) -> tuple[ServiceProcess, Path]:
+        log = tmp_path / f"{name}.log"
+        server = ServiceProcess(name, [PYTHON, "-c", PRINT_DEATH_SIGNAL], ready=lambda: log_says(log, "signal"),
+                                log_path=log, stop_signal=signal.SIGINT)  # fmt: skip
+        return server, log
+
+    main, main_log = launch("main")
+    worker, worker_log = launch("worker")
+    main.start(30)
+    thread = threading.Thread(target=worker.start, args=(30,))
+    thread.start()
+    thread.join()
+    try:
+        assert main_log.read_text().split() == ["death", "signal", str(int(signal.SIGINT))]
+        assert worker_log.read_text().split() == ["death", "signal", "0"]
+        assert worker.is_running()  # its thread has ended
+    finally:
+        main.stop()
+        worker.stop()

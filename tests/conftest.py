@@ -61,16 +61,19 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
     """The whole local stack on free ports: PostgreSQL, Triton, feedback writer, two gateways, NGINX, Prometheus.
 
     Session-wide because it takes ~20 s to start; tests that stop a part (outage tests) start it again before they
-    end. The database is emptied once at the start.
+    end. PostgreSQL gets a fresh folder of its own (initdb ~3 s): one shared by two test sessions at once made the
+    second wait for a server on its port that the first one ran on another.
     """
     import os
+    import shutil
+    import tempfile
 
     from recsys.stack.local import LocalStack, StackConfig, StackPorts
     from trainer.triton.publish import publish
 
     repository = tmp_path_factory.mktemp("stack-repo")
     publish(served_run, repository)
-    pg_dir = Path("/var/tmp/recsys-postgres-test") if os.geteuid() == 0 else Path(".cache/postgres-test").resolve()
+    pg_dir = Path(tempfile.mkdtemp(prefix="recsys-pg-stack-", dir="/var/tmp" if os.geteuid() == 0 else None))
     config = StackConfig(
         model_repository=repository,
         workdir=tmp_path_factory.mktemp("stack"),
@@ -81,10 +84,15 @@ def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
         scrape_interval="1s",
     )
     local = LocalStack(config)
-    local.postgres.start()
-    local.postgres.reset_database()
-    with local:
-        yield local
+    try:
+        local.postgres.start()
+        with local:
+            yield local
+    finally:
+        local.postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+        local.postgres.password_path.unlink(missing_ok=True)
+        local.postgres.log_path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@
 # (debootstrap, cached as .cache/containers/bookworm-python.tar; its python3 is 3.11) for Python, and
 # docker/standin/{nginx,postgres}.Dockerfile on top of it. RECSYS_PYTHON_IMAGE, RECSYS_NGINX_IMAGE and
 # RECSYS_POSTGRES_IMAGE name other bases.
+# Images are built in Docker's format: podman's default (OCI) has no HEALTHCHECK and drops it.
 # Package indexes: PyPI as this machine's pip configuration says (its index-url, if any, and its CA certificate,
 # passed as the build secret pip-cert; nothing of it is written into the repository). torch: the CPU wheel of
 # torch 2.13.0 found in pip's find-links folders goes in as the build context torch-wheels; without one, the
@@ -102,7 +103,7 @@ standin_from() {
   base="$(standin_python)"
   if ! podman image exists "$image"; then
     log "building the stand-in $image"
-    podman build --network host --build-arg "BASE_IMAGE=$base" -f "docker/standin/$name.Dockerfile" -t "$image" \
+    podman build --format docker --network host --build-arg "BASE_IMAGE=$base" -f "docker/standin/$name.Dockerfile" -t "$image" \
       "$ROOT" >&2
   fi
   echo "$image"
@@ -176,7 +177,8 @@ pip_build_args() {
 
 build_one() {
   local name="$1" started elapsed
-  local args=(--network host --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" -f "docker/$name.Dockerfile" "${PIP_ARGS[@]}")
+  local args=(--format docker --network host --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" -f "docker/$name.Dockerfile"
+    "${PIP_ARGS[@]}")
   case "$name" in
     nginx) args+=(--build-arg "NGINX_IMAGE=$NGINX_IMAGE") ;;
     triton) args+=(--target local "${TORCH_ARGS[@]}") ;;

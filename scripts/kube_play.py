@@ -326,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             secret_value=_secret_value(args.db_password or secrets.token_hex(16)),
         )
         write(result, args.out)
+        offline = sorted({line.split("/")[0] for line in result.left_out if line.endswith("(validated offline)")})
+        print(f"not played (validated offline): {', '.join(offline)}", file=sys.stderr)
         for line in result.left_out:
-            print(f"left out: {line}", file=sys.stderr)
+            if not line.endswith("(validated offline)"):
+                print(f"not played: {line}", file=sys.stderr)
         return 0
     verdicts = wait_ready(load(args.out), kinds=tuple(args.probes.split(",")), timeout=args.timeout, podman=podman)
     for key, verdict in sorted(verdicts.items()):

@@ -8,6 +8,8 @@ ARG BASE_IMAGE=debian:12.8-slim
 FROM ${BASE_IMAGE}
 
 # The postgres user first, with the official image's uid, so the package adopts it; no packaged "main" cluster.
+# The socket folder writable by all, as in the official image: podman gives a tmpfs or emptyDir mounted over it the
+# folder's mode, not its owner.
 RUN groupadd --gid 999 postgres \
     && mkdir -p /etc/postgresql-common/createcluster.d \
     && echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/recsys.conf \
@@ -17,7 +19,8 @@ RUN groupadd --gid 999 postgres \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
     && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql \
-    && chmod 700 /var/lib/postgresql/data
+    && chmod 700 /var/lib/postgresql/data \
+    && chmod 3777 /var/run/postgresql
 COPY --chmod=755 docker/standin/postgres-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \

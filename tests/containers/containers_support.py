@@ -8,6 +8,7 @@ conftest module name."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -72,6 +73,8 @@ def bases() -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
+@functools.cache
 def build_images() -> None:
-    """Every image, through the one command (podman's layer cache makes a rebuild of unchanged code quick)."""
+    """Every image, through the one command, once per test session (podman's layer cache makes a rebuild of
+    unchanged code quick)."""
     script("build", timeout=3600)

@@ -1,14 +1,21 @@
 """The writer's durable spool: what was appended survives a restart until committed, torn writes are cut, segments
-rotate and are deleted once behind the checkpoint."""
+rotate and are deleted once behind the checkpoint; a full disk (a real 1 MiB tmpfs) is refused, cut clean and
+recovered from."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from feedback.spool import Spool
+import pytest
+
+from feedback.spool import Spool, SpoolUnavailableError
 
 T = TypeVar("T")
 
@@ -101,3 +108,78 @@ def test_concurrent_appends_keep_one_order_and_positions_increase(tmp_path: Path
     assert positions == sorted(positions)
     assert sorted(r.payload for r in spool.pending) == sorted(payloads(150))
     spool.close()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (mounting needs root: CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_write_that_meets_a_full_disk_is_cut_off_and_refused(tiny_disk: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        spool = Spool(tiny_disk, reserve_bytes=0)
+        spool.open()
+        await spool.append(payloads(3))
+        (segment,) = tiny_disk.glob("segment-*.jsonl")
+        size = segment.stat().st_size
+        filler = tiny_disk / "filler"
+        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+            f.write(b"\0" * (1024 * 1024 - 3 * 4096))  # leaves a few pages: the big append fails half-way
+        with pytest.raises(SpoolUnavailableError):
+            await spool.append([b'{"big": "' + b"x" * 200_000 + b'"}'])
+        assert segment.stat().st_size == size  # no torn line left between whole ones
+        with pytest.raises(SpoolUnavailableError):  # refused at once while the fault lasts: no disk write
+            await spool.append(payloads(1, 3))
+        filler.unlink()
+        deadline = time.monotonic() + 5
+        while not spool.probe():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await spool.append(payloads(1, 3))
+        spool.close()
+        return len(spool.pending), size
+
+    pending, _ = run(scenario())
+    assert pending == 4
+    again = Spool(tiny_disk)
+    assert again.open() == 4
+    assert [r.payload for r in again.pending] == payloads(4)
+    again.close()
+
+
+def test_a_spool_that_filled_its_own_disk_gives_the_room_back_once_drained(tiny_disk: Path) -> None:
+    async def scenario() -> Spool:
+        spool = Spool(tiny_disk, reserve_bytes=64 * 1024)
+        spool.open()
+        with contextlib.suppress(SpoolUnavailableError):
+            for i in range(10_000):
+                await spool.append([b'{"n": %d, "pad": "%s"}' % (i, b"y" * 1000)])
+        assert spool.fault is not None
+        assert len(spool.pending) > 500
+        spool.commit(spool.take(len(spool.pending)))  # all in the database now
+        deadline = time.monotonic() + 5
+        while not spool.probe():  # the drained segment is released, the checkpoint written
+            assert time.monotonic() < deadline, spool.fault
+            await asyncio.sleep(0.02)
+        await spool.append(payloads(2))
+        return spool
+
+    spool = run(scenario())
+    spool.close()
+    again = Spool(tiny_disk)
+    assert again.open() == 2
+    assert [r.payload for r in again.pending] == payloads(2)
+    again.close()

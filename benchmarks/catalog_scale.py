@@ -460,7 +460,8 @@ def render(payload: dict[str, Any]) -> str:
         f"*exact scan floor*: the items' bytes (n x 65 x 4 B) over one thread's copy bandwidth, "
         f"{bw['numpy_copy_gbs']:.1f} GB/s ((read + write) / s on a {bw['array_mib']} MiB array): the least one "
         "exact pass costs the single-threaded ONNX scorer. *publish s* includes the exact exports, their parity "
-        "check, the index build and the gate. *Triton RSS* is the server and every stub with the size's ensembles loaded.",
+        "check, the index build and the gate. *Triton RSS* is the server and every stub with the size's ensembles "
+        "loaded.",
         "",
         "## Goals",
         "",

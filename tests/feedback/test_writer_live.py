@@ -10,11 +10,13 @@ import uuid
 from typing import Any
 
 import asyncpg
+import grpc
 import httpx
 import pytest
 from tests_support import writer_auth
 
 from recsys.stack.local import LocalStack
+from recsys.v1 import recsys_pb2, recsys_pb2_grpc
 
 pytestmark = pytest.mark.stack
 
@@ -102,6 +104,18 @@ def test_an_event_id_resent_with_other_content_gets_409_through_the_gateway(stac
     rows = query(stack, "SELECT clicked_item FROM feedback WHERE event_id = $1", event_id)
     assert [r["clicked_item"] for r in rows] == [items[0]]
     assert feedback(stack, body | {"skipped_items": [items[2]]}).status_code == 409  # found in the database now
+
+
+def test_an_event_id_resent_with_other_content_is_already_exists_over_grpc(stack: LocalStack) -> None:
+    event_id, ts = uuid.uuid4().hex, int(time.time() * 1000) - 1000
+    play = {"user_id": "15", "item_id": "1", "ts_ms": ts, "event_id": event_id}
+    with grpc.insecure_channel(stack.gateway_grpc) as channel:
+        stub = recsys_pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
+        stub.Plays(recsys_pb2.PlaysRequest(plays=[recsys_pb2.Play(**play)]), timeout=10)
+        with pytest.raises(grpc.RpcError) as conflict:
+            stub.Plays(recsys_pb2.PlaysRequest(plays=[recsys_pb2.Play(**play | {"item_id": "2"})]), timeout=10)
+    assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert event_id in (conflict.value.details() or "")
 
 
 def test_feedback_that_does_not_match_what_was_served_is_stored_with_a_flag(stack: LocalStack) -> None:

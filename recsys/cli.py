@@ -46,6 +46,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 out = Console()
+out.soft_wrap = not out.is_terminal  # a file or a pipe gets each message on one line, not cut at 80 columns
 
 DataOpt = Annotated[
     str,
@@ -752,7 +753,7 @@ def ab_report(
 
 def _human(json_out: Path | None) -> Console:
     """Where messages for people go: stdout, unless the JSON document goes there (``--json -``)."""
-    return Console(stderr=True) if json_out == STDOUT else out
+    return Console(stderr=True, soft_wrap=not out.is_terminal) if json_out == STDOUT else out
 
 
 def _log_of(data: str, options: dict[str, Any]) -> LogData | None:

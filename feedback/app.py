@@ -101,7 +101,11 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics, *, 
         conflicting = writer.keys.conflicts(keys)
         if keys and not conflicting:
             writer.keys.claim(keys)  # first, so that a concurrent request with other content sees them
-            stored = await writer.stored_digests([k for k, _ in keys]) or {}
+            try:
+                stored = await writer.stored_digests([k for k, _ in keys]) or {}
+            except BaseException:  # cancelled (the client left): nothing was spooled
+                writer.keys.release(keys)
+                raise
             conflicting = sorted({k[1] for k, d in keys if stored.get(k, d) != d})
             if conflicting:
                 writer.keys.release(keys)
@@ -113,8 +117,12 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics, *, 
             )
         try:
             await spool.append([orjson.dumps(e) for e in events])
-        except SpoolUnavailableError as exc:
-            writer.keys.release(keys)
+        except asyncio.CancelledError:  # the client left: a written append is committed and releases its keys (one
+            raise  # cancelled before writing keeps its ids' content fixed until a restart: harmless for retries)
+        except BaseException as exc:
+            writer.keys.release(keys)  # nothing was spooled
+            if not isinstance(exc, SpoolUnavailableError):
+                raise
             metrics.rejected.labels("spool_unavailable").inc(len(batch.events))
             headers = {"Retry-After": str(spool.retry_after_s)}
             return error_response(503, "spool_unavailable", str(exc), headers)

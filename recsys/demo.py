@@ -88,7 +88,7 @@ def serve_demo(out: Console, out_dir: Path, user_ids: list[str], world: Any, lis
     started = datetime.now(UTC)
     with stack:
         out.print(f"stack up: NGINX {stack.nginx_url} -> gateway {stack.gateway_url} -> Triton, writer -> PostgreSQL")
-        client = TritonRecommender(f"127.0.0.1:{config.ports.triton_grpc}")
+        client = TritonRecommender(f"127.0.0.1:{config.ports.triton_grpc}", api_key=stack.triton_key)
         try:
             for model in (ENSEMBLE_A, ENSEMBLE_B):
                 for answer in client.recommend(model, [*user_ids[:1], "listener-nobody-knows"], top_k=10):

@@ -7,7 +7,7 @@ Standard library only: the launcher, the control plane and the inference clients
 from __future__ import annotations
 
 #: the HTTP header Triton checks; over gRPC the metadata key is this name with Triton's prefix (:func:`key_metadata`)
-API_KEY_HEADER = "recsys-triton-key"
+KEY_HEADER = "recsys-triton-key"
 #: what Triton 2.51 prefixes to the key's name in gRPC metadata
 GRPC_PREFIX = "triton-grpc-protocol-"
 
@@ -16,9 +16,9 @@ Metadata = tuple[tuple[str, str], ...]
 
 def key_metadata(api_key: str | None) -> Metadata:
     """The gRPC metadata that carries ``api_key`` to a restricted Triton (none without a key)."""
-    return ((GRPC_PREFIX + API_KEY_HEADER, api_key),) if api_key else ()
+    return ((GRPC_PREFIX + KEY_HEADER, api_key),) if api_key else ()
 
 
 def key_headers(api_key: str | None) -> dict[str, str]:
     """The HTTP headers that carry ``api_key`` (none without a key)."""
-    return {API_KEY_HEADER: api_key} if api_key else {}
+    return {KEY_HEADER: api_key} if api_key else {}

@@ -46,7 +46,8 @@ from recsys.stack.state import (
     remove_state,
     write_state,
 )
-from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from recsys.stack.triton import KEY_FILE, TritonConfig, TritonPorts, TritonServer
+from recsys.stack.triton.watchdog import TritonWatchdog
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
@@ -169,6 +170,10 @@ class StackConfig:
     # More Prometheus targets by job, e.g. {"loop": ("127.0.0.1:9108",)} for `recsys retrain --metrics-port 9108`;
     # a job of the committed config not named here and not run by the stack (loop) gets no target.
     extra_targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A real inference through every served model each second; a dead python stub's model is loaded again, Triton
+    # restarted when probes fail this long (recsys.stack.triton.watchdog). 0 turns the watchdog off.
+    watchdog_interval_s: float = 1.0
+    watchdog_restart_after_s: float = 20.0
 
 
 class LocalStack:
@@ -179,6 +184,8 @@ class LocalStack:
         self.experiment: Experiment = load_experiment(config.experiment_file)
         # the writer's intake token, generated once into the work folder (0600): the writer and gateways get it
         self.feedback_token = stack_secret(work / "feedback-token")
+        # Triton's key (every API but health; recsys.stack.triton.config.RESTRICTED_APIS), made the same way
+        self.triton_key = stack_secret(work / KEY_FILE)
         self.postgres = LocalPostgres(config.postgres_dir or default_data_dir(), port=ports.postgres)
         self.triton = TritonServer(
             TritonConfig(
@@ -186,6 +193,7 @@ class LocalStack:
                 ports=TritonPorts(ports.triton_http, ports.triton_grpc, ports.triton_metrics),
                 workdir=work / "triton",
                 env=(("RECSYS_DATABASE_URL", self.postgres.url),),  # the lookup's live fold-in reads new clicks
+                api_key=self.triton_key,
             )
         )
         python = [sys.executable, "-m", "recsys"]
@@ -231,6 +239,7 @@ class LocalStack:
             scrape_interval=config.scrape_interval,
         )
         self.prometheus: ServiceProcess | None = None
+        self.watchdog: TritonWatchdog | None = None
         self.versions: dict[str, int] = {}
         self._supervisor: ProcessId | None = None
         self._started_at = datetime.now(UTC)
@@ -249,6 +258,7 @@ class LocalStack:
         return dict(os.environ) | {
             "RECSYS_TRITON_URL": f"127.0.0.1:{ports.triton_grpc}",
             "RECSYS_TRITON_TIMEOUT_MS": str(self.config.triton_timeout_ms),
+            "RECSYS_TRITON_API_KEY": self.triton_key,
             "RECSYS_GATEWAY_PORT": str(ports.gateway),
             "RECSYS_GATEWAY_GRPC_PORT": str(ports.gateway_grpc),
             "RECSYS_FEEDBACK_URL": self.feedback_url,
@@ -295,6 +305,7 @@ class LocalStack:
             self.triton.start()
             self.save_state()
             self.load_models()
+            self.start_watchdog()
             log.info("starting the feedback writer on %s", self.feedback_url)
             self.writer.start()
             self.save_state()
@@ -405,6 +416,31 @@ class LocalStack:
             self.versions[canary.name] = ensure_canary(repository, self.triton)
         self.save_state()
 
+    def start_watchdog(self) -> None:
+        """Keeps every served model answering (see :class:`TritonWatchdog`); the restart is its last resort."""
+        if self.config.watchdog_interval_s <= 0 or self.watchdog is not None:
+            return
+        self.watchdog = TritonWatchdog(
+            self.triton.control, self.triton.urls.grpc, self.served_models,
+            api_key=self.triton_key, interval_s=self.config.watchdog_interval_s,
+            restart_after_s=self.config.watchdog_restart_after_s, restart=self.restart_triton,
+            server=lambda: self.triton.pid,
+        ).start()  # fmt: skip
+
+    def served_models(self) -> list[str]:
+        """The public models of the families loaded (ensembles, the canary's too)."""
+        from recsys.loop.canary import canary_of
+        from trainer.triton.family import FACTOR, FAMILIES
+
+        families = [*FAMILIES, canary_of(FACTOR)]
+        return [name for family in families if family.name in self.versions for name in family.ensembles]
+
+    def restart_triton(self) -> None:
+        """Stops Triton (SIGKILL after its stop timeout), starts it again and loads the served versions."""
+        self.triton.stop()
+        self.triton.start()
+        self.load_models()
+
     def save_state(self, phase: str = "starting") -> None:
         """Writes what runs now into the state file (a no-op until :meth:`start` has begun)."""
         if self._supervisor is None:
@@ -497,6 +533,9 @@ class LocalStack:
     def stop(self) -> None:
         """Stops everything that runs, in reverse order; PostgreSQL last (the writer drains into it first), and
         only if this process started it. Then the state file goes."""
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None
         for part in (self.prometheus, self.nginx, *reversed(self.gateways), self.writer):
             if part is not None:
                 with contextlib.suppress(Exception):

@@ -290,7 +290,10 @@ class HttpReplica(TritonControl):
     """A replica's HTTP model control: :class:`recsys.stack.triton.TritonControl` plus the ensemble's config."""
 
     def __init__(self, address: str, *, timeout_s: float = 120.0) -> None:
-        super().__init__(TritonUrls(http=address, grpc="", metrics=""), timeout_s=timeout_s)
+        from recsys.core.settings import get_settings
+
+        key = get_settings().triton_api_key.get_secret_value() or None  # the replicas' restricted APIs want it
+        super().__init__(TritonUrls(http=address, grpc="", metrics=""), timeout_s=timeout_s, api_key=key)
 
     def ensemble_versions(self, name: str) -> set[int]:
         """The step versions ``name`` is pinned to as the replica runs it (``{-1}``: unpinned, the newest; empty:

@@ -17,7 +17,9 @@ def test_concurrent_requests_share_calls_and_get_their_own_answers(stack: LocalS
     users = [str(u) for u in range(1, 61)] + ["nobody-knows-me"]
 
     async def run() -> tuple[list[Recommendation], list[Recommendation], int]:
-        triton = AsyncTritonRecommender(f"127.0.0.1:{stack.config.ports.triton_grpc}", timeout_s=10)
+        triton = AsyncTritonRecommender(
+            f"127.0.0.1:{stack.config.ports.triton_grpc}", timeout_s=10, api_key=stack.triton_key
+        )
         coalescer = Coalescer(triton, max_in_flight=1, timeout_s=10)
         try:
             together = await asyncio.gather(*(coalescer.recommend("recsys_b", u, 5) for u in users))

@@ -22,7 +22,7 @@ def post(stack: LocalStack, path: str, body: Any, **kwargs: Any) -> httpx.Respon
 
 
 def test_rest_answer_is_tritons_answer_for_the_users_group(stack: LocalStack) -> None:
-    triton = TritonRecommender(f"127.0.0.1:{stack.config.ports.triton_grpc}")
+    triton = TritonRecommender(f"127.0.0.1:{stack.config.ports.triton_grpc}", api_key=stack.triton_key)
     try:
         for user in ("1", "2", "17", "42", "299"):
             response = post(stack, "/recommend", {"user_id": user, "top_k": 7})

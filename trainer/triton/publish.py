@@ -21,7 +21,7 @@ from recsys.core.errors import ArtifactError, QualityGateError
 from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
 from trainer.ann import AnnPolicy
 from trainer.triton.family import Family, family_for_model
-from trainer.triton.repository import ensure_ensemble_versions, has_configs, next_version, options_of
+from trainer.triton.repository import checksums, ensure_ensemble_versions, has_configs, next_version, options_of
 from trainer.triton.repository import render_repository as render
 from trainer.triton.repository import versions as complete_versions
 
@@ -128,8 +128,11 @@ def publish(
                 source = exported.files[name]
                 if source.exists() or name not in family.optional_files:
                     shutil.copy2(source, folder / name)
-            (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.copy2(run_dir / METRICS_FILE, staging / family.steps[0] / METRICS_FILE)
+        # every file's SHA-256: a start serves only a version whose files still match (repository.verify)
+        manifest["checksums"] = checksums(staging, family.files)
+        for model in family.files:
+            (staging / model / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         for model in family.files:
             (staging / model).rename(repository / model / str(number))
     logger.info("published version %d (%s models) into %s", number, family.name, repository)

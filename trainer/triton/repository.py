@@ -5,22 +5,90 @@ each step model (``model.py`` and the files its family names), ``<ensemble>/1/``
 folder). Version numbers are one counter for the whole repository: a new version of any family takes the next
 number after the highest one any model holds, so a number names one publish everywhere (the S3 manifests, the
 rollback recipe, ``MODEL_VERSION`` in answers). A family's version N is complete once all its steps hold N.
+
+A version's ``publish.json`` records the SHA-256 of every file of every step (:func:`checksums`); a version whose
+files no longer match (a truncated ONNX file, a half-copied folder) is refused before Triton sees it
+(:func:`verify`), and one that loaded is marked good (:data:`GOOD_FILE`). A start (:func:`load_all`) serves each
+family's newest version that is intact and loads, and says which newer ones it refused: a damaged newest version
+never leaves the server empty.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from recsys.core.errors import ArtifactError
+from recsys.core.errors import ArtifactError, RecsysError
 from serving.contract import CONFIG_FILE, MANIFEST_FILE
 from trainer.triton.configs import Flavour, ModelConfig, as_override, flavour_of, only_version, parse, pinned, render
 from trainer.triton.family import FAMILIES, Family, Options
 
+log = logging.getLogger(__name__)
+
+#: beside ``publish.json`` in a version's first step: written once the version loaded (when, first)
+GOOD_FILE = "served.json"
+
 
 class ModelControl(Protocol):
     def load_model(self, name: str, config: str | None = None) -> None: ...
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def checksums(root: Path, models: Iterable[str]) -> dict[str, dict[str, str]]:
+    """model -> file -> SHA-256 of the files in ``root/<model>/`` (a version's folders), without the manifest, the
+    good mark and the folders the python stub adds (``__pycache__``)."""
+    return {
+        model: {
+            path.name: file_digest(path)
+            for path in sorted((root / model).iterdir())
+            if path.is_file() and path.name not in (MANIFEST_FILE, GOOD_FILE)
+        }
+        for model in models
+    }
+
+
+def verify(repository: Path, family: Family, version: int) -> list[str]:
+    """What is wrong with ``version``'s files against its manifest's checksums: empty when they match, or when the
+    manifest records none (published before checksums were kept)."""
+    try:
+        recorded = manifest(repository, family, version).get("checksums") or {}
+    except ArtifactError as exc:
+        return [str(exc)]
+    problems = []
+    for model, files in recorded.items():
+        for name, digest in files.items():
+            path = repository / model / str(version) / name
+            if not path.is_file():
+                problems.append(f"{model}/{version}/{name} is missing")
+            elif file_digest(path) != digest:
+                problems.append(f"{model}/{version}/{name} does not match its checksum (damaged since publish)")
+    return problems
+
+
+def mark_good(repository: Path, family: Family, version: int) -> None:
+    """Records that ``version`` loaded (kept from the first time); a read-only repository is only logged."""
+    path = repository / family.steps[0] / str(version) / GOOD_FILE
+    if path.exists():
+        return
+    try:
+        path.write_text(json.dumps({"loaded_at": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
+    except OSError as exc:
+        log.warning("cannot mark version %d of the %s models good: %s", version, family.name, exc)
+
+
+def good_versions(repository: Path, family: Family) -> list[int]:
+    """``family``'s complete versions that have loaded once, ascending."""
+    return [v for v in versions(repository, family) if (repository / family.steps[0] / str(v) / GOOD_FILE).is_file()]
 
 
 def render_repository(
@@ -138,6 +206,9 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
     """
     if version not in versions(repository, family):
         raise ArtifactError(f"{repository}: version {version} of the {family.name} models is not complete")
+    problems = verify(repository, family, version)
+    if problems:
+        raise ArtifactError(f"version {version} of the {family.name} models is damaged: {'; '.join(problems)}")
     for model in family.steps:
         control.load_model(model)
     for name in family.ensembles:
@@ -145,6 +216,16 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
     if retire:
         for model in family.steps:
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
+    mark_good(repository, family, version)
+
+
+def pin(control: ModelControl, repository: Path, family: Family, version: int) -> None:
+    """Loads ``family``'s ``version`` alone (each step's policy keeps only it), then the ensembles pinned to it:
+    how a start loads a version, with nothing else of the family tried on the way."""
+    for model in family.steps:
+        control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
+    for name in family.ensembles:
+        control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
 
 
 def withdraw(control: ModelControl, repository: Path, family: Family, failed: int, previous: int) -> str | None:
@@ -162,16 +243,45 @@ def withdraw(control: ModelControl, repository: Path, family: Family, failed: in
     return None
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What a start serves of one family: ``version``, and each newer version it refused with the reason."""
+
+    version: int
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def load_newest_good(control: ModelControl, repository: Path, family: Family) -> Loaded:
+    """Loads ``family``'s newest version that is intact (:func:`verify`) and loads, newest first, and marks it good;
+    each newer one is refused with an error log line naming the reason. ArtifactError when none loads."""
+    refused: dict[int, str] = {}
+    for version in reversed(versions(repository, family)):
+        problems = verify(repository, family, version)
+        try:
+            if problems:
+                raise ArtifactError("; ".join(problems))
+            pin(control, repository, family, version)
+        except RecsysError as exc:
+            refused[version] = str(exc).splitlines()[0]
+            log.error("refused version %d of the %s models: %s", version, family.name, refused[version])
+            continue
+        mark_good(repository, family, version)
+        if refused:
+            log.warning(
+                "serving version %d of the %s models instead of the newer %s, refused (see above)",
+                version, family.name, ", ".join(map(str, refused)),
+            )  # fmt: skip
+        return Loaded(version, refused)
+    reasons = "; ".join(f"version {v}: {why}" for v, why in refused.items())
+    raise ArtifactError(f"{repository}: no version of the {family.name} models loads ({reasons})")
+
+
 def load_all(control: ModelControl, repository: Path, families: tuple[Family, ...] = FAMILIES) -> dict[str, int]:
-    """Loads the newest complete version of every published family, ensembles pinned to it; returns
-    family name -> version. Pinned from the start (not ``latest``), so a later :func:`activate` switches
-    atomically."""
-    loaded = {}
-    for family in published_families(repository, families):
-        available = versions(repository, family)
-        # The policy keeps two versions: retire the older one at once, unless there is only one.
-        activate(control, repository, family, available[-1], retire=len(available) > 1)
-        loaded[family.name] = available[-1]
+    """Loads the newest intact, loadable version of every published family, each step and ensemble pinned to it
+    (not ``latest``, so a later :func:`activate` switches atomically); returns family name -> version. A damaged or
+    unloadable newer version is skipped and logged (:func:`load_newest_good`), never left to empty the server."""
+    loaded = {family.name: load_newest_good(control, repository, family).version
+              for family in published_families(repository, families)}  # fmt: skip
     if not loaded:
         raise ArtifactError(f"{repository}: no complete published version (run `recsys publish RUN_DIR` first)")
     return loaded

@@ -108,7 +108,7 @@ class TritonConfig:
     #: extra environment of the server and its python stubs, e.g. ``(("RECSYS_DATABASE_URL", url),)`` for the
     #: lookup's live fold-in
     env: tuple[tuple[str, str], ...] = ()
-    #: the key of :data:`RESTRICTED_APIS` (header ``recsys.core.triton_key.API_KEY_HEADER``); None: unrestricted.
+    #: the key of :data:`RESTRICTED_APIS` (header ``recsys.core.triton_key.KEY_HEADER``); None: unrestricted.
     #: It is on the server's command line, which local users can read in /proc unless it is mounted ``hidepid``.
     api_key: str | None = field(default=None, repr=False)
 

@@ -12,7 +12,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from recsys.core.triton_key import API_KEY_HEADER
+from recsys.core.triton_key import KEY_HEADER
 from recsys.stack.triton.config import TritonServerError, TritonUrls
 
 __all__ = ["RESTART_PARAMETER", "TritonControl"]
@@ -111,7 +111,7 @@ class TritonControl:
         if body is not None:
             request.add_header("Content-Type", "application/json")
         if self._api_key:
-            request.add_header(API_KEY_HEADER, self._api_key)
+            request.add_header(KEY_HEADER, self._api_key)
         try:
             with self._opener.open(request, timeout=self.timeout_s) as response:
                 return int(response.status), bytes(response.read())

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, NoReturn, Self
 
 from recsys.core.errors import ConfigError
-from recsys.core.triton_key import API_KEY_HEADER
+from recsys.core.triton_key import KEY_HEADER
 from recsys.stack.ports import connect_host
 from recsys.stack.process import NotReadyError, ServiceError, ServiceProcess
 from recsys.stack.triton.config import (
@@ -123,7 +123,7 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if cfg.api_key:
-            restricted = f"{','.join(RESTRICTED_APIS)}:{API_KEY_HEADER}={cfg.api_key}"
+            restricted = f"{','.join(RESTRICTED_APIS)}:{KEY_HEADER}={cfg.api_key}"
             args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         args += [f"--load-model={name}" for name in cfg.load_models]
         return args + list(cfg.extra_args)

@@ -96,8 +96,19 @@ class TritonWatchdog:
         return None
 
     def check(self) -> list[str]:
-        """Probes every model once and repairs what failed; returns the failures' messages (empty: all answered)."""
-        failures = [f"{model}: {error}" for model in self.models() if (error := self.probe(model)) is not None]
+        """Probes every model once and repairs what failed; returns the failures' messages (empty: all answered).
+
+        Only models Triton lists as READY are probed: one being loaded or unloaded is someone's work in progress
+        (a hot swap, a start), not a fault. A server whose control plane does not answer counts as failing."""
+        try:
+            ready = {str(e["name"]) for e in self.control.repository_index() if e.get("state") == "READY"}
+            failures = [
+                f"{model}: {error}"
+                for model in self.models()
+                if model in ready and (error := self.probe(model)) is not None
+            ]
+        except RecsysError as exc:
+            failures = [f"Triton does not answer: {exc}"]
         now = time.monotonic()
         server = self.server()
         if server != self._server_seen:  # restarted meanwhile (by us or its owner): its failures start afresh

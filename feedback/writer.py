@@ -22,6 +22,8 @@ from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, is_data_error, s
 
 log = logging.getLogger(__name__)
 
+LOOKUP_PAUSE_S = 5.0  # after a failed look-up of stored event ids, intake skips them this long
+
 
 class DatabaseWriter:
     def __init__(
@@ -39,6 +41,7 @@ class DatabaseWriter:
         self.keys = keys if keys is not None else SpooledKeys()  # released here once their events are stored
         self._lookup: asyncpg.Connection | None = None  # intake's reads of stored digests, beside the writes
         self._lookup_lock = asyncio.Lock()
+        self._lookup_paused_until = 0.0
         self.dsn = dsn
         self.metrics = metrics
         self.batch_size = batch_size
@@ -142,21 +145,30 @@ class DatabaseWriter:
                 error = ValueError(f"event_id {key[1]!r} is stored with other content")
                 self._dead_letter(payload, error, "conflict")
 
-    async def stored_digests(self, keys: list[Key], timeout_s: float = 1.0) -> dict[Key, bytes] | None:
-        """What the database holds for these keys; None when it cannot say now (down or slow)."""
-        if not keys or not self.db_up:
-            return {} if not keys else None
-        async with self._lookup_lock:
-            try:
-                if self._lookup is None or self._lookup.is_closed():
-                    self._lookup = await asyncpg.connect(self.dsn, timeout=timeout_s, command_timeout=timeout_s)
-                return await asyncio.wait_for(stored_digests(self._lookup, keys), timeout_s)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("cannot look up stored event ids (%s); conflicts are checked at write time", exc)
-                if self._lookup is not None:
-                    self._lookup.terminate()
-                self._lookup = None
-                return None
+    async def stored_digests(self, keys: list[Key], timeout_s: float = 0.5) -> dict[Key, bytes] | None:
+        """What the database holds for these keys; None when it cannot say now (down, slow or busy).
+
+        Bounded so that a slow database never holds intake up: at most ``timeout_s`` per request, lock wait
+        included, and after a failure no look-ups for ``LOOKUP_PAUSE_S`` (the write-time check covers them)."""
+        if not keys:
+            return {}
+        if not self.db_up or time.monotonic() < self._lookup_paused_until:
+            return None
+        try:
+            return await asyncio.wait_for(self._look_up(keys, timeout_s), timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot look up stored event ids (%s); conflicts are checked at write time", exc)
+            self._lookup_paused_until = time.monotonic() + LOOKUP_PAUSE_S
+            if self._lookup is not None:
+                self._lookup.terminate()
+            self._lookup = None
+            return None
+
+    async def _look_up(self, keys: list[Key], timeout_s: float) -> dict[Key, bytes]:
+        async with self._lookup_lock:  # one connection, one query at a time
+            if self._lookup is None or self._lookup.is_closed():
+                self._lookup = await asyncpg.connect(self.dsn, timeout=timeout_s, command_timeout=timeout_s)
+            return await stored_digests(self._lookup, keys)
 
     async def _sort_out(self, conn: asyncpg.Connection, payloads: list[bytes], exc: Exception) -> dict[str, int]:
         """A batch the database refused as data: store events one by one, dead-letter those that still fail."""

@@ -22,3 +22,9 @@ def key_metadata(api_key: str | None) -> Metadata:
 def key_headers(api_key: str | None) -> dict[str, str]:
     """The HTTP headers that carry ``api_key`` (none without a key)."""
     return {KEY_HEADER: api_key} if api_key else {}
+
+
+def perf_analyzer_args(api_key: str | None) -> tuple[str, ...]:
+    """perf_analyzer's arguments that send ``api_key`` over gRPC (``-H``; checked against a keyed Triton 2.51 with
+    perf_analyzer 2.51: refused without, measured with)."""
+    return ("-H", f"{GRPC_PREFIX}{KEY_HEADER}:{api_key}") if api_key else ()

@@ -1,7 +1,8 @@
 """The writer's intake under abuse and faults, against a real writer process and PostgreSQL (issue 14): a full spool
 disk (503 + Retry-After, not ready, idle CPU low, recovery with no acknowledged event lost), bodies far over the
 cap (413 before they are read: memory measured), the intake token (401 without it) and an event_id re-sent with
-other content (409; the same content stays an idempotent 202)."""
+other content (409; the same content stays an idempotent 202; what two replicas take at once is set aside at write
+time)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from tests_support import query
 
@@ -301,3 +303,37 @@ def test_a_full_spool_disk_is_refused_with_503_backs_off_and_recovers_without_lo
         assert set(counts.values()) == {1}
     finally:
         w.process.stop()
+
+
+def test_two_replicas_taking_one_event_id_with_two_contents_keep_the_first_stored_and_set_the_other_aside(
+    log_database: str, tmp_path: Path
+) -> None:
+    """What intake cannot see (each replica knows its own spool; neither event is in the database yet) is caught at
+    write time: one row is stored, the other event goes to its replica's dead-letter file and is counted."""
+    slow = {"RECSYS_WRITE_INTERVAL_MS": "1500"}  # both events stay in their spools while the other arrives
+    one = start_writer(log_database, tmp_path / "spool-1", tmp_path, **slow)
+    two = start_writer(log_database, tmp_path / "spool-2", tmp_path, **slow)
+    try:
+        event_id = f"race-{uuid.uuid4().hex}"
+        first, second = feedback(event_id), feedback(event_id, clicked_item="i2")
+        assert one.post([first]).status_code == 202
+        assert two.post([second]).status_code == 202
+        wait_stored(one, "feedback", [event_id])
+
+        def set_aside() -> list[Path]:
+            return [w.spool / "dead-letter.jsonl" for w in (one, two) if (w.spool / "dead-letter.jsonl").exists()]
+
+        deadline = time.monotonic() + 10
+        while not set_aside():
+            assert time.monotonic() < deadline, "the losing event was neither stored nor set aside"
+            time.sleep(0.05)
+        (letters,) = set_aside()
+        (row,) = query(log_database, "SELECT clicked_item FROM feedback WHERE event_id = $1", event_id)
+        loser = second if row["clicked_item"] == "i1" else first
+        assert [orjson.loads(line) for line in letters.read_bytes().splitlines()] == [loser]
+        owner = one if letters.parent == one.spool else two
+        metrics = httpx.get(owner.url + "/metrics", timeout=5).text
+        assert 'feedback_events_rejected_total{reason="conflict"} 1.0' in metrics
+    finally:
+        one.process.stop()
+        two.process.stop()

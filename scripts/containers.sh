@@ -335,6 +335,7 @@ cmd_kube_down() {
     podman secret rm "$(basename "$file" .json)" >/dev/null 2>&1 || true
   done
   if podman network exists "$KUBE_NETWORK"; then podman network rm -f "$KUBE_NETWORK" >/dev/null; fi
+  rm -rf "$out/empty-dirs"
 }
 
 cmd_test() {

@@ -6,10 +6,12 @@ volumes) and, through podman's own secret store, the keys of Secrets that env ``
 secret holding ``{"key": base64}``: podman 4.3 stores a ``kind: Secret`` document as YAML and then cannot read it
 back). What it does not: StatefulSets (planned here as a one-replica Deployment whose volumeClaimTemplates become
 PersistentVolumeClaims), Services (each pod gets a fixed address on a podman network, and every pod resolves the
-Services' names to the pods they select through ``hostAliases``), readiness and startup probes (ignored; liveness
-probes become podman health checks that run ``curl`` inside the container, which these images do not ship), and
-the objects of the cluster itself (Namespace, ServiceAccount, RBAC, NetworkPolicy, PodDisruptionBudget, HPA): those
-stay validated offline (tests/deploy). A workload whose image cannot be had here (Prometheus's) is left out.
+Services' names to the pods they select through ``hostAliases``), emptyDir volumes as Kubernetes makes them
+(podman makes their folder root-owned and not writable by a non-root pod: each is played as a fresh host folder
+with Kubernetes's mode, 0777), readiness and startup probes (ignored; liveness probes become podman health checks
+that run ``curl`` inside the container, which these images do not ship), and the objects of the cluster itself
+(Namespace, ServiceAccount, RBAC, NetworkPolicy, PodDisruptionBudget, HPA): those stay validated offline
+(tests/deploy). A workload whose image cannot be had here (Prometheus's) is left out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import copy
 import ipaddress
 import json
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,6 +63,8 @@ class Plan:
     addresses: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     left_out: list[str] = field(default_factory=list)
+    #: Host folders that stand for emptyDir volumes (made fresh, mode 0777, before the pods start).
+    empty_dirs: list[str] = field(default_factory=list)
 
     def pod_spec(self, workload: str) -> Doc:
         deployment = next(d for d in self.workloads[workload] if d["kind"] == "Deployment")
@@ -126,6 +131,7 @@ def plan(
     images: dict[str, str],
     available: Callable[[str], bool],
     secret_value: Callable[[str, str], str],
+    empty_dir_root: Path,
 ) -> Plan:
     """The podman kube play input for ``docs`` (a rendered overlay): pure, apart from asking ``available`` whether
     an image can be had and ``secret_value`` for each Secret key a workload reads."""
@@ -155,6 +161,12 @@ def plan(
         if missing:
             result.left_out.append(f"Deployment/{name}: its image {', '.join(missing)} cannot be had here")
             continue
+        for volume in spec.get("volumes", []):
+            if "emptyDir" in volume:
+                folder = str(empty_dir_root / name / volume["name"])
+                del volume["emptyDir"]
+                volume["hostPath"] = {"path": folder, "type": "DirectoryOrCreate"}
+                result.empty_dirs.append(folder)
         used = sorted(_config_maps_used(spec) & config_maps.keys())
         result.workloads[name] = [copy.deepcopy(config_maps[c]) for c in used] + claims + [deployment]
         result.addresses[name] = str(next(hosts))
@@ -253,9 +265,20 @@ def write(plan_: Plan, out: Path) -> None:
         path = secret_dir / f"{name}.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in values.items()}))
+    for folder in map(Path, plan_.empty_dirs):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        folder.chmod(0o777)
     (out / "plan.json").write_text(
         json.dumps(
-            {"addresses": plan_.addresses, "left_out": plan_.left_out, "secrets": sorted(plan_.secrets)}, indent=2
+            {
+                "addresses": plan_.addresses,
+                "left_out": plan_.left_out,
+                "secrets": sorted(plan_.secrets),
+                "empty_dirs": plan_.empty_dirs,
+            },
+            indent=2,
         )
         + "\n"
     )
@@ -264,7 +287,7 @@ def write(plan_: Plan, out: Path) -> None:
 def load(out: Path) -> Plan:
     """The plan :func:`write` wrote (secret values included)."""
     summary = json.loads((out / "plan.json").read_text())
-    result = Plan(addresses=summary["addresses"], left_out=summary["left_out"])
+    result = Plan(addresses=summary["addresses"], left_out=summary["left_out"], empty_dirs=summary["empty_dirs"])
     for path in sorted(out.glob("*.yaml")):
         name = path.stem.split("-", 1)[1]
         result.workloads[name] = list(yaml.safe_load_all(path.read_text()))
@@ -324,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             images=images,
             available=available,
             secret_value=_secret_value(args.db_password or secrets.token_hex(16)),
+            empty_dir_root=args.out.resolve() / "empty-dirs",
         )
         write(result, args.out)
         offline = sorted({line.split("/")[0] for line in result.left_out if line.endswith("(validated offline)")})

@@ -58,8 +58,10 @@ def checksums(root: Path, models: Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def verify(repository: Path, family: Family, version: int) -> list[str]:
-    """What is wrong with ``version``'s files against its manifest's checksums: empty when they match, or when the
-    manifest records none (published before checksums were kept)."""
+    """What is wrong with ``version``'s files against its manifest's checksums: empty when they match, or when there
+    is no manifest or it records none (written by hand, or published before checksums were kept)."""
+    if not (repository / family.steps[0] / str(version) / MANIFEST_FILE).is_file():
+        return []
     try:
         recorded = manifest(repository, family, version).get("checksums") or {}
     except ArtifactError as exc:

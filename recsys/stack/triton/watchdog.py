@@ -13,11 +13,12 @@ supplies (the local stack restarts Triton and loads its models).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from recsys.core.errors import RecsysError
@@ -170,6 +171,17 @@ class TritonWatchdog:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No probes inside the block (a test that wants to watch a fault before it is repaired)."""
+        running = self._thread is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
 
     def close(self) -> None:
         self.stop()

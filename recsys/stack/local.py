@@ -384,12 +384,13 @@ class LocalStack:
         served = {name for family in families for name in family.ensembles}
         canary = self._canary(families)
         canaries = set() if canary is None else set(canary.ensembles)
+        also = "; a canary group may add _canary to each" if canaries else ""
         for group in self.experiment.groups:
             if group.model not in served | canaries:
                 raise ConfigError(
                     f"the experiment {self.config.experiment_file} gives group {group.name} the model "
                     f"{group.model!r}, which the model repository {repository} does not have "
-                    f"(it serves {', '.join(sorted(served | canaries))})"
+                    f"(it serves {', '.join(sorted(served))}{also})"
                 )
 
     @staticmethod

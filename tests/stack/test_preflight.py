@@ -1,0 +1,47 @@
+"""What ``LocalStack.preflight`` refuses before anything starts, besides ports (tests/stack/test_ports.py): an
+experiment naming a model the repository does not have (the canary's models count: the stack loads them), an
+empty repository. No server is started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys.core.errors import ArtifactError, ConfigError
+from recsys.stack.local import LocalStack, StackConfig, StackPorts
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stack_for(tmp_path: Path, repository: Path, experiment: Path) -> LocalStack:
+    return LocalStack(StackConfig(model_repository=repository, workdir=tmp_path / "stack", ports=StackPorts.free(),
+                                  experiment_file=experiment, postgres_dir=tmp_path / "pg"))  # fmt: skip
+
+
+def test_an_experiment_model_the_repository_lacks_is_named(tmp_path: Path, served_repository: Path) -> None:
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        "groups:\n  - {name: A, model: recsys_a, share: 60}\n  - {name: B, model: recsys_c, share: 40}\n"
+    )
+    stack = stack_for(tmp_path, served_repository, experiment)
+    with pytest.raises(ConfigError, match=r"gives group B the model 'recsys_c', which the model repository") as info:
+        stack.preflight()
+    assert "\n" not in str(info.value)
+    assert "(it serves recsys_a, " in str(info.value)  # what it does serve
+
+
+def test_the_committed_experiments_pass(tmp_path: Path, served_repository: Path) -> None:
+    for experiment in (
+        ROOT / "gateway" / "experiment.yaml",
+        *sorted((ROOT / "gateway" / "experiments").glob("*.yaml")),
+    ):
+        stack_for(tmp_path, served_repository, experiment).check_experiment()  # the canary's too
+
+
+def test_an_empty_repository_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    stack = stack_for(tmp_path, tmp_path / "empty", ROOT / "gateway" / "experiment.yaml")
+    with pytest.raises(ArtifactError, match="no complete published version"):
+        stack.preflight()
+    assert not (tmp_path / "pg").exists()

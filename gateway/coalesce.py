@@ -19,7 +19,7 @@ from recsys.core.triton_client import AsyncTritonRecommender, Recommendation, Tr
 from serving.contract import MAX_BATCH_SIZE
 
 Key = tuple[str, int]  # (model, top_k)
-Waiting = tuple[str, "asyncio.Future[Recommendation]"]
+Waiting = tuple[str, str, "asyncio.Future[Recommendation]"]  # (user id, request id, answer)
 
 
 class Coalescer:
@@ -40,9 +40,10 @@ class Coalescer:
         self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self.calls = 0  # Triton calls made (tests and benchmarks read it beside the request count)
 
-    async def recommend(self, model: str, user_id: str, top_k: int) -> Recommendation:
+    async def recommend(self, model: str, user_id: str, top_k: int, request_id: str = "") -> Recommendation:
+        """``request_id`` is passed to Triton: a shared call carries the ids of all its requests, comma-separated."""
         future: asyncio.Future[Recommendation] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault((model, top_k), deque()).append((user_id, future))
+        self._queues.setdefault((model, top_k), deque()).append((user_id, request_id, future))
         self._dispatch()
         try:
             return await asyncio.wait_for(future, self.timeout_s)
@@ -56,9 +57,9 @@ class Coalescer:
             key, queue = next(iter(self._queues.items()))
             batch: list[Waiting] = []
             while queue and len(batch) < self.max_batch:
-                user_id, future = queue.popleft()
-                if not future.done():  # a request that timed out or was cancelled while waiting
-                    batch.append((user_id, future))
+                waiting = queue.popleft()
+                if not waiting[2].done():  # a request that timed out or was cancelled while waiting
+                    batch.append(waiting)
             if not queue:
                 del self._queues[key]
             else:
@@ -73,14 +74,15 @@ class Coalescer:
     async def _call(self, key: Key, batch: list[Waiting]) -> None:
         model, top_k = key
         try:
-            answers = await self.triton.recommend(model, [user_id for user_id, _ in batch], top_k)
+            request_ids = ",".join(request_id for _, request_id, _ in batch if request_id)
+            answers = await self.triton.recommend(model, [user_id for user_id, _, _ in batch], top_k, request_ids)
         except Exception as exc:  # a malformed answer too: its requests fail now, not at their deadline
             error = exc if isinstance(exc, TritonCallError) else TritonCallError(f"{model}: {exc}", "INTERNAL")
-            for _, future in batch:
+            for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
         else:
-            for (_, future), answer in zip(batch, answers, strict=True):
+            for (_, _, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
         finally:

@@ -196,9 +196,10 @@ class GatewayService:
             raise GatewayError.invalid(f"top_k must be between 1 and {self.max_top_k}, got {k}")
         group = self.group_for(group_key or user_id, header_group)
         model = self.experiment.model_of(group)
+        request_id = request_id or uuid.uuid4().hex
         start = time.perf_counter()
         try:
-            rec = await self.coalescer.recommend(model, user_id, k)
+            rec = await self.coalescer.recommend(model, user_id, k, request_id)
         except TritonCallError as exc:
             if exc.status == "INVALID_ARGUMENT":
                 raise GatewayError.invalid(str(exc)) from None
@@ -215,7 +216,7 @@ class GatewayService:
             group=group,
             model=model,
             model_version=str(rec.model_version),
-            request_id=request_id or uuid.uuid4().hex,
+            request_id=request_id,
             inference_time_ms=round(elapsed_ms, 3),
             fallback=rec.fallback,
         )

@@ -74,9 +74,10 @@ def decode_bytes_tensor(raw: bytes) -> list[str]:
     return items
 
 
-def build_request(model: str, user_ids: list[str], top_k: int) -> service_pb2.ModelInferRequest:
+def build_request(model: str, user_ids: list[str], top_k: int, request_id: str = "") -> service_pb2.ModelInferRequest:
+    """``request_id`` becomes Triton's request id (in its traces and verbose log): the gateway's request ids."""
     n = len(user_ids)
-    request = service_pb2.ModelInferRequest(model_name=model)
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
     users = request.inputs.add(name=USER_ID, datatype="BYTES")
     users.shape.extend((n, 1))
     k = request.inputs.add(name=TOP_K, datatype="INT64")
@@ -165,12 +166,14 @@ class AsyncTritonRecommender:
         self.timeout_s = timeout_s
         self._metadata = key_metadata(api_key)
 
-    async def recommend(self, model: str, user_ids: list[str], top_k: int = 10) -> list[Recommendation]:
+    async def recommend(
+        self, model: str, user_ids: list[str], top_k: int = 10, request_id: str = ""
+    ) -> list[Recommendation]:
         out: list[Recommendation] = []
         for chunk in _chunks(user_ids):
             with _translated_errors():
                 response = await self._stub.ModelInfer(
-                    build_request(model, chunk, top_k), timeout=self.timeout_s, metadata=self._metadata
+                    build_request(model, chunk, top_k, request_id), timeout=self.timeout_s, metadata=self._metadata
                 )
             out += parse_response(response, chunk, model)
         return out

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from gateway.coalesce import Coalescer
-from recsys.core.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError
+from recsys.core.triton_client import AsyncTritonRecommender, Recommendation, TritonCallError, build_request
 from recsys.stack.local import LocalStack
 
 pytestmark = pytest.mark.stack
@@ -48,3 +48,33 @@ def test_a_request_queued_behind_a_dead_server_fails_within_its_deadline() -> No
         return loop.time() - start
 
     assert asyncio.run(run()) < 1.0
+
+
+class IdsSeen(AsyncTritonRecommender):
+    """The real client, noting the request id each Triton call carried."""
+
+    seen: list[str]
+
+    async def recommend(
+        self, model: str, user_ids: list[str], top_k: int = 10, request_id: str = ""
+    ) -> list[Recommendation]:
+        self.seen.append(request_id)
+        return await super().recommend(model, user_ids, top_k, request_id)
+
+
+def test_each_triton_call_carries_the_request_ids_it_serves(stack: LocalStack) -> None:
+    assert build_request("recsys_b", ["1"], 5, "trace-1").id == "trace-1"  # Triton's own request id field
+
+    async def run() -> list[str]:
+        triton = IdsSeen(f"127.0.0.1:{stack.config.ports.triton_grpc}", timeout_s=10, api_key=stack.triton_key)
+        triton.seen = []
+        coalescer = Coalescer(triton, max_in_flight=1, timeout_s=10)
+        try:
+            await asyncio.gather(*(coalescer.recommend("recsys_b", str(u), 5, f"req-{u}") for u in range(1, 21)))
+        finally:
+            await triton.close()
+        return triton.seen
+
+    seen = asyncio.run(run())
+    assert sorted(i for call in seen for i in call.split(",")) == sorted(f"req-{u}" for u in range(1, 21))
+    assert len(seen) < 20  # shared calls carry several ids

@@ -142,3 +142,20 @@ def test_gateway_refuses_a_request_id_that_could_break_a_log_line(stack: LocalSt
     direct = httpx.post(f"{stack.gateway_url}/recommend", json={"user_id": "1"}, headers={"X-Request-Id": "x" * 65})
     assert direct.status_code == 400
     assert "X-Request-Id" in direct.json()["error"]["message"]
+
+
+def test_the_gateway_logs_a_refused_request_with_its_id_as_json(stack: LocalStack) -> None:
+    refused = httpx.post(
+        f"{stack.gateway_url}/recommend", json={"user_id": "1", "top_k": 10**6}, headers={"X-Request-Id": "log-7c1"}
+    )
+    assert refused.status_code == 400
+    log_path = stack.gateways[0].log_path
+    deadline = time.monotonic() + 5
+    while True:
+        records = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        mine = [r for r in records if r.get("request_id") == "log-7c1"]
+        if mine:
+            break
+        assert time.monotonic() < deadline, "the gateway logged no JSON line with the request id"
+        time.sleep(0.05)
+    assert "-> 400" in mine[0]["message"]

@@ -659,28 +659,26 @@ def _versions(versions: dict[str, int]) -> str:
 
 
 @stack_app.command("status")
-def stack_status(
-    ctx: typer.Context,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the status as one JSON document.")] = False,
-) -> None:
+def stack_status(ctx: typer.Context, json_out: JsonOpt = None) -> None:
     """What the running stack (RECSYS_STACK_DIR/state.json) runs and whether each server passes its health check.
     Exit status 0: up and healthy; 1: up but something is not; 3: no stack is up."""
+    from rich.table import Table
+
     from recsys.stack.state import STATE_FILE
     from recsys.stack.status import stack_status as read_status
 
+    check_output(json_out, "--json")
     path = _settings(ctx).stack_dir.resolve() / STATE_FILE
     status = read_status(path)
+    human = _human(json_out)
     if status is None:
-        if json_out:
-            print(json.dumps({"state_file": str(path), "up": False, "healthy": False}))
-        else:
-            out.print(f"no stack is up (no state file {path})")
+        if json_out is not None:
+            write_json(out, json_out, {"state_file": str(path), "up": False, "healthy": False})
+        human.print(f"no stack is up (no state file {path})")
         raise typer.Exit(3)
-    if json_out:
-        print(json.dumps(status.as_dict() | {"up": True}, indent=2))
-    else:
-        from rich.table import Table
-
+    if json_out is not None:
+        write_json(out, json_out, status.as_dict() | {"up": True})
+    if json_out != STDOUT:
         supervisor = "alive" if status.supervisor_alive else "GONE"
         out.print(
             f"stack {status.phase} since {status.started_at} (supervisor pid {status.supervisor_pid}: {supervisor}), "
@@ -694,7 +692,7 @@ def stack_status(
             ports = " ".join(f"{k} {v}" for k, v in s.ports.items())
             alive, health = "yes" if s.alive else "NO", "ok" if s.healthy else f"FAIL: {s.detail}"
             table.add_row(s.name, str(s.pid), alive, str(s.processes), ports, health)
-        out.print(table)
+        show(out, table)
     raise typer.Exit(0 if status.healthy else 1)
 
 

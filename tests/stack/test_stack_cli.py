@@ -50,7 +50,7 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def status(env: dict[str, str]) -> tuple[int, dict[str, Any]]:
-    result = recsys(env, "stack", "status", "--json")
+    result = recsys(env, "stack", "status", "--json", "-")
     return result.returncode, json.loads(result.stdout)
 
 

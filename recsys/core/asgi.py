@@ -154,6 +154,8 @@ def server(
         port=port,
         loop="none",
         http=guarded_protocol(max_header_bytes, read_timeout_s),
+        ws="none",  # no WebSocket routes: an upgrade request is plain HTTP (JSON 404/405), not websockets' bare 403
+        log_config=None,  # uvicorn's records go through the one logging setup (recsys.core.logs: JSON lines)
         log_level="warning",
         access_log=False,
         lifespan="on",

@@ -134,6 +134,16 @@ def test_malformed_http_gets_a_json_400(guarded: tuple[str, int], request_line: 
     assert body["error"]["code"] == "bad_http"
 
 
+def test_a_websocket_upgrade_is_answered_as_plain_http(guarded: tuple[str, int]) -> None:
+    with socket.create_connection(guarded, timeout=5) as sock:
+        sock.sendall(
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n"
+        )
+        received = read_all(sock)
+    assert received.startswith(b"HTTP/1.1 404"), received[:200]  # the app's answer, not a bare 403
+
+
 @pytest.mark.stack
 def test_the_real_gateway_bounds_headers_and_answers_malformed_http_in_json(stack: LocalStack) -> None:
     address = ("127.0.0.1", stack.config.ports.gateway)
@@ -155,4 +165,9 @@ def test_the_real_gateway_bounds_headers_and_answers_malformed_http_in_json(stac
         status, body = status_and_json(read_all(sock))
     assert status == 400
     assert body["error"]["code"] == "bad_http"
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(b"GET /recommend HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
+        status, body = status_and_json(read_all(sock))
+    assert status == 405
+    assert body["error"]["code"] == "http_error"
     assert httpx.get(stack.gateway_url + "/healthz").status_code == 200

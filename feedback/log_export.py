@@ -11,6 +11,8 @@ A day is a UTC calendar day of the event time ``ts``. Exporting a day range is i
 table is written beside the old one and swapped in by renames, so a rerun (a late event arrived, a crash half
 way) rewrites exactly those days and a reader never sees a half-written day. A day without rows leaves no
 folder. Rows stream through a server-side cursor into row groups, so a day needs memory for one batch only.
+Feedback is read through the view ``feedback_checked`` and carries its ``clean`` flag (forged, orphan and
+mismatched events stay in the archive, flagged; training skips them).
 
 The names here are repeated in ``trainer/data/log.py`` (the trainer must not import this package); the
 export-then-load test keeps both sides in step.
@@ -66,6 +68,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("skipped_items", _TEXT_LIST),
             ("inference_time_ms", pa.float32()),
             ("seq", pa.int64()),
+            ("clean", pa.bool_()),  # the view feedback_checked's verdict (migration 0006): what training may use
         ]
     ),
     "impressions": pa.schema(
@@ -83,6 +86,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
 }
 _ORDER = {"plays": "ts, event_id", "feedback": "ts, event_id", "impressions": "ts, request_id"}
+#: Where a table's rows are read: feedback through the view that flags forged and orphan events.
+_SOURCE = {"feedback": "feedback_checked"}
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ async def _export_day(conn: asyncpg.Connection, table: str, day: date, table_dir
     if staging.exists():
         shutil.rmtree(staging)
     sql = (
-        f"SELECT {', '.join(schema.names)} FROM {table} "  # table and columns come from SCHEMAS, not from input
+        f"SELECT {', '.join(schema.names)} FROM {_SOURCE.get(table, table)} "  # names from SCHEMAS, not from input
         f"WHERE ts >= $1 AND ts < $2 ORDER BY {_ORDER[table]}"
     )
     written = 0

@@ -40,6 +40,14 @@ PLAYS = [
 FEEDBACK = [
     ("f1", _at(0, 3), "r1", "u1", "A", "i2", ["i3", "i4"]),
     ("f2", _at(1, 3), "r2", "u2", "B", None, ["i2"]),
+    # Not clean (feedback_checked): train nothing. A list never served; u1 claiming u2's list; an item not shown.
+    ("x1", _at(0, 4), "r9", "u1", "A", "i7", ["i8"]),
+    ("x2", _at(1, 4), "r2", "u1", "B", "i2", ["i9"]),
+    ("x3", _at(0, 5), "r1", "u1", "A", "i6", []),
+]
+IMPRESSIONS = [
+    ("r1", _at(0, 2), "u1", "A", "recsys_a", 1, ["i2", "i3", "i4"], 1.0, False),
+    ("r2", _at(1, 2), "u2", "B", "recsys_b", 1, ["i2"], 1.0, False),
 ]
 
 
@@ -59,6 +67,11 @@ async def _fill(url: str) -> None:
             "INSERT INTO feedback (event_id, ts, request_id, user_id, ab_group, clicked_item, skipped_items) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7)",
             FEEDBACK,
+        )
+        await conn.executemany(
+            "INSERT INTO impressions (request_id, ts, user_id, ab_group, model, model_version, items, latency_ms, "
+            "fallback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            IMPRESSIONS,
         )
     finally:
         await conn.close()
@@ -124,6 +137,30 @@ def test_skips_come_back_as_negatives_not_positives(database: str) -> None:
         "decay_days": None,
     }
     assert "127.0.0.1" in log.summary["source"]
+
+
+def test_forged_and_mismatched_feedback_trains_nothing(database: str, exported: Path) -> None:
+    """Only clean feedback (the A/B report's and the live fold-in's definition) reaches training, from both sources."""
+    for source in (database, str(exported)):
+        log = load_log(source, until=_at(2))
+        assert ("u1", "i7") not in _pairs(log.interactions)
+        assert ("u1", "i6") not in _pairs(log.interactions)
+        assert log.summary["clicks"] == 1
+        skipped = set(zip(log.skips.user_ids.tolist(), log.skips.item_ids.tolist(), strict=True))
+        assert not skipped & {("u1", "i8"), ("u1", "i9")}
+
+
+def test_an_export_made_before_the_clean_flag_still_loads(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    for part in (old / "feedback").rglob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["clean"]), part)
+    log = load_log(old, until=_at(2))
+    assert log.summary["clicks"] == 4  # every click of the old export, as before the flag existed
 
 
 def test_an_empty_window_is_a_one_line_error(database: str, exported: Path) -> None:

@@ -4,13 +4,15 @@ Two sources hold the same log: PostgreSQL (the tables of ``feedback/migrations``
 day-partitioned Parquet export (``feedback/log_export.py``) once it outgrows the database::
 
     DIR/plays/day=YYYY-MM-DD/part-*.parquet        event_id, ts, user_id, item_id, ms_played, received, seq
-    DIR/feedback/day=YYYY-MM-DD/part-*.parquet     event_id, ts, request_id, user_id, ..., clicked_item, skipped_items
+    DIR/feedback/day=YYYY-MM-DD/part-*.parquet     event_id, ts, request_id, user_id, ..., skipped_items, seq, clean
     DIR/impressions/day=YYYY-MM-DD/part-*.parquet  (not read here: what was shown says nothing by itself)
 
 Both are read into the same raw rows (:class:`LogRows`), and one pure function (:func:`build`) turns those into
 :class:`Interactions`, so the two sources cannot drift apart. The rules:
 
 * a play is a positive of weight 1, and so is a click on a recommendation (the listener chose to hear it);
+* clicks and skips count only when clean (the view ``feedback_checked``: the list was served to that listener and
+  showed the clicked item), the same rule as the A/B report and the live fold-in, so forged feedback trains nothing;
 * skips are kept apart as :class:`Skips`, by external id: the positives stay positives, and evaluation can ask
   how often a model still ranks what listeners skipped (:func:`skip_metrics`);
 * ``decay_days`` (a half-life) weighs each event by ``0.5 ** (age / half_life)``, age counted back from the
@@ -393,9 +395,15 @@ def skip_metrics(model: Recommender, skips: Skips, train: Interactions, *, k: in
 _EPOCH = "floor(extract(epoch FROM ts))::bigint"
 _WHERE = "($1::timestamptz IS NULL OR ts >= $1) AND ($2::timestamptz IS NULL OR ts < $2)"
 _PLAYS_SQL = f"SELECT user_id, item_id, {_EPOCH} FROM plays WHERE {_WHERE}"
-_CLICKS_SQL = f"SELECT user_id, clicked_item, {_EPOCH} FROM feedback WHERE clicked_item IS NOT NULL AND {_WHERE}"
+# Clicks and skips only when clean (feedback_checked, migration 0006: the A/B report's and the live fold-in's
+# definition): a click on a list that was never served, or by another listener, trains nothing.
+_CLICKS_SQL = (
+    f"SELECT user_id, clicked_item, {_EPOCH} FROM feedback_checked "
+    f"WHERE clean AND clicked_item IS NOT NULL AND {_WHERE}"
+)
 _SKIPS_SQL = (
-    f"SELECT user_id, s.item, {_EPOCH} FROM feedback CROSS JOIN LATERAL unnest(skipped_items) AS s(item) WHERE {_WHERE}"
+    f"SELECT user_id, s.item, {_EPOCH} FROM feedback_checked CROSS JOIN LATERAL unnest(skipped_items) AS s(item) "
+    f"WHERE clean AND {_WHERE}"
 )
 
 
@@ -480,7 +488,9 @@ def _redacted(dsn: str) -> str:
 def read_parquet(folder: Path, window: LogWindow) -> LogRows:
     """The window's plays, clicks and skips from an export folder; only the day partitions it touches are read."""
     plays = _read_days(folder / PLAYS, window, ["user_id", "item_id", "ts"])
-    feedback = _read_days(folder / FEEDBACK, window, ["user_id", "clicked_item", "skipped_items", "ts"])
+    feedback = _read_days(folder / FEEDBACK, window, ["user_id", "clicked_item", "skipped_items", "ts", "clean"])
+    if feedback is not None:
+        feedback = feedback.filter(pc.fill_null(feedback["clean"], True))  # forged and orphan events train nothing
     empty: Columns = ([], [], [])
     play_cols: Columns = empty
     if plays is not None:
@@ -519,7 +529,7 @@ def _read_days(table_dir: Path, window: LogWindow, columns: list[str]) -> pa.Tab
     if not files:
         return None
     try:
-        table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files], promote_options="default")
+        table = pa.concat_tables([_read_part(f, columns) for f in files], promote_options="default")
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise DataError(f"{table_dir}: cannot read the exported Parquet ({exc})") from exc
     if window.since is None and window.until is None:
@@ -530,6 +540,16 @@ def _read_days(table_dir: Path, window: LogWindow, columns: list[str]) -> pa.Tab
         pa.scalar(True) if window.until is None else pc.less(ts, pa.scalar(window.until, ts.type)),
     )
     return table.filter(keep)
+
+
+def _read_part(path: Path, columns: list[str]) -> pa.Table:
+    """One Parquet part; ``clean`` is read as null (kept) from exports made before the flag existed."""
+    present = set(pq.read_schema(path).names)
+    if "clean" in columns and "clean" not in present:
+        logger.warning("%s: exported before the clean flag; its clicks and skips are all used", path)
+        part = pq.read_table(path, columns=[c for c in columns if c != "clean"])
+        return part.append_column("clean", pa.nulls(part.num_rows, pa.bool_()))
+    return pq.read_table(path, columns=columns)
 
 
 def _seconds(ts: Any) -> IntArray:

@@ -6,7 +6,7 @@ uvicorn's httptools protocol reads request headers without a size limit and has 
 arrive (its keep-alive timer runs only between requests, not before the first byte nor while headers or a body
 trickle in): one 32 MB header was buffered whole, and a half-sent request held its connection for minutes.
 :class:`GuardedProtocol` closes both: headers over ``max_header_bytes`` get a 431 before the rest is read, and a
-request that has not fully arrived ``read_timeout_s`` after its connection opened (or after the previous response)
+request that has not fully arrived ``read_timeout_s`` after its connection opened (a later one: after its first byte)
 gets a 408 and the connection is closed. Malformed HTTP gets a JSON 400 instead of uvicorn's plain text.
 """
 

@@ -7,7 +7,7 @@
 #                                            (down removes its volumes)
 #   scripts/containers.sh kube-play | kube-down        the local overlay's workloads as podman pods
 #   scripts/containers.sh sizes              each image's size
-#   scripts/containers.sh test [PYTEST ARGS]          the container tests (tests/containers)
+#   scripts/containers.sh test [PYTEST ARGS]          the container tests (default: all of tests/containers)
 #
 # Base images: each Dockerfile's default (python:3.11 slim, nginx-unprivileged, postgres:15) is used when it is
 # here or can be pulled; otherwise a stand-in is built here: Debian bookworm from Debian's own packages
@@ -238,16 +238,15 @@ podman_compose() {
 }
 
 stack_secrets() {
-  # The stack's database password and writer token: the caller's, else ones made once for this checkout and kept,
-  # readable by the owner only, in .cache/containers/stack.env (the database volume keeps the first password).
-  local file="$CACHE/stack.env"
-  if [ ! -f "$file" ]; then
-    mkdir -p "$CACHE"
-    (umask 077 && "$PYTHON" -c 'import secrets
-for name in ("RECSYS_DB_PASSWORD", "RECSYS_FEEDBACK_TOKEN"):
-    print(f"{name}={secrets.token_hex(16)}")' >"$file")
-  fi
-  local name value
+  # The stack's database password, writer token and Triton key: the caller's, else ones made once for this
+  # checkout and kept, readable by the owner only, in .cache/containers/stack.env (the database volume keeps the
+  # first password).
+  local file="$CACHE/stack.env" name value
+  mkdir -p "$CACHE"
+  (umask 077 && touch "$file")
+  for name in RECSYS_DB_PASSWORD RECSYS_FEEDBACK_TOKEN RECSYS_TRITON_API_KEY; do
+    grep -q "^$name=" "$file" || echo "$name=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')" >>"$file"
+  done
   while IFS='=' read -r name value; do
     [ -n "${!name:-}" ] || export "$name=$value"
   done <"$file"
@@ -340,7 +339,9 @@ cmd_kube_down() {
 
 cmd_test() {
   # The container tests (tests/containers), which the default test run skips: they build and run every image.
-  cd "$ROOT" && RECSYS_CONTAINER_TESTS=1 "$PYTHON" -m pytest tests/containers "$@"
+  local args=("$@")
+  [ "${#args[@]}" -gt 0 ] || args=(tests/containers)
+  cd "$ROOT" && RECSYS_CONTAINER_TESTS=1 "$PYTHON" -m pytest "${args[@]}"
 }
 
 main() {

@@ -63,8 +63,8 @@ def script(*args: str, env: dict[str, str] | None = None, timeout: float = 600) 
 
 
 def inspect(kind: str, name: str) -> dict[str, Any]:
-    data: list[dict[str, Any]] = json.loads(podman(kind, "inspect", name).stdout)
-    return data[0]
+    data: list[dict[str, Any]] | dict[str, Any] = json.loads(podman(kind, "inspect", name).stdout)
+    return data[0] if isinstance(data, list) else data  # podman 4.3's `pod inspect` answers one object
 
 
 def bases() -> dict[str, str]:

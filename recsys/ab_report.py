@@ -79,7 +79,7 @@ def print_ab_report(
         report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
     except ReportError as exc:
         raise ConfigError(f"no report: {exc}") from None
-    human = Console(stderr=True) if json_out == STDOUT else out
+    human = Console(stderr=True, soft_wrap=not out.is_terminal) if json_out == STDOUT else out
     if json_out != STDOUT:
         for part in report_parts(report):
             show(out, part)

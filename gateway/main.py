@@ -37,7 +37,12 @@ def build_service(settings: Settings, experiment: Experiment | None = None) -> G
         experiment=experiment or experiment_of(settings),
         triton=triton,
         coalescer=Coalescer(triton, max_in_flight=settings.triton_max_in_flight, timeout_s=triton.timeout_s),
-        events=EventSink(settings.feedback_url, timeout_s=settings.feedback_timeout_s, metrics=metrics),
+        events=EventSink(
+            settings.feedback_url,
+            timeout_s=settings.feedback_timeout_s,
+            metrics=metrics,
+            token=settings.feedback_token.get_secret_value(),
+        ),
         metrics=metrics,
         default_top_k=settings.default_top_k,
         max_top_k=settings.max_top_k,

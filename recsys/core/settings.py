@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     # feedback writer
     feedback_url: str = Field("http://127.0.0.1:8090", description="where the gateway sends impressions/feedback")
     feedback_timeout_s: float = Field(2.0, gt=0, description="how long the gateway waits for the writer's ack")
+    feedback_token: SecretStr = Field(
+        SecretStr(""),
+        description="shared token of the writer's intake: the writer requires it on every POST, the gateway sends "
+        "it (the local stack generates one; a Secret on Kubernetes); unset, the writer refuses every event",
+    )
     feedback_host: str = "127.0.0.1"
     feedback_port: int = 8090
     database_url: SecretStr = Field(

@@ -1,17 +1,13 @@
 """The running stack's state file (``<stack dir>/state.json``): what one ``recsys stack up`` started, written as
 each server comes up and removed when the stack stops. ``recsys stack status`` reads it to show what runs and
-checks each server's health; ``recsys stack down`` stops exactly those processes (each pid verified by its start
-time before it is signalled), also after the supervisor died; ``recsys publish --load`` reads it to know which
-repository the stack's Triton serves."""
+checks each server's health (:mod:`recsys.stack.status`); ``recsys stack down`` stops exactly those processes
+(each pid verified by its start time before it is signalled), also after the supervisor died; ``recsys publish
+--load`` reads it to know which repository the stack's Triton serves."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -23,11 +19,9 @@ from recsys.stack.process import ServiceError
 
 __all__ = [
     "STATE_FILE",
-    "Health",
     "ServiceRecord",
     "StackState",
     "StackStateError",
-    "check_health",
     "read_state",
     "remove_state",
     "triton_repository",
@@ -110,41 +104,6 @@ def remove_state(path: Path, supervisor: ProcessId | None = None) -> None:
             if state is not None and state.supervisor != supervisor:
                 return
     path.unlink(missing_ok=True)
-
-
-class Health(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    healthy: bool
-    detail: str
-
-
-def check_health(target: str, timeout_s: float = 2.0) -> Health:
-    """``http://...``: healthy when it answers 200; ``tcp://host:port``: when it accepts a connection."""
-    if target.startswith("tcp://"):
-        host, _, port = target.removeprefix("tcp://").rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout_s).close()
-        except OSError as exc:
-            return Health(healthy=False, detail=str(exc.strerror or exc))
-        return Health(healthy=True, detail="accepts connections")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
-    try:
-        with opener.open(target, timeout=timeout_s) as response:
-            return Health(healthy=response.status == 200, detail=f"answers {response.status}")
-    except urllib.error.HTTPError as exc:
-        with exc:
-            body = exc.read(300).decode(errors="replace")
-        return Health(healthy=False, detail=f"answers {exc.code} {_short(body)}".strip())
-    except (OSError, ValueError) as exc:
-        return Health(healthy=False, detail=str(getattr(exc, "reason", exc)))
-
-
-def _short(body: str) -> str:
-    """One line of an error body (JSON bodies compacted)."""
-    with contextlib.suppress(ValueError):
-        body = json.dumps(json.loads(body), separators=(",", ":"))
-    return " ".join(body.split())[:200]
 
 
 def triton_repository(path: Path, http: str) -> Path | None:

@@ -3,16 +3,58 @@ start time), each server's own health check, and the model versions Triton repor
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from recsys.stack.memory import descendants
 from recsys.stack.pids import ProcessId
-from recsys.stack.state import Health, ServiceRecord, StackState, check_health, read_state
+from recsys.stack.state import ServiceRecord, StackState, read_state
 
-__all__ = ["ServiceStatus", "StackStatus", "stack_status"]
+__all__ = ["Health", "ServiceStatus", "StackStatus", "check_health", "stack_status"]
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    healthy: bool
+    detail: str
+
+
+def check_health(target: str, timeout_s: float = 2.0) -> Health:
+    """``http://...``: healthy when it answers 200; ``tcp://host:port``: when it accepts a connection."""
+    if target.startswith("tcp://"):
+        host, _, port = target.removeprefix("tcp://").rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except OSError as exc:
+            return Health(healthy=False, detail=str(exc.strerror or exc))
+        return Health(healthy=True, detail="accepts connections")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an http_proxy
+    try:
+        with opener.open(target, timeout=timeout_s) as response:
+            return Health(healthy=response.status == 200, detail=f"answers {response.status}")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = exc.read(300).decode(errors="replace")
+        return Health(healthy=False, detail=f"answers {exc.code} {_short(body)}".strip())
+    except (OSError, ValueError) as exc:
+        return Health(healthy=False, detail=str(getattr(exc, "reason", exc)))
+
+
+def _short(body: str) -> str:
+    """One line of an error body (JSON bodies compacted)."""
+    with contextlib.suppress(ValueError):
+        body = json.dumps(json.loads(body), separators=(",", ":"))
+    return " ".join(body.split())[:200]
 
 
 @dataclass(frozen=True)

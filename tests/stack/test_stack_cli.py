@@ -78,6 +78,8 @@ def env(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     }  # fmt: skip
     yield env
     shutil.rmtree(pg_dir, ignore_errors=True)
+    for beside in (".log", ".password"):  # LocalPostgres keeps its log and password next to the data folder
+        pg_dir.with_name(pg_dir.name + beside).unlink(missing_ok=True)
 
 
 def start_stack(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -79,7 +79,8 @@ class TritonWatchdog:
         self.interval_s = interval_s
         self.restart_after_s = restart_after_s
         self.restart = restart
-        self.server = server or (lambda: None)  # identifies the server process: a new one starts a new episode
+        #: identifies the server process: a new one starts a new episode; None: stopped on purpose, not probed
+        self.server = server
         self._server_seen: object = None
         self.stats = WatchdogStats()
         self._client = TritonRecommender(grpc_url, timeout_s=probe_timeout_s, api_key=api_key)
@@ -100,7 +101,11 @@ class TritonWatchdog:
         """Probes every model once and repairs what failed; returns the failures' messages (empty: all answered).
 
         Only models Triton lists as READY are probed: one being loaded or unloaded is someone's work in progress
-        (a hot swap, a start), not a fault. A server whose control plane does not answer counts as failing."""
+        (a hot swap, a start), not a fault. A server whose control plane does not answer counts as failing; one
+        its owner stopped (``server()`` is None) is left alone."""
+        if self.server is not None and self.server() is None:
+            self._failing_since = None
+            return []
         try:
             ready = {str(e["name"]) for e in self.control.repository_index() if e.get("state") == "READY"}
             failures = [
@@ -111,7 +116,7 @@ class TritonWatchdog:
         except RecsysError as exc:
             failures = [f"Triton does not answer: {exc}"]
         now = time.monotonic()
-        server = self.server()
+        server = None if self.server is None else self.server()
         if server != self._server_seen:  # restarted meanwhile (by us or its owner): its failures start afresh
             self._server_seen, self._failing_since = server, None
         if not failures:

@@ -339,9 +339,16 @@ cmd_kube_down() {
 
 cmd_test() {
   # The container tests (tests/containers), which the default test run skips: they build and run every image.
-  local args=("$@")
-  [ "${#args[@]}" -gt 0 ] || args=(tests/containers)
-  cd "$ROOT" && RECSYS_CONTAINER_TESTS=1 "$PYTHON" -m pytest "${args[@]}"
+  # Only tests/containers: pytest's own options pass through, paths must lie under it (never the whole suite).
+  local arg paths=()
+  for arg in "$@"; do
+    case "$arg" in
+      tests/containers*) paths+=("$arg") ;;
+      */* | *.py) die "$arg: only paths under tests/containers" ;;
+    esac
+  done
+  [ "${#paths[@]}" -gt 0 ] || set -- "$@" tests/containers
+  cd "$ROOT" && RECSYS_CONTAINER_TESTS=1 "$PYTHON" -m pytest "$@"
 }
 
 main() {

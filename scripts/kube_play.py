@@ -304,7 +304,8 @@ def _secret_value(password: str) -> Callable[[str, str], str]:
         if (secret, key) == ("recsys-db", "password"):
             return password
         if (secret, key) == ("recsys-db", "url"):
-            return f"postgresql://recsys:{password}@postgres:5432/recsys"
+            credentials = f"recsys:{password}"
+            return f"postgresql://{credentials}@postgres:5432/recsys"
         return made.setdefault((secret, key), secrets.token_hex(16))
 
     return value

@@ -104,7 +104,8 @@ def test_a_recommendation_through_the_played_nginx_reaches_postgresql(played: ku
         answer = json.load(response)
     assert len(answer["recommended_items"]) == 3
     password = played.secrets["recsys-db"]["password"]
-    url = f"postgresql://recsys:{password}@{played.addresses['postgres']}:5432/recsys"
+    credentials = f"recsys:{password}"
+    url = f"postgresql://{credentials}@{played.addresses['postgres']}:5432/recsys"
     deadline = time.monotonic() + 30
     stored: list[Any] = []
     while not stored:  # gateway -> writer (with the Secret's token) -> PostgreSQL; the writer batches

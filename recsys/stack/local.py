@@ -355,13 +355,13 @@ class LocalStack:
             raise StackStateError(
                 f"a stack is already up from {self.config.workdir} (supervisor pid {state.supervisor.pid}, started "
                 f"{state.started_at:%Y-%m-%d %H:%M:%S %Z}): `recsys stack status` shows it, `recsys stack down` "
-                "stops it"
+                f"stops it (with RECSYS_STACK_DIR={self.config.workdir})"
             )
         if running:
             names = ", ".join(f"{s.name} (pid {s.process.pid})" for s in running)
             raise StackStateError(
                 f"the stack of supervisor pid {state.supervisor.pid} (gone) still runs {names}: `recsys stack down` "
-                "stops it"
+                f"stops it (with RECSYS_STACK_DIR={self.config.workdir})"
             )
         remove_state(self.state_path, state.supervisor)  # a stack that is gone entirely
 

@@ -4,6 +4,8 @@ empty repository. No server is started."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,28 @@ def test_an_empty_repository_is_refused_before_anything_starts(tmp_path: Path) -
     with pytest.raises(ArtifactError, match="no complete published version"):
         stack.preflight()
     assert not (tmp_path / "pg").exists()
+
+
+def test_a_crashed_stacks_live_servers_are_named_and_a_dead_stack_is_forgotten(
+    tmp_path: Path, served_repository: Path
+) -> None:
+    """A state file whose supervisor is gone: refused while one of its servers still runs, removed once none does."""
+    from test_state import gone_supervisor, record, spawn_server, state_of
+
+    from recsys.stack.pids import ProcessId, wait_gone
+    from recsys.stack.state import StackStateError, write_state
+
+    stack = stack_for(tmp_path, served_repository, ROOT / "gateway" / "experiment.yaml")
+    server = spawn_server()
+    try:
+        seen = ProcessId.of(server.pid)
+        assert seen is not None
+        write_state(stack.state_path, state_of(gone_supervisor(), record("tritonserver", seen)))
+        with pytest.raises(StackStateError, match=rf"\(gone\) still runs tritonserver \(pid {server.pid}\)"):
+            stack.preflight()
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its child
+        server.wait()
+    assert wait_gone(seen, 10, group=True)
+    stack.preflight()  # nothing of it runs any more: the stale file goes, the checks pass
+    assert not stack.state_path.exists()

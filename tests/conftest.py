@@ -57,6 +57,16 @@ def served_run(served_world, tmp_path_factory: pytest.TempPathFactory) -> Path: 
 
 
 @pytest.fixture(scope="session")
+def served_repository(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository holding version 1 of the factor family (``served_run``), for stacks of the tests' own."""
+    from trainer.triton.publish import publish
+
+    repository = tmp_path_factory.mktemp("served-repository")
+    publish(served_run, repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
 def stack(served_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The whole local stack on free ports: PostgreSQL, Triton, feedback writer, two gateways, NGINX, Prometheus.
 

@@ -93,7 +93,7 @@ _TRITON = (
     Metric("nv_inference_compute_infer_duration_us", "counter", "triton", _TRITON_MODEL),
     # Beyond the contract, served by Triton 2.51 (checked against a running server's /metrics):
     Metric("nv_inference_pending_request_count", "gauge", "triton", _TRITON_MODEL, in_contract=False),
-    # Set by recsys_scorer_ann (serving.models.AnnScorerModel) from its version's publish.json: the recall gate's figure.
+    # Set by recsys_scorer_ann (serving.models.AnnScorerModel) from its publish.json: the recall gate's figure.
     Metric("recsys_ann_recall_at_10", "gauge", "triton", _TRITON_MODEL, in_contract=False),
     Metric("nv_inference_request_summary_us", "summary", "triton", (*_TRITON_MODEL, "quantile"), in_contract=False),
     Metric("nv_inference_queue_summary_us", "summary", "triton", (*_TRITON_MODEL, "quantile"), in_contract=False),

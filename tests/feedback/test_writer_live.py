@@ -108,7 +108,7 @@ def test_an_event_id_resent_with_other_content_gets_409_through_the_gateway(stac
 
 def test_an_event_id_resent_with_other_content_is_already_exists_over_grpc(stack: LocalStack) -> None:
     event_id, ts = uuid.uuid4().hex, int(time.time() * 1000) - 1000
-    play = {"user_id": "15", "item_id": "1", "ts_ms": ts, "event_id": event_id}
+    play: dict[str, Any] = {"user_id": "15", "item_id": "1", "ts_ms": ts, "event_id": event_id}
     with grpc.insecure_channel(stack.gateway_grpc) as channel:
         stub = recsys_pb2_grpc.RecommenderStub(channel)  # type: ignore[no-untyped-call]
         stub.Plays(recsys_pb2.PlaysRequest(plays=[recsys_pb2.Play(**play)]), timeout=10)

@@ -30,7 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_INDEX_URL=${PIP_INDEX_URL}
 
 # torch first, from the CPU index (or the CPU wheel in torch-wheels, whose +cpu version outranks PyPI's):
-# `pip install -e .` then finds torch==2.13.0 satisfied and pulls no CUDA build.
+# the dependencies' install below then finds torch==2.13.0 satisfied and pulls no CUDA build.
 RUN --mount=type=bind,from=torch-wheels,target=/wheels --mount=type=secret,id=pip-cert \
     if [ -f /run/secrets/pip-cert ]; then export PIP_CERT=/run/secrets/pip-cert; fi \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin recsys \

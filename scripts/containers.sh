@@ -287,6 +287,7 @@ cmd_up() {
 cmd_down() {
   stack_secrets
   podman_compose down -v >&2
+  if podman network exists recsys_default; then podman network rm -f recsys_default >/dev/null; fi
 }
 
 # --- the local overlay under podman kube play ---------------------------------------------------------------------
@@ -326,9 +327,11 @@ cmd_kube_down() {
   for file in "$out"/*.yaml; do
     [ -e "$file" ] || continue
     podman kube down "$file" >/dev/null 2>&1 || true
-    # the claims' named volumes
-    sed -n 's/^  *claimName: //p' "$file" | xargs -r podman volume rm -f >/dev/null 2>&1 || true
   done
+  if [ -f "$out/plan.json" ]; then  # the claims' and ConfigMaps' named volumes
+    "$PYTHON" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["volumes"]))' "$out/plan.json" |
+      xargs -r podman volume rm -f >/dev/null 2>&1 || true
+  fi
   for file in "$out"/secrets/*.json; do
     [ -e "$file" ] || continue
     podman secret rm "$(basename "$file" .json)" >/dev/null 2>&1 || true

@@ -277,11 +277,24 @@ def write(plan_: Plan, out: Path) -> None:
                 "left_out": plan_.left_out,
                 "secrets": sorted(plan_.secrets),
                 "empty_dirs": plan_.empty_dirs,
+                "volumes": volumes(plan_),
             },
             indent=2,
         )
         + "\n"
     )
+
+
+def volumes(plan_: Plan) -> list[str]:
+    """The named volumes the played pods get: one per claim, and one per ConfigMap mounted as a volume."""
+    names = set()
+    for workload in plan_.workloads:
+        for volume in plan_.pod_spec(workload).get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                names.add(volume["persistentVolumeClaim"]["claimName"])
+            elif "configMap" in volume:
+                names.add(volume["configMap"]["name"])
+    return sorted(names)
 
 
 def load(out: Path) -> Plan:

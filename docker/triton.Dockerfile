@@ -105,4 +105,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 # Explicit model control: only the two A/B ensembles (and so their steps) are loaded; a version appears in a pod
 # when the pod starts (CD rolls the Deployment after publishing). The NGC entrypoint stays in front of this.
-CMD ["sh", "-c", "exec tritonserver --model-repository=\"$RECSYS_MODEL_REPOSITORY\" --model-control-mode=explicit --load-model=recsys_a --load-model=recsys_b --strict-readiness=true --exit-on-error=true --metrics-config=summary_latencies=true --http-port=8000 --grpc-port=8001 --metrics-port=8002"]
+# With RECSYS_TRITON_API_KEY (the Secret recsys-triton) every API but health answers only to its holders, as
+# recsys.stack.triton.config.RESTRICTED_APIS does for the local server.
+CMD ["sh", "-c", "R=metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging:recsys-triton-key=$RECSYS_TRITON_API_KEY; exec tritonserver --model-repository=\"$RECSYS_MODEL_REPOSITORY\" --model-control-mode=explicit --load-model=recsys_a --load-model=recsys_b --strict-readiness=true --exit-on-error=true --metrics-config=summary_latencies=true --http-port=8000 --grpc-port=8001 --metrics-port=8002 ${RECSYS_TRITON_API_KEY:+--http-restricted-api=$R --grpc-restricted-protocol=$R}"]

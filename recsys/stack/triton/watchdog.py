@@ -198,3 +198,48 @@ class TritonWatchdog:
                 self.check()
             except Exception:  # a watchdog that dies is worse than one that logs
                 log.exception("triton watchdog: a check failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m recsys.stack.triton.watchdog``: one check of the Triton the settings name (every READY ensemble
+    probed; a dead stub's model loaded again), for a Kubernetes liveness probe. Exit 1
+    only when a probe still fails after that repair (the kubelet then restarts the container, which loads the newest
+    good versions); overload or a model being loaded is not a reason to kill the server."""
+    import argparse
+
+    from recsys.core.settings import get_settings
+    from recsys.stack.ports import connect_host
+    from recsys.stack.triton.config import TritonUrls
+
+    parser = argparse.ArgumentParser(prog="python -m recsys.stack.triton.watchdog", description=main.__doc__)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per probe and control call")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    host = connect_host(settings.triton_host)
+    key = settings.triton_api_key.get_secret_value() or None
+    urls = TritonUrls(
+        http=f"{host}:{settings.triton_http_port}", grpc=f"{host}:{settings.triton_grpc_port}", metrics=""
+    )
+    control = TritonControl(urls, timeout_s=max(args.timeout, 60.0), api_key=key)
+
+    def ensembles() -> list[str]:
+        """The loaded ensembles (every public model of the repository is one; their steps fail through them)."""
+        loaded = [str(e["name"]) for e in control.repository_index() if e.get("state") == "READY"]
+        return [name for name in loaded if control.model_config(name).get("platform") == "ensemble"]
+
+    watchdog = TritonWatchdog(control, urls.grpc, ensembles, api_key=key, probe_timeout_s=args.timeout)
+    try:
+        first = watchdog.check()
+        dead = [failure for failure in first if dead_stub_model(failure) is not None]
+        if not dead:
+            return 0
+        left = [failure for failure in watchdog.check() if dead_stub_model(failure) is not None]
+        for failure in left:
+            print(f"triton watchdog: still failing after a reload: {failure}")
+        return 1 if left else 0
+    finally:
+        watchdog.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

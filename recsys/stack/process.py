@@ -17,9 +17,9 @@ signal on which it stops its own children (PostgreSQL's backends, NGINX's worker
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -139,6 +139,9 @@ class ServiceProcess:
         """Start the command without waiting for readiness (see :meth:`wait_ready`)."""
         if self.is_running():
             raise ServiceError(f"{self.name} is already running (pid {self.pid})")
+        path = (self.env if self.env is not None else os.environ).get("PATH")
+        if shutil.which(self.command[0], path=path) is None:  # said here: through setpriv it would be its exit code
+            raise ServiceError(f"cannot start {self.name} ({self.command[0]}): no such executable file")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
         self._log = self.log_path.open(self.log_mode)
@@ -147,7 +150,7 @@ class ServiceProcess:
         log.debug("starting %s: %s", self.name, " ".join(self.command))
         try:
             process = subprocess.Popen(
-                self.command,
+                _dying_with_parent(self.command, self.death_signal),
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -157,7 +160,6 @@ class ServiceProcess:
                 user=self.user,
                 group=self.group,
                 extra_groups=[] if self.user is not None else None,
-                preexec_fn=_die_with_parent(self.death_signal),
             )
         except OSError as exc:
             self._close_log()
@@ -301,29 +303,17 @@ class ServiceProcess:
         self.stop()
 
 
-#: ``prctl(2)`` option: the signal this process gets when the thread that forked it exits
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(signum: int | None) -> Callable[[], None] | None:
-    """A child setup (run between fork and exec, after Popen changed the user, which would clear it) asking the
-    kernel for ``signum`` once the launching thread dies; None off Linux, off the main thread (a worker thread
-    ends long before the process), or without a signal. If the parent died before the request took effect,
-    nobody would send it: the child then signals itself."""
-    if signum is None or not sys.platform.startswith("linux"):
-        return None
+def _dying_with_parent(command: list[str], signum: int | None) -> list[str]:
+    """``command`` run through util-linux's ``setpriv --pdeathsig``: the kernel sends ``signum`` once the launching
+    thread dies. setpriv sets it after Popen changed the user (which would clear it) and execs the server, so the
+    pid stays the server's. Not a ``preexec_fn``: Python code between fork and exec can deadlock or abort in a
+    process with other threads (gRPC's, the watchdog's). Unchanged off Linux, without setpriv, without a signal,
+    or off the main thread (a worker thread ends long before the process, and its death would stop the server)."""
+    if signum is None or not sys.platform.startswith("linux") or shutil.which("setpriv") is None:
+        return command
     if threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork: the child only calls it
-    parent = os.getpid()
-
-    def setup() -> None:
-        if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
-
-    return setup
+        return command
+    return ["setpriv", "--pdeathsig", signal.Signals(signum).name.removeprefix("SIG"), *command]
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> bool:

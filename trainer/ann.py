@@ -77,6 +77,7 @@ class AnnReport:
 
     kind: str
     n_items: int
+    indexed_items: int  # items with factors; the others (all-zero factors) are merged in by their bias
     nlist: int | None
     nprobe: int | None
     ef_search: int | None
@@ -226,8 +227,16 @@ def build_and_check(
     began = time.perf_counter()
     rows = item_rows(items, bias)
     kind = policy.kind_for(len(rows))
-    index = build_index(rows, kind, nlist=policy.nlist, links=policy.hnsw_links, seed=policy.seed)
+    moving = rows[:, :-1].any(axis=1)  # items with factors; the rest score their bias for everyone
+    ids = np.flatnonzero(moving).astype(np.int64)
+    constant = np.flatnonzero(~moving).astype(np.int64)
+    constant = constant[np.argsort(-rows[constant, -1], kind="stable")]
+    constant_scores = rows[constant, -1].copy()
+    indexed = rows if len(constant) == 0 else rows[ids]
+    index = build_index(indexed, kind, nlist=policy.nlist, links=policy.hnsw_links, seed=policy.seed)
+    del indexed
     build_seconds = time.perf_counter() - began
+    split = {"ids": ids, "constant": constant, "constant_scores": constant_scores}
     nlist = int(faiss.extract_index_ivf(index).nlist) if kind == "ivf_flat" else None
 
     began = time.perf_counter()
@@ -240,7 +249,7 @@ def build_and_check(
     del rows
 
     def measure_on(settings: SearchSettings, sample: tuple[Any, Any, Any]) -> float:
-        return _measure(AnnRetriever(index, settings, popular, popular_scores), *sample, k)
+        return _measure(AnnRetriever(index, settings, popular, popular_scores, **split), *sample, k)
 
     settings, tuning = _tune(kind, policy, lambda s: measure_on(s, (tune_v, tune_x, tune_exact)), nlist)
     recall = measure_on(settings, (gate_v, gate_x, gate_exact))
@@ -259,10 +268,12 @@ def build_and_check(
         ef_search=np.int64(settings.ef_search),
         popular=popular,
         popular_scores=popular_scores,
+        **split,
     )
     report = AnnReport(
         kind=settings.kind,
-        n_items=int(index.ntotal),
+        n_items=len(moving),
+        indexed_items=int(index.ntotal),
         nlist=nlist,
         nprobe=settings.nprobe if kind == "ivf_flat" else None,
         ef_search=settings.ef_search if kind == "hnsw" else None,

@@ -26,8 +26,7 @@ from feedback.metrics import WriterMetrics
 from feedback.spool import Spool, SpoolUnavailableError
 from feedback.writer import DatabaseWriter
 from recsys.core.asgi import error_response, json_response
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
+from recsys.core.limits import WRITER_MAX_BODY_BYTES as MAX_BODY_BYTES
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

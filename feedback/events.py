@@ -1,4 +1,5 @@
-"""The events the writer accepts (validated again here: the writer trusts no caller, the gateway included)."""
+"""The events the writer accepts (validated again here: the writer trusts no caller, the gateway included), with
+the gateway's limits (:mod:`recsys.core.limits`, one source for both)."""
 
 from __future__ import annotations
 
@@ -17,16 +18,27 @@ from pydantic import (
     field_validator,
 )
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]  # PostgreSQL text has no NUL
-Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=4e9)]
-Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=3.6e6)]
+from recsys.core.limits import (
+    MAX_EVENTS_PER_POST,
+    MAX_GROUP_CHARS,
+    MAX_ID_CHARS,
+    MAX_INFERENCE_TIME_MS,
+    MAX_MS_PLAYED,
+    MAX_SKIPPED_ITEMS,
+    MAX_TOP_K,
+    PLAY_TS_MIN_MS,
+    WRITER_CLOCK_SLACK_MS,
+)
+from recsys.core.limits import PLAY_MAX_FUTURE_MS as GATEWAY_PLAY_MAX_FUTURE_MS
 
-#: The accepted window of a play's time, as the gateway's (``gateway/service.py``; the layers may not share code):
-#: from 2000-01-01T00:00:00Z to the gateway's 5 minutes past the clock plus one minute, so that a writer on another
-#: host whose clock is a little behind never refuses a play the gateway has just accepted.
-PLAY_TS_MIN_MS = 946_684_800_000
-PLAY_MAX_FUTURE_MS = 6 * 60 * 1000
-MAX_MS_PLAYED = 24 * 3600 * 1000  # one day; the column is an integer (2^31 ms is 24.8 days)
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^\x00]+$")]  # text has no NUL
+Group = Annotated[StrictStr, Field(min_length=1, max_length=MAX_GROUP_CHARS, pattern=r"^[^\x00]+$")]
+Seconds = Annotated[StrictFloat | StrictInt, Field(ge=0, le=4e9)]
+Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=MAX_INFERENCE_TIME_MS)]
+
+#: A play's time may be this far past the writer's clock: the gateway's window plus a minute, so that a writer on
+#: another host whose clock is a little behind never refuses a play the gateway has just accepted.
+PLAY_MAX_FUTURE_MS = GATEWAY_PLAY_MAX_FUTURE_MS + WRITER_CLOCK_SLACK_MS
 
 
 class _Event(BaseModel):
@@ -38,10 +50,10 @@ class Impression(_Event):
     request_id: Id
     ts: Seconds
     user_id: Id
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
+    group: Group
     model: Id
     model_version: Annotated[StrictInt, Field(ge=0)]
-    items: Annotated[list[Id], Field(max_length=1000)]
+    items: Annotated[list[Id], Field(max_length=MAX_TOP_K)]
     latency_ms: Millis
     fallback: StrictBool
 
@@ -52,9 +64,9 @@ class Feedback(_Event):
     ts: Seconds
     request_id: Id
     user_id: Id
-    group: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
+    group: Group
     clicked_item: Id | None = None
-    skipped_items: Annotated[list[Id], Field(max_length=1000)] = []
+    skipped_items: Annotated[list[Id], Field(max_length=MAX_SKIPPED_ITEMS)] = []
     inference_time_ms: Millis | None = None
 
 
@@ -81,7 +93,7 @@ Event = Annotated[Impression | Feedback | Play, Field(discriminator="kind")]
 
 
 class EventBatch(_Event):
-    events: Annotated[list[Event], Field(min_length=1, max_length=10_000)]
+    events: Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS_PER_POST)]
 
 
 BATCH = TypeAdapter(EventBatch)

@@ -16,9 +16,10 @@ from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.service import PLAYS_MAX_BODY_BYTES, GatewayError, GatewayService, request_id_of
+from gateway.service import GatewayError, GatewayService, request_id_of
 from recsys.core import logs
 from recsys.core.asgi import error_response
+from recsys.core.limits import PLAYS_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,12 @@ Two promises, deliberately different:
   recommendations, so small batches showed up as a tenth of the gateway's CPU under load. They are retried while
   the writer is down, up to ``max_buffer`` events, past which they are counted in
   ``gateway_impressions_dropped_total`` rather than growing without bound.
+
+A post of impressions is also capped by its size (``EVENT_BATCH_MAX_BYTES``, three quarters of the writer's body
+cap; issue 14: 2,000 lists of 300 items are about 9 MiB, which the writer refused with 413 and the sink dropped,
+leaving the clicks on them orphans). A post the writer still refuses (413, or 422 for one bad event among many) is
+split in halves and resent, so that only an impression the writer refuses on its own is dropped (logged). One
+impression too large to post alone is refused when it is recorded (:meth:`EventSink.record_impression`).
 """
 
 from __future__ import annotations
@@ -23,8 +29,11 @@ import orjson
 
 from gateway.metrics import GatewayMetrics
 from recsys.core.errors import RecsysError
+from recsys.core.limits import EVENT_BATCH_MAX_BYTES
 
 log = logging.getLogger(__name__)
+
+_HEAD, _TAIL = b'{"events":[', b"]}"  # a post's body around its comma-separated events
 
 
 class WriterUnavailableError(RecsysError):
@@ -47,6 +56,7 @@ class EventSink:
         timeout_s: float,
         metrics: GatewayMetrics,
         batch_size: int = 2000,
+        max_batch_bytes: int = EVENT_BATCH_MAX_BYTES,
         interval_s: float = 0.25,
         max_buffer: int = 100_000,
         token: str = "",
@@ -56,9 +66,11 @@ class EventSink:
         self._client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, headers=headers)
         self._metrics = metrics
         self._batch_size = batch_size
+        self._max_batch_bytes = max_batch_bytes
         self._interval_s = interval_s
         self._max_buffer = max_buffer
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[bytes] = []  # impressions, each serialized once, when recorded
+        self._buffered_bytes = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -71,7 +83,7 @@ class EventSink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(WriterUnavailableError, WriterRejectedError):
+        with contextlib.suppress(WriterUnavailableError, WriterRejectedError, TimeoutError):
             await asyncio.wait_for(self._send_buffer(), drain_timeout_s)
         await self._client.aclose()
 
@@ -79,13 +91,21 @@ class EventSink:
     def pending(self) -> int:
         return len(self._buffer)
 
-    def record_impression(self, impression: dict[str, Any]) -> None:
+    def record_impression(self, impression: dict[str, Any]) -> bool:
+        """Queues a served list for the writer; False (nothing queued) when it is too large to post on its own,
+        which the request limits rule out (``MAX_IMPRESSION_BYTES``): the caller refuses the request then."""
+        encoded = orjson.dumps(impression)
+        if len(_HEAD) + len(encoded) + len(_TAIL) > self._max_batch_bytes:
+            log.error("impression of %d bytes refused: over a post's %d bytes", len(encoded), self._max_batch_bytes)
+            return False
         if len(self._buffer) >= self._max_buffer:
             self._metrics.impressions_dropped.inc()
-            return
-        self._buffer.append(impression)
-        if len(self._buffer) >= self._batch_size:
+            return True
+        self._buffer.append(encoded)
+        self._buffered_bytes += len(encoded) + 1
+        if len(self._buffer) >= self._batch_size or self._buffered_bytes >= self._max_batch_bytes:
             self._wake.set()
+        return True
 
     async def send_feedback(self, event: dict[str, Any]) -> None:
         await self._post([event])
@@ -101,10 +121,11 @@ class EventSink:
             return False
 
     async def _post(self, events: list[dict[str, Any]]) -> None:
+        await self._post_body(orjson.dumps({"events": events}))
+
+    async def _post_body(self, body: bytes) -> None:
         try:
-            response = await self._client.post(
-                "/events", content=orjson.dumps({"events": events}), headers={"content-type": "application/json"}
-            )
+            response = await self._client.post("/events", content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise WriterUnavailableError(f"feedback writer unreachable: {type(exc).__name__}") from None
         if response.status_code == 202:
@@ -118,14 +139,33 @@ class EventSink:
             raise WriterRejectedError(_error_message(response))
         raise WriterUnavailableError(f"feedback writer answered {response.status_code}")
 
+    def _next_batch(self, most: int) -> int:
+        """How many buffered impressions the next post takes: up to ``most``, within ``max_batch_bytes``."""
+        size, n = len(_HEAD) + len(_TAIL), 0
+        for encoded in self._buffer[:most]:
+            size += len(encoded) + (1 if n else 0)
+            if n and size > self._max_batch_bytes:
+                break
+            n += 1
+        return n
+
     async def _send_buffer(self) -> None:
+        """Posts the buffer in batches; a refused batch is halved until the writer takes it, or is one impression
+        (then dropped and logged: a gateway bug, not a transient failure, so it is not retried forever)."""
+        most = self._batch_size
         while self._buffer:
-            batch = self._buffer[: self._batch_size]
+            n = self._next_batch(most)
             try:
-                await self._post(batch)
-            except WriterRejectedError as exc:  # a gateway bug, not a transient failure: do not retry forever
-                log.error("writer rejected %d impressions: %s", len(batch), exc)
-            del self._buffer[: len(batch)]
+                await self._post_body(_HEAD + b",".join(self._buffer[:n]) + _TAIL)
+            except WriterRejectedError as exc:
+                if n > 1:
+                    most = n // 2
+                    log.warning("writer refused %d impressions (%s): resending them in halves", n, exc)
+                    continue
+                log.error("writer rejected an impression, dropped: %s", exc)
+            self._buffered_bytes -= sum(len(e) + 1 for e in self._buffer[:n])
+            del self._buffer[:n]
+            most = min(self._batch_size, most * 2)
 
     async def _flush_loop(self) -> None:
         backoff = self._interval_s

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, StrictStr, Tag
 
-from gateway.service import (
+from recsys.core.limits import (
     MAX_GROUP_CHARS,
     MAX_ID_CHARS,
     MAX_INFERENCE_TIME_MS,

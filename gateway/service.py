@@ -20,38 +20,26 @@ from gateway.experiment import Experiment
 from gateway.metrics import GatewayMetrics
 from gateway.readiness import ModelProbe
 from recsys.core.errors import RecsysError
+from recsys.core.limits import (
+    MAX_ID_CHARS,
+    MAX_INFERENCE_TIME_MS,
+    MAX_MS_PLAYED,
+    MAX_PLAYS_PER_REQUEST,
+    MAX_SKIPPED_ITEMS,
+    MAX_TOP_K,
+    PLAY_MAX_FUTURE_MS,
+    PLAY_TS_MIN_MS,
+)
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError
 
 log = logging.getLogger(__name__)
 
-# Limits of every field a client sends, here once: the REST schema (gateway.schemas) and so the OpenAPI document
-# take their bounds from these names, the checks below enforce them for both transports, and a test compares the
-# two (the writer, which may not import the gateway, repeats them in feedback/events.py).
-MAX_ID_CHARS = 256
-MAX_SKIPPED_ITEMS = 1000
-#: A group name (gateway.experiment.GroupName allows no longer); the service takes only the experiment's names.
-MAX_GROUP_CHARS = 32
-#: A client's measured latency of one list: up to one hour, inclusive (the writer's bound too).
-MAX_INFERENCE_TIME_MS = 3_600_000
+# The limits of every field a client sends come from recsys.core.limits, one source for the REST schema
+# (gateway.schemas, and so the OpenAPI document), the checks below (both transports), the writer's own checks
+# (feedback/events.py) and the settings; a test compares the document with what the service enforces.
 #: ``X-Request-Id``: what NGINX's ``$request_id`` (32 hex digits), UUIDs and common tracing ids look like; nothing
 #: that could break a log line or a header.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-# Limits of organic plays (the body cap reads them too).
-#: Plays per request: a player flushes what it buffered while offline in a few requests, and one request is one
-#: writer round trip and one fsync, acknowledged or refused as a whole.
-MAX_PLAYS_PER_REQUEST = 100
-#: The body cap of ``POST /plays`` (gateway and NGINX; other routes keep RECSYS_MAX_BODY_BYTES, 16 KiB): a full batch
-#: with every id at MAX_ID_CHARS ASCII characters is about 85 KB of JSON, so a valid batch is never refused for its
-#: size, while the cap stays small enough to read into memory at once.
-PLAYS_MAX_BODY_BYTES = 128 * 1024
-#: The accepted window of a play's time: from 2000-01-01T00:00:00Z (no earlier play can exist; epoch seconds sent
-#: as milliseconds land in 1970) to this far past the gateway's clock (players' clocks drift; microseconds sent as
-#: milliseconds land centuries ahead).
-PLAY_TS_MIN_MS = 946_684_800_000
-PLAY_MAX_FUTURE_MS = 5 * 60 * 1000
-#: The longest play: one day (mixes and podcasts run for hours; the column is a 32-bit integer of milliseconds).
-MAX_MS_PLAYED = 24 * 3600 * 1000
 
 
 class GatewayError(RecsysError):
@@ -152,7 +140,7 @@ class GatewayService:
         coalescer: Coalescer | None = None,
         metrics: GatewayMetrics,
         default_top_k: int = 10,
-        max_top_k: int = 1000,
+        max_top_k: int = MAX_TOP_K,
     ) -> None:
         self.experiment = experiment
         self.triton = triton
@@ -220,7 +208,7 @@ class GatewayService:
             inference_time_ms=round(elapsed_ms, 3),
             fallback=rec.fallback,
         )
-        self.events.record_impression(
+        recorded = self.events.record_impression(
             {
                 "kind": "impression",
                 "request_id": result.request_id,
@@ -234,6 +222,8 @@ class GatewayService:
                 "fallback": rec.fallback,
             }
         )
+        if not recorded:  # ruled out by the limits above (MAX_IMPRESSION_BYTES): never served unrecorded
+            raise GatewayError.invalid(f"the list of {len(rec.item_ids)} items is too large to record: ask for fewer")
         return result
 
     async def feedback(self, event: FeedbackEvent) -> str:

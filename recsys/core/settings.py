@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recsys.core.errors import ConfigError
+from recsys.core.limits import MAX_TOP_K
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -62,7 +63,9 @@ class Settings(BaseSettings):
         2, ge=1, description="Triton calls a gateway keeps in flight; requests arriving meanwhile share the next call"
     )
     default_top_k: int = Field(10, ge=1)
-    max_top_k: int = Field(1000, ge=1, description="largest top_k accepted (the served models' limit)")
+    max_top_k: int = Field(
+        MAX_TOP_K, ge=1, le=MAX_TOP_K, description=f"largest top_k accepted (at most the served models' {MAX_TOP_K})"
+    )
     max_body_bytes: int = Field(16384, gt=0, description="largest request body the gateway reads")
     max_header_bytes: int = Field(
         32768, ge=1024, description="largest request line + headers the gateway reads (431 past it)"

@@ -6,6 +6,7 @@ time)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -25,6 +26,15 @@ import pytest
 from tests_support import query
 
 from feedback.conflicts import digest
+from gateway.events import EventSink
+from gateway.metrics import GatewayMetrics
+from recsys.core.limits import (
+    EVENT_BATCH_MAX_BYTES,
+    MAX_ID_CHARS,
+    MAX_IMPRESSION_BYTES,
+    MAX_TOP_K,
+    WRITER_MAX_BODY_BYTES,
+)
 from recsys.stack.ports import free_port
 from recsys.stack.process import ServiceProcess
 
@@ -337,3 +347,89 @@ def test_two_replicas_taking_one_event_id_with_two_contents_keep_the_first_store
     finally:
         one.process.stop()
         two.process.stop()
+
+
+# --- the gateway's impression batches against the writer's body cap (issue 14 follow-up) ---------------------------
+
+
+def impression(request_id: str, items: list[str]) -> dict[str, Any]:
+    """What the gateway's service records for one served list."""
+    return {"kind": "impression", "request_id": request_id, "ts": time.time(), "user_id": "u1", "group": "A",
+            "model": "recsys_a", "model_version": 1, "items": items, "latency_ms": 3.5, "fallback": False}  # fmt: skip
+
+
+def stored_impressions(w: Writer, request_ids: list[str]) -> set[str]:
+    rows = query(w.database, "SELECT request_id FROM impressions WHERE request_id = ANY($1)", request_ids)
+    return {r["request_id"] for r in rows}
+
+
+def deliver(w: Writer, impressions: list[dict[str, Any]], **sink: Any) -> None:
+    """Records the impressions in a gateway's EventSink and lets it post them all to the writer."""
+
+    async def run() -> None:
+        events = EventSink(w.url, timeout_s=30, metrics=GatewayMetrics(), token=w.token, **sink)
+        for one in impressions:
+            assert events.record_impression(one)
+        await events.close(drain_timeout_s=120)  # the last flush: every buffered impression, in posts
+        assert events.pending == 0
+
+    asyncio.run(run())
+
+
+def wait_impressions(w: Writer, request_ids: list[str], timeout_s: float = 60.0) -> set[str]:
+    deadline = time.monotonic() + timeout_s
+    while (found := stored_impressions(w, request_ids)) != set(request_ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+LONG_LIST = [f"track-{i:06d}" for i in range(300)]
+
+
+def test_a_full_batch_of_long_lists_is_posted_within_the_writers_cap_and_stored_whole(writer: Writer) -> None:
+    """2,000 impressions of 300 items are about 9 MiB: one post by count was refused with 413 and dropped, so every
+    click on those lists stayed an orphan. Posts are now capped by size, below the writer's cap."""
+    tag = uuid.uuid4().hex[:8]
+    impressions = [impression(f"full-{tag}-{n:04d}", LONG_LIST) for n in range(2000)]
+    assert len(orjson.dumps({"events": impressions})) > WRITER_MAX_BODY_BYTES  # what one post by count would be
+    deliver(writer, impressions)
+    ids = [i["request_id"] for i in impressions]
+    assert wait_impressions(writer, ids) == set(ids)
+
+
+def test_a_post_the_writer_refuses_as_too_large_is_split_and_resent(writer: Writer) -> None:
+    """A writer whose cap is below the gateway's batch size (a configuration drift): 413, halves, all stored."""
+    tag = uuid.uuid4().hex[:8]
+    impressions = [impression(f"split-{tag}-{n:04d}", LONG_LIST) for n in range(1200)]
+    deliver(writer, impressions, max_batch_bytes=4 * WRITER_MAX_BODY_BYTES)
+    ids = [i["request_id"] for i in impressions]
+    assert wait_impressions(writer, ids) == set(ids)
+
+
+def test_one_impression_the_writer_refuses_costs_only_itself(writer: Writer) -> None:
+    """An item id longer than the writer takes (a model's id, not a client's input) got the whole batch of 2,000
+    refused with 422 and dropped; halving isolates it."""
+    tag = uuid.uuid4().hex[:8]
+    impressions = [impression(f"bad-{tag}-{n:03d}", ["a", "b"]) for n in range(300)]
+    impressions[137] = impression(f"bad-{tag}-137", ["x" * (MAX_ID_CHARS + 1)])
+    deliver(writer, impressions)
+    good = [i["request_id"] for n, i in enumerate(impressions) if n != 137]
+    assert wait_impressions(writer, good) == set(good)
+    assert not stored_impressions(writer, [f"bad-{tag}-137"])
+
+
+def test_an_impression_too_large_to_post_alone_is_refused_when_recorded() -> None:
+    """The request limits rule it out (MAX_TOP_K ids of MAX_ID_CHARS characters, each at most 6 bytes of JSON);
+    the sink still refuses one rather than drop it later, and the service answers 400 then."""
+    worst = impression("r" * MAX_ID_CHARS, ["\x1f" * MAX_ID_CHARS] * MAX_TOP_K) | {"user_id": "\x1f" * MAX_ID_CHARS}
+    assert len(orjson.dumps(worst)) <= MAX_IMPRESSION_BYTES < EVENT_BATCH_MAX_BYTES < WRITER_MAX_BODY_BYTES
+
+    async def run() -> tuple[bool, bool, int]:
+        events = EventSink("http://127.0.0.1:9", timeout_s=1, metrics=GatewayMetrics(), max_batch_bytes=64 * 1024)
+        small = events.record_impression(impression("fits", ["a"]))
+        large = events.record_impression(impression("too-large", ["x" * MAX_ID_CHARS] * 300))
+        pending = events.pending
+        await events.close(drain_timeout_s=1)  # nothing listens there: the drain gives up
+        return small, large, pending
+
+    assert asyncio.run(run()) == (True, False, 1)

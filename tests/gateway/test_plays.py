@@ -16,7 +16,7 @@ import httpx
 import pytest
 from tests_support import query, writer_auth
 
-from gateway.service import MAX_ID_CHARS, MAX_PLAYS_PER_REQUEST, PLAY_MAX_FUTURE_MS, PLAYS_MAX_BODY_BYTES
+from recsys.core.limits import MAX_ID_CHARS, MAX_PLAYS_PER_REQUEST, PLAY_MAX_FUTURE_MS, PLAYS_MAX_BODY_BYTES
 from recsys.stack.local import LocalStack
 from recsys.v1 import recsys_pb2, recsys_pb2_grpc
 

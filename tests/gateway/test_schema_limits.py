@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 
-from gateway import service as limits
+from feedback import events as writer_events
+from feedback.events import EventBatch, Impression
+from feedback.events import Feedback as FeedbackIn
+from feedback.events import Play as PlayIn
 from gateway.events import EventSink
 from gateway.experiment import load_experiment
 from gateway.metrics import GatewayMetrics
 from gateway.rest import create_app
 from gateway.service import FeedbackEvent, GatewayError, GatewayService, PlayEvent
+from recsys.core import limits
+from recsys.core.errors import ConfigError
+from recsys.core.settings import get_settings
 from recsys.core.triton_client import AsyncTritonRecommender
 
 EXPERIMENT = Path(__file__).resolve().parents[2] / "gateway" / "experiment.yaml"
@@ -110,3 +116,31 @@ async def _check_each_bound() -> None:
 
 def test_the_service_takes_each_documented_maximum_and_refuses_one_past_it() -> None:
     asyncio.run(_check_each_bound())
+
+
+def test_the_writer_checks_the_same_limits_as_the_gateway() -> None:
+    """One source (recsys.core.limits): the writer repeated them as bare numbers, free to drift from the gateway's;
+    a field the gateway accepts and the writer refuses gets a whole batch of impressions refused."""
+    impression = Impression.model_json_schema()["properties"]
+    feedback = FeedbackIn.model_json_schema()["properties"]
+    play = PlayIn.model_json_schema()["properties"]
+    assert impression["items"]["maxItems"] == limits.MAX_TOP_K
+    assert impression["items"]["items"]["maxLength"] == limits.MAX_ID_CHARS
+    assert impression["group"]["maxLength"] == feedback["group"]["maxLength"] == limits.MAX_GROUP_CHARS
+    assert feedback["skipped_items"]["maxItems"] == limits.MAX_SKIPPED_ITEMS
+    assert feedback["inference_time_ms"]["anyOf"][0]["le"] == limits.MAX_INFERENCE_TIME_MS  # int or float: "le"
+    assert _number(play["ms_played"])["maximum"] == limits.MAX_MS_PLAYED
+    assert play["ts_ms"]["minimum"] == limits.PLAY_TS_MIN_MS
+    assert EventBatch.model_json_schema()["properties"]["events"]["maxItems"] == limits.MAX_EVENTS_PER_POST
+    assert writer_events.PLAY_MAX_FUTURE_MS > limits.PLAY_MAX_FUTURE_MS  # the writer's clock may lag a little
+
+
+@pytest.mark.parametrize("value", [limits.MAX_TOP_K + 1, 2000])
+def test_a_max_top_k_setting_past_what_the_models_serve_is_refused(value: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RECSYS_MAX_TOP_K=2000 was accepted: Triton then refused such requests, and the writer a whole batch of
+    impressions holding one list of more than 1,000 items."""
+    monkeypatch.setenv("RECSYS_MAX_TOP_K", str(value))
+    with pytest.raises(ConfigError, match="RECSYS_MAX_TOP_K"):
+        get_settings()
+    monkeypatch.setenv("RECSYS_MAX_TOP_K", str(limits.MAX_TOP_K))
+    assert get_settings().max_top_k == limits.MAX_TOP_K

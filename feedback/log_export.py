@@ -33,6 +33,7 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.core.dsn import connect
 from recsys.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,7 @@ async def export_log_async(
         raise ConfigError(f"export: unknown table(s) {', '.join(unknown)} (known: {', '.join(SCHEMAS)})")
     if batch_rows < 1:
         raise ConfigError(f"export: batch_rows must be >= 1, got {batch_rows}")
-    try:
-        conn = await asyncpg.connect(dsn, timeout=30)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise DataError(f"export: cannot connect to PostgreSQL ({exc})") from exc
+    conn = await connect(dsn, timeout=30)  # a bad URL or an outage: one line (ConfigError / DataError), no password
     rows: dict[str, dict[str, int]] = {}
     missing: list[str] = []
     try:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import asyncpg
 import pandas as pd
 
 from feedback.report.model import LATENCY_COLUMNS, SERIES_COLUMNS, Bucket, ReportInput, parse_bucket
+from recsys.core.dsn import connect
 
 SERIES_SQL = """
 SELECT date_trunc($3::text, i.ts AT TIME ZONE 'UTC') AS period, i.ab_group AS "group", i.user_id,
@@ -55,7 +55,7 @@ async def load_report_input(
 ) -> tuple[ReportInput, Flagged]:
     """The window [since, until) bucketed by ``bucket``; raises :class:`feedback.report.ReportError` on a bad one."""
     bucket = parse_bucket(bucket)
-    conn = await asyncpg.connect(dsn, timeout=10)
+    conn = await connect(dsn, timeout=10)  # a bad URL or an outage: one-line ConfigError / DataError
     try:
         series = await conn.fetch(SERIES_SQL, since, until, bucket)
         latency = await conn.fetch(LATENCY_SQL, since, until)

@@ -21,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from feedback.report.model import METRIC_LABELS, Interval, Report
-from recsys.core.errors import ConfigError
+from recsys.core.dsn import redact, scrub
+from recsys.core.errors import ConfigError, DataError
 from recsys.tables import STDOUT, check_output, show, write_json
 
 if TYPE_CHECKING:
@@ -67,14 +68,16 @@ def print_ab_report(
         raise ConfigError("--plot -: a PNG does not go to stdout; name a file")
     check_output(plot, "--plot")
     shares = {g.name: float(g.share) / 100.0 for g in experiment.groups}
-    try:
+    try:  # connecting: recsys.core.dsn.connect's one-line errors (a bad URL, an outage), without the password
         data, flagged = asyncio.run(load_report_input(database_url, start, end, bucket=checked))
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot reach PostgreSQL at RECSYS_DATABASE_URL: {exc}") from None
-    except asyncpg.InterfaceError as exc:  # a malformed URL among them (ClientConfigurationError)
-        raise ConfigError(f"RECSYS_DATABASE_URL is not a usable PostgreSQL URL: {exc}") from None
-    except asyncpg.PostgresError as exc:  # no such database, role or table (migrations not run)
-        raise ConfigError(f"PostgreSQL at RECSYS_DATABASE_URL cannot give the report: {exc}") from None
+    except (ConfigError, DataError) as exc:
+        raise ConfigError(f"RECSYS_DATABASE_URL={exc}") from None
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:  # the connection lost while reading
+        raise ConfigError(
+            f"PostgreSQL at {redact(database_url)} stopped answering: {scrub(str(exc), database_url)}"
+        ) from None
+    except asyncpg.PostgresError as exc:  # no such table (migrations not run)
+        raise ConfigError(f"PostgreSQL at {redact(database_url)} cannot give the report: {exc}") from None
     try:
         report = build_report(data, control=control, alpha=alpha, expected_shares=shares, planned_users=planned_users)
     except ReportError as exc:

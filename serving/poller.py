@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ OVERLAP = 1000  # sequence values re-read each poll (commits of several writers 
 PAGE = 5000
 ORPHAN_GRACE_S = 30.0  # how long a click may wait for its impression (the gateway retries impressions meanwhile)
 MAX_WAITING = 10_000
+MAX_RETRY_S = 10.0  # the longest wait between two attempts while the log cannot be read (clicks wait, none lost)
 CLICK_COLUMNS = "seq, user_id, clicked_item AS item_id, clean, orphan, ts"
 WAITING_QUERY = f"SELECT {CLICK_COLUMNS} FROM feedback_checked WHERE seq = ANY($1::bigint[])"
 
@@ -83,8 +86,8 @@ class FeedbackPoller(threading.Thread):
 
     Events on items the published model does not know are skipped (a new release reaches the catalogue through a
     publish, not here), and so are events before ``since``: a version trained on the log until then already holds
-    them in its history, and folding them in again would count them twice. Survives database outages (reconnects
-    every second); :meth:`stop` ends it.
+    them in its history, and folding them in again would count them twice. Survives database outages and a bad
+    URL (logged once, retried with a backoff from ``retry_s`` to ``MAX_RETRY_S``); :meth:`stop` ends it.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class FeedbackPoller(threading.Thread):
         since: datetime | None = None,
         interval_s: float = 0.1,
         orphan_grace_s: float = ORPHAN_GRACE_S,
+        retry_s: float = 1.0,
     ) -> None:
         super().__init__(name="feedback-poller", daemon=True)
         self.dsn, self.item_index, self.on_plays, self.interval_s = dsn, item_index, on_plays, interval_s
@@ -105,6 +109,8 @@ class FeedbackPoller(threading.Thread):
         self._stopping = threading.Event()
         self.streams = streams()
         self.polls = 0
+        self.retry_s = retry_s
+        self.failures = 0  # attempts failed in a row (0 while the log is readable)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -158,7 +164,11 @@ class FeedbackPoller(threading.Thread):
         return len(rows) == PAGE
 
     async def _loop(self) -> None:
+        """Polls until stopped. Any failure (an outage, a refused login, a URL asyncpg cannot parse: a ValueError)
+        is logged once, when it starts, and retried with a backoff doubling up to ``MAX_RETRY_S``; the recovery is
+        logged too. The thread never dies of it: this version keeps serving, without live fold-in meanwhile."""
         conn: asyncpg.Connection | None = None
+        delay = self.retry_s
         while not self._stopping.is_set():
             try:
                 if conn is None or conn.is_closed():
@@ -166,13 +176,57 @@ class FeedbackPoller(threading.Thread):
                 more = [await self._poll(conn, stream) for stream in self.streams]
                 await self._recheck(conn)
                 self.polls += 1
+                if self.failures:
+                    failed, self.failures, delay = self.failures, 0, self.retry_s
+                    log.info("live fold-in: the log is readable again (after %d failed attempts)", failed)
                 if not any(more):
                     await asyncio.sleep(self.interval_s)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("live fold-in: the log is not readable (%s); retrying", exc)
+            except Exception as exc:  # whatever it is, the poller retries rather than dying
+                self.failures += 1
+                if self.failures == 1:
+                    expected = isinstance(exc, _EXPECTED)
+                    log.warning(
+                        "live fold-in: the log is not readable (%s: %s); retrying every %g-%g s, quietly",
+                        type(exc).__name__,
+                        _without_password(str(exc), self.dsn),
+                        self.retry_s,
+                        MAX_RETRY_S,
+                        exc_info=not expected,  # a bug shows its traceback, once
+                    )
                 if conn is not None:
                     conn.terminate()
                 conn = None
-                await asyncio.sleep(1.0)
+                await self._pause(delay)
+                delay = min(2 * delay, MAX_RETRY_S)
         if conn is not None:
             await conn.close()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps ``seconds`` in short steps, so that :meth:`stop` is not kept waiting by a long backoff."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, 0.1))
+
+
+#: The failures a database outage or a bad URL raises (logged without a traceback).
+_EXPECTED = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    ValueError,
+    TypeError,
+    ArithmeticError,
+)
+
+
+def _without_password(text: str, dsn: str) -> str:
+    """``text`` without the URL's password (``recsys.core.dsn`` is out of reach here: serving imports numpy only)."""
+    try:
+        password = urllib.parse.urlsplit(dsn).password
+    except ValueError:  # the URL does not parse: hide all of it
+        return text.replace(dsn, "<RECSYS_DATABASE_URL>")
+    text = text.replace(dsn, "<RECSYS_DATABASE_URL>")
+    for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+        text = text.replace(str(secret), "***")
+    return text

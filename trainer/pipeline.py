@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.core.dsn import redact
 from trainer.artifacts import save_run
 from trainer.data.interactions import Events, Interactions
 from trainer.evaluation import evaluate
@@ -92,7 +93,7 @@ def train_and_evaluate(
         "seed": seed,
         "device": str(model.device),
         "refit": refit,
-        "data": source,
+        "data": redact(source),  # metrics.json is published (S3 on EKS): never a database password
         "baseline_popularity": baseline,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -218,7 +218,7 @@ def test_ab_report_with_a_bad_database_url_is_one_line(
     """Regression: ``RECSYS_DATABASE_URL=notaurl recsys ab-report`` was a traceback."""
     monkeypatch.setenv("RECSYS_DATABASE_URL", "notaurl")
     monkeypatch.setenv("RECSYS_EXPERIMENT_FILE", str(REPO / "gateway" / "experiment.yaml"))
-    assert "RECSYS_DATABASE_URL is not a usable PostgreSQL URL" in _one_line_error(capsys, invoke(["ab-report"]))
+    assert "RECSYS_DATABASE_URL=notaurl: not a usable PostgreSQL URL" in _one_line_error(capsys, invoke(["ab-report"]))
 
 
 def test_ab_report_json_into_a_missing_folder_is_one_line_before_the_database(
@@ -231,4 +231,28 @@ def test_ab_report_json_into_a_missing_folder_is_one_line_before_the_database(
     line = _one_line_error(capsys, invoke(["ab-report", "--json", str(missing)]))
     assert f"--json {missing}: folder {missing.parent} does not exist" in line
     line = _one_line_error(capsys, invoke(["ab-report", "--json", str(tmp_path / "report.json")]))
-    assert "cannot reach PostgreSQL" in line
+    assert "cannot connect to PostgreSQL" in line
+
+
+BAD_PORT_URL = "postgresql://recsys:SECRETPW@127.0.0.1:notaport/db"
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (("ab-report",), {"RECSYS_DATABASE_URL": BAD_PORT_URL}),
+        (("feedback", "export", "--out", "export", "--since", "2026-12-01"), {"RECSYS_DATABASE_URL": BAD_PORT_URL}),
+        (("train", "--data", BAD_PORT_URL, "--out", "run"), {}),
+    ],
+    ids=["ab-report", "feedback export", "train --data"],
+)
+def test_a_database_url_with_a_port_that_is_not_a_number_is_one_line(
+    args: tuple[str, ...], env: dict[str, str], tmp_path: Path
+) -> None:
+    """Regression (issue 15's review): asyncpg's parser raised ValueError, a 130-line traceback and exit 1, with
+    the URL's password in it."""
+    experiment = str(REPO / "gateway" / "experiment.yaml")
+    done = _recsys(*args, cwd=tmp_path, RECSYS_EXPERIMENT_FILE=experiment, **env)
+    line = _assert_one_line(done)
+    assert "postgresql://recsys:***@127.0.0.1:notaport/db: not a usable PostgreSQL URL" in line
+    assert "SECRETPW" not in done.stderr + done.stdout

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from recsys.core.dsn import connect, redact
 from recsys.core.errors import ConfigError, DataError
 from trainer.artifacts import Run, load_run
 from trainer.data.interactions import Events, FloatArray, IdMap, IndexArray, IntArray, Interactions, from_frame
@@ -194,7 +195,7 @@ def load_log(
     text = str(spec)
     if is_postgres_url(text):
         rows = read_postgres(text, window)
-        source = _redacted(text)
+        source = redact(text)
     else:
         folder = Path(spec)
         if not folder.is_dir():
@@ -413,23 +414,20 @@ def read_postgres(dsn: str, window: LogWindow, *, timeout_s: float = 30.0) -> Lo
 
 
 async def _read_postgres(dsn: str, window: LogWindow, timeout_s: float) -> LogRows:
-    try:
-        conn = await asyncpg.connect(dsn, timeout=timeout_s)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise DataError(f"{_redacted(dsn)}: cannot connect to PostgreSQL ({exc})") from exc
+    conn = await connect(dsn, timeout=timeout_s)  # a bad URL or an outage: one line (ConfigError / DataError)
     try:
         tables = {name: await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name) for name in (PLAYS, FEEDBACK)}
         if not any(tables.values()):
-            raise DataError(f"{_redacted(dsn)}: no plays or feedback table (has the feedback writer migrated it?)")
+            raise DataError(f"{redact(dsn)}: no plays or feedback table (has the feedback writer migrated it?)")
         if not tables[PLAYS]:
-            logger.warning("%s: no plays table yet (migration 0003); reading clicks only", _redacted(dsn))
+            logger.warning("%s: no plays table yet (migration 0003); reading clicks only", redact(dsn))
         empty: Columns = ([], [], [])
         args = (window.since, window.until)
         plays = await _copy_csv(conn, _PLAYS_SQL, args) if tables[PLAYS] else empty
         clicks = await _copy_csv(conn, _CLICKS_SQL, args) if tables[FEEDBACK] else empty
         skips = await _copy_csv(conn, _SKIPS_SQL, args) if tables[FEEDBACK] else empty
     except asyncpg.PostgresError as exc:
-        raise DataError(f"{_redacted(dsn)}: reading the log failed ({exc})") from exc
+        raise DataError(f"{redact(dsn)}: reading the log failed ({exc})") from exc
     finally:
         await conn.close()
     return _rows(plays, clicks, skips)
@@ -475,11 +473,6 @@ def _strings(column: Any) -> StrArray:
 
 def _ints(column: Any) -> IntArray:
     return np.asarray(column, dtype=np.int64)
-
-
-def _redacted(dsn: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", dsn)
 
 
 # --- reading the Parquet export ---------------------------------------------------------------------------------

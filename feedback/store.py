@@ -143,11 +143,22 @@ async def stored_digests(conn: asyncpg.Connection, keys: list[tuple[str, str]]) 
     return found
 
 
-async def insert_one_by_one(conn: asyncpg.Connection, payloads: list[bytes]) -> None:
-    """One INSERT per event: the baseline of ``benchmarks/feedback_write.py`` (and the dead-letter sorting path)."""
+async def insert_one_by_one(conn: asyncpg.Connection, payloads: list[bytes]) -> dict[tuple[str, str], bytes]:
+    """One INSERT per event: the baseline of ``benchmarks/feedback_write.py`` (and the dead-letter sorting path).
+
+    Returns, like :func:`write_batch`, the (kind, event_id) keys not stored because their row holds other content,
+    with that row's digest: ``ON CONFLICT DO NOTHING`` alone dropped them without a trace."""
     rows = rows_of(payloads)
+    conflicts: dict[tuple[str, str], bytes] = {}
     for kind, (table, columns) in TABLES.items():
         values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING"
+        keyed = table in KEYED_TABLES
         for row in rows[kind]:
-            await conn.execute(sql, *row)
+            status = await conn.execute(sql, *row)
+            if keyed and status.endswith(" 0"):  # not inserted: a retry (same digest) or a conflict
+                event_id, staged = row[0], row[-1]
+                stored = await conn.fetchval(f"SELECT digest FROM {table} WHERE event_id = $1", event_id)
+                if stored is not None and bytes(stored) != staged:
+                    conflicts[(kind, event_id)] = bytes(stored)
+    return conflicts

@@ -175,11 +175,14 @@ class DatabaseWriter:
         log.error("batch of %d refused (%s); writing its events one by one", len(payloads), exc)
         for payload in payloads:
             try:
-                await insert_one_by_one(conn, [payload])
+                conflicts = await insert_one_by_one(conn, [payload])
             except asyncpg.PostgresError as one:
                 if not is_data_error(one):
                     raise
                 self._dead_letter(payload, one, "database")
+                continue
+            if conflicts:  # the stored row wins, as on the batch path: this event is set aside, not dropped
+                self._set_aside_conflicts([payload], conflicts)
         return {}  # counted as written only by the batch path; the dead letters are counted apart
 
     def _dead_letter(self, payload: bytes, exc: Exception, reason: str) -> None:

@@ -26,6 +26,9 @@ import pytest
 from tests_support import query
 
 from feedback.conflicts import digest
+from feedback.metrics import WriterMetrics
+from feedback.spool import Spool
+from feedback.writer import DatabaseWriter
 from gateway.events import EventSink
 from gateway.metrics import GatewayMetrics
 from recsys.core.limits import (
@@ -433,3 +436,39 @@ def test_an_impression_too_large_to_post_alone_is_refused_when_recorded() -> Non
         return small, large, pending
 
     assert asyncio.run(run()) == (True, False, 1)
+
+
+# --- write-time conflicts on the sorting path, file modes of the spool ----------------------------------------------
+
+
+def test_a_conflict_in_a_batch_the_database_refuses_as_data_is_set_aside_not_dropped(
+    log_database: str, tmp_path: Path
+) -> None:
+    """A batch refused as data (SQLSTATE class 22/23) is written event by event with ON CONFLICT DO NOTHING: an
+    event whose id is stored with other content vanished there without a dead letter or a count (issue 14 review)."""
+    event_id = f"sorted-{uuid.uuid4().hex}"
+    refused = impression(f"nul-{uuid.uuid4().hex}", ["a\x00b"])  # PostgreSQL text has no NUL: class 22
+    other = feedback(event_id, clicked_item="i2")
+
+    async def run() -> bytes:
+        spool, metrics = Spool(tmp_path / "spool"), WriterMetrics()
+        spool.open()
+        writer = DatabaseWriter(spool, log_database, metrics)
+        try:
+            await spool.append([orjson.dumps(feedback(event_id))])
+            await writer._write(spool.take(10))
+            await spool.append([orjson.dumps(refused), orjson.dumps(other)])
+            await writer._write(spool.take(10))
+            assert not spool.pending
+        finally:
+            await writer.close()
+            spool.close()
+        return metrics.render()
+
+    metrics = asyncio.run(run())
+    (row,) = query(log_database, "SELECT clicked_item FROM feedback WHERE event_id = $1", event_id)
+    assert row["clicked_item"] == "i1"  # the stored row wins
+    letters = [orjson.loads(line) for line in (tmp_path / "spool" / "dead-letter.jsonl").read_bytes().splitlines()]
+    assert letters == [refused, other]
+    assert b'feedback_events_rejected_total{reason="conflict"} 1.0' in metrics
+    assert b'feedback_events_rejected_total{reason="database"} 1.0' in metrics

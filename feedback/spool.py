@@ -6,9 +6,10 @@ stored once.
 Layout of ``directory``: ``segment-<n>.jsonl`` (one JSON event per line, appended in order) and ``checkpoint``
 (``<segment> <offset>``: everything before it is in the database). Segments wholly in the database are deleted
 (before the checkpoint is written, so a full disk gets the room back first); a checkpoint naming a deleted segment
-means "from the next one on". A trailing line without its newline was never acknowledged (the crash came before
-its fsync) and is cut. Appends from concurrent requests share one fsync (group commit), so throughput does not pay
-one fsync per event.
+means "from the next one on". Only the writer's user can read them: files 0600 and the folder 0700, whatever the
+umask (events hold listeners' ids and what they played). A trailing line without its newline was never acknowledged
+(the crash came before its fsync) and is cut. Appends from concurrent requests share one fsync (group commit), so
+throughput does not pay one fsync per event.
 
 A full disk (or any other write failure) is a *fault*, not a crash: the append that met it is cut off the file and
 refused with :class:`SpoolUnavailableError` (the intake answers 503 with Retry-After), and so is every append while
@@ -86,6 +87,28 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a file only its owner can read (events hold listeners' ids): created 0600, and an older file
+    left readable by others (written under the default umask before) is narrowed to 0600 too."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(directory: Path) -> None:
+    """Creates ``directory`` 0700; one of ours that is readable by others is narrowed (a mounted volume owned by
+    another user is left as its owner set it)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        directory.chmod(0o700)
+
+
 def free_bytes(directory: Path) -> int:
     st = os.statvfs(directory)
     return st.f_bavail * st.f_frsize
@@ -126,7 +149,7 @@ class Spool:
 
     def open(self) -> int:
         """Recovers after a restart: loads every record past the checkpoint into ``pending``; returns their count."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         start = self.checkpoint()
         segments = [n for n in self._segments() if n >= start.segment]
         if not segments:  # a checkpoint inside a deleted segment: everything up to its end is in the database
@@ -151,7 +174,7 @@ class Spool:
 
     def _open_segment(self, n: int) -> None:
         """Makes segment ``n`` the one appended to; the previous one is closed only once the new one is open."""
-        fd = os.open(self._segment_path(n), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(self._segment_path(n), os.O_WRONLY | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             _fsync_dir(self.directory)
@@ -318,7 +341,7 @@ class Spool:
     def _write_checkpoint(self, position: Position) -> None:
         tmp = self.directory / "checkpoint.tmp"
         try:
-            with tmp.open("w") as f:
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
                 f.write(f"{position.segment} {position.offset}\n")
                 f.flush()
                 os.fsync(f.fileno())

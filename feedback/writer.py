@@ -17,7 +17,7 @@ import orjson
 from feedback.conflicts import Key, SpooledKeys, digest, keyed_payloads
 from feedback.metrics import WriterMetrics
 from feedback.migrate import migrate
-from feedback.spool import Record, Spool
+from feedback.spool import Record, Spool, open_private
 from feedback.store import TRANSIENT_ERRORS, insert_one_by_one, is_data_error, stored_digests, write_batch
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class DatabaseWriter:
     def _dead_letter(self, payload: bytes, exc: Exception, reason: str) -> None:
         path: Path = self.spool.directory / "dead-letter.jsonl"
         try:
-            with path.open("ab") as f:
+            with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab") as f:
                 f.write(payload + b"\n")
                 f.flush()
                 os.fsync(f.fileno())

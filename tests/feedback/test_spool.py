@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import subprocess
 import time
 from collections.abc import Coroutine, Iterator
@@ -15,7 +16,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from feedback.metrics import WriterMetrics
 from feedback.spool import Spool, SpoolUnavailableError
+from feedback.writer import DatabaseWriter
 
 T = TypeVar("T")
 
@@ -183,3 +186,34 @@ def test_a_spool_that_filled_its_own_disk_gives_the_room_back_once_drained(tiny_
     assert again.open() == 2
     assert [r.payload for r in again.pending] == payloads(2)
     again.close()
+
+
+def test_the_spool_and_its_dead_letters_are_readable_by_the_writers_user_only(tmp_path: Path) -> None:
+    """Issue 14 review: ``checkpoint`` and ``dead-letter.jsonl`` were created under the umask (0644) and the folder
+    0755, so any local user could read listeners' events. Files left readable by an older writer are narrowed."""
+    directory = tmp_path / "spool"
+    (tmp_path / "old").mkdir(mode=0o755)
+    (tmp_path / "old" / "dead-letter.jsonl").write_bytes(b"{}\n")
+    (tmp_path / "old" / "dead-letter.jsonl").chmod(0o644)
+    (tmp_path / "old" / "checkpoint").write_text("0 0\n")
+    (tmp_path / "old" / "checkpoint").chmod(0o644)
+    previous = os.umask(0o022)  # the usual default; the modes must not depend on it
+    try:
+        for where in (directory, tmp_path / "old"):
+
+            async def write(where: Path = where) -> None:
+                spool = Spool(where)
+                spool.open()
+                await spool.append(payloads(2))
+                spool.commit(spool.take(2))  # writes the checkpoint
+                writer = DatabaseWriter(spool, "postgresql://127.0.0.1:9/none", WriterMetrics())
+                writer._dead_letter(b'{"n":0}', ValueError("refused"), "database")
+                spool.close()
+
+            run(write())
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in where.iterdir()}
+            assert stat.S_IMODE(where.stat().st_mode) == 0o700, where
+            assert {"checkpoint", "dead-letter.jsonl"} <= modes.keys()
+            assert set(modes.values()) == {0o600}, modes
+    finally:
+        os.umask(previous)

@@ -114,14 +114,9 @@ def create_app(spool: Spool, writer: DatabaseWriter, metrics: WriterMetrics, *, 
             return json_response(
                 {"error": {"code": "event_conflict", "message": message, "event_ids": conflicting}}, 409
             )
-        try:
-            await spool.append([orjson.dumps(e) for e in events])
-        except asyncio.CancelledError:  # the client left: a written append is committed and releases its keys (one
-            raise  # cancelled before writing keeps its ids' content fixed until a restart: harmless for retries)
-        except BaseException as exc:
-            writer.keys.release(keys)  # nothing was spooled
-            if not isinstance(exc, SpoolUnavailableError):
-                raise
+        try:  # the spool releases the keys of events it does not take, also once the client has left (cancelled)
+            await spool.append([orjson.dumps(e) for e in events], unwritten=lambda: writer.keys.release(keys))
+        except SpoolUnavailableError as exc:
             metrics.rejected.labels("spool_unavailable").inc(len(batch.events))
             headers = {"Retry-After": str(spool.retry_after_s)}
             return error_response(503, "spool_unavailable", str(exc), headers)

@@ -31,6 +31,7 @@ import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,10 +186,25 @@ class Spool:
             os.close(self._fd)
         self._fd, self._segment, self._size = fd, n, size
 
-    async def append(self, payloads: list[bytes]) -> None:
+    async def append(self, payloads: list[bytes], *, unwritten: Callable[[], object] | None = None) -> None:
         """Returns once every payload is on disk (fsync'd): only then may the caller acknowledge.
 
-        Raises :class:`SpoolUnavailableError` (nothing acknowledged) when the disk is full or failing."""
+        Raises :class:`SpoolUnavailableError` (nothing acknowledged) when the disk is full or failing. ``unwritten``
+        is called once if the payloads will not reach the database from this spool: refused, failed, or cancelled
+        before they were written (while waiting for another append) - also when the caller is gone by then, which
+        a caller's own ``except`` cannot see. A written append that the caller stops waiting for is not undone."""
+        try:
+            pending = await self._write(payloads)
+        except BaseException:
+            if unwritten is not None:
+                unwritten()
+            raise
+        if unwritten is not None:
+            pending.done.add_done_callback(lambda done: unwritten() if done.cancelled() or done.exception() else None)
+        await asyncio.shield(pending.done)
+
+    async def _write(self, payloads: list[bytes]) -> _Append:
+        """Writes (not yet fsync'd) under the lock; the returned append's ``done`` resolves at its fsync."""
         data = b"".join(p + b"\n" for p in payloads)
         async with self._lock:
             if self._fd is None:
@@ -212,7 +228,7 @@ class Spool:
             self._unsynced.append(pending)
             if self._sync_task is None:
                 self._sync_task = asyncio.create_task(self._sync())
-        await asyncio.shield(pending.done)
+        return pending
 
     async def _sync(self) -> None:
         """Group commit: one fsync for every append written meanwhile, again while more wait."""

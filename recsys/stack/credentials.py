@@ -30,12 +30,18 @@ def stack_secret(path: Path) -> str:
     value = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        # A stale .tmp (an interrupted start, or planted: a link, a file readable by others) is removed, and the new
+        # one made with O_EXCL: an existing file would keep its own mode, which O_CREAT's 0600 does not change.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:  # FileExistsError: another start is making it at this instant
+        raise ServiceError(f"cannot write the secret {path}: {exc.strerror}") from None
     return value
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import asyncpg
 
-from recsys.core.errors import RecsysError
+from recsys.core.dsn import connect
+from recsys.core.errors import ConfigError, DataError, RecsysError
 from recsys.loop.records import Cycle, Decision
 from trainer.artifacts import load_run
 from trainer.models.als import ALS
@@ -51,9 +52,9 @@ def new_item_plays(dsn: str, known_items: list[str], min_listeners: int) -> list
 
     async def read() -> list[tuple[str, str, float]]:
         try:
-            conn = await asyncpg.connect(dsn, timeout=10)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise LogUnreadableError(f"plays are not readable: {exc}") from exc
+            conn = await connect(dsn, timeout=10)  # any failure (a bad URL too): one line, no password
+        except (ConfigError, DataError) as exc:
+            raise LogUnreadableError(f"plays are not readable: {exc}") from None
         try:
             rows = await conn.fetch(QUALIFYING_PLAYS, known_items, min_listeners, timeout=60)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:

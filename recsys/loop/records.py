@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 import asyncpg
 
-from recsys.core.errors import RecsysError
+from recsys.core.dsn import connect
+from recsys.core.errors import ConfigError, DataError, RecsysError
 
 Kind = Literal["retrain", "items", "canary"]
 Decision = Literal["promoted", "refused", "failed", "unchanged", "canary", "withdrawn"]
@@ -61,9 +62,9 @@ def record(dsn: str, cycle: Cycle, *, timeout_s: float = 10.0) -> int:
 
 async def _record(dsn: str, cycle: Cycle, timeout_s: float) -> int:
     try:
-        conn = await asyncpg.connect(dsn, timeout=timeout_s)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise RecordError(f"cannot record the {cycle.kind} cycle: PostgreSQL unreachable ({exc})") from exc
+        conn = await connect(dsn, timeout=timeout_s)  # any failure (a bad URL too): one line, no password
+    except (ConfigError, DataError) as exc:
+        raise RecordError(f"cannot record the {cycle.kind} cycle: {exc}") from None
     try:
         row_id: int = await conn.fetchval(
             INSERT,

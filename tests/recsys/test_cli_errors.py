@@ -256,3 +256,12 @@ def test_a_database_url_with_a_port_that_is_not_a_number_is_one_line(
     line = _assert_one_line(done)
     assert "postgresql://recsys:***@127.0.0.1:notaport/db: not a usable PostgreSQL URL" in line
     assert "SECRETPW" not in done.stderr + done.stdout
+
+
+def test_retrain_with_a_database_url_it_cannot_use_says_so_without_a_traceback(tmp_path: Path) -> None:
+    """Regression: recording the cycle (recsys/loop/records.py) let asyncpg's ValueError through: 150 lines."""
+    (tmp_path / "repository").mkdir()
+    done = _recsys("retrain", "--repository", "repository", cwd=tmp_path, RECSYS_DATABASE_URL=BAD_PORT_URL)
+    assert "Traceback" not in done.stderr
+    assert "SECRETPW" not in done.stderr + done.stdout
+    assert "cannot record the retrain cycle: postgresql://recsys:***@127.0.0.1:notaport/db" in done.stderr

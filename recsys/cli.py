@@ -475,9 +475,16 @@ def serve_triton(
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus metrics port [RECSYS_TRITON_METRICS_PORT, 8002].")
     ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No API key: any local user may load models (code) into Triton.")
+    ] = False,
 ) -> None:
-    """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C."""
-    from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer, TritonServerError
+    """Start the real Triton on 127.0.0.1 (explicit model control), load every published model, wait for Ctrl-C.
+
+    Every API but health needs a key: RECSYS_TRITON_API_KEY, else the local stack's key file (made if missing),
+    which `recsys serve gateway`, `publish --load`, `retrain` and `promote` read too."""
+    from recsys.stack.credentials import stack_secret
+    from recsys.stack.triton import KEY_FILE, TritonConfig, TritonPorts, TritonServer, TritonServerError
     from trainer.triton.repository import load_all, published_families
 
     settings = _settings(ctx)
@@ -489,7 +496,8 @@ def serve_triton(
         grpc=grpc_port if grpc_port is not None else settings.triton_grpc_port,
         metrics=metrics_port if metrics_port is not None else settings.triton_metrics_port,
     )
-    key = settings.triton_api_key.get_secret_value() or None  # without one, any local user may load code into it
+    key_file = settings.stack_dir / KEY_FILE
+    key = None if insecure else settings.triton_api_key.get_secret_value() or stack_secret(key_file)
     config = TritonConfig(model_repository=target, ports=ports, host=settings.triton_host, api_key=key)
     _check_ports(
         {"Triton HTTP (--http-port, RECSYS_TRITON_HTTP_PORT)": ports.http,
@@ -502,6 +510,12 @@ def serve_triton(
     with TritonServer(config) as server:
         loaded = load_all(server, target)
         out.print(f"Triton ready: grpc {server.urls.grpc}, http {server.urls.http}, metrics {server.urls.metrics}")
+        if key is None:
+            Console(stderr=True, soft_wrap=True).print(
+                "warning: --insecure: Triton's APIs are open to every local user (model control included)"
+            )
+        elif not settings.triton_api_key.get_secret_value():
+            out.print(f"its APIs (all but health) need the key in {key_file} (or RECSYS_TRITON_API_KEY)")
         served = ", ".join(f"version {version} of the {name} models" for name, version in loaded.items())
         out.print(f"serving {served} from {target}; Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):
@@ -521,10 +535,14 @@ def serve_gateway(
     ] = None,
 ) -> None:
     """Start the gateway (REST + gRPC) in front of a running Triton; Ctrl-C or SIGTERM stops it."""
+    from pydantic import SecretStr
+
     from gateway.main import run as run_gateway
 
     updates: dict[str, Any] = {"gateway_port": port, "gateway_grpc_port": grpc_port, "triton_url": triton}
     settings = _settings(ctx).model_copy(update={k: v for k, v in updates.items() if v is not None})
+    if not settings.triton_api_key.get_secret_value() and (key := _triton_key(settings)):
+        settings = settings.model_copy(update={"triton_api_key": SecretStr(key)})  # the local stack's key file
     _check_ports(
         {"the gateway REST (--port, RECSYS_GATEWAY_PORT)": settings.gateway_port,
          "the gateway gRPC (--grpc-port, RECSYS_GATEWAY_GRPC_PORT)": settings.gateway_grpc_port},

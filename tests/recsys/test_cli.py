@@ -206,7 +206,7 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
     import socket
     import time
 
-    from recsys.core.triton_client import TritonRecommender
+    from recsys.core.triton_client import TritonCallError, TritonRecommender
     from recsys.stack.triton import TritonControl
 
     args = ("--user-col", "listener", "--item-col", "artist", "--weight-col", "plays", "--model", "als")
@@ -240,7 +240,11 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
-        client = TritonRecommender(f"127.0.0.1:{grpc}")
+        key = (tmp_path / ".cache" / "stack" / "triton-key").read_text().strip()  # made by serve triton, 0600
+        assert (tmp_path / ".cache" / "stack" / "triton-key").stat().st_mode & 0o077 == 0
+        with pytest.raises(TritonCallError, match="restricted"):  # keyed APIs: inference without the key is refused
+            TritonRecommender(f"127.0.0.1:{grpc}").recommend("recsys_a", ["user-3"])
+        client = TritonRecommender(f"127.0.0.1:{grpc}", api_key=key)
         assert client.recommend("recsys_a", ["user-3"])[0].model_version == 1
         swapped = recsys(
             "publish", str(tmp_path / "r2"), "--repository", str(repository),

@@ -28,6 +28,8 @@ RUN --mount=type=secret,id=pip-cert \
 # Only what `python -m feedback` imports: the kernel and the writer (its A/B report modules stay unimported).
 COPY recsys/__init__.py recsys/
 COPY recsys/core/ recsys/core/
+# The kernel's limits come from the tensor contract (standard library only), as in the gateway's image.
+COPY serving/__init__.py serving/contract.py serving/
 COPY feedback/ feedback/
 
 USER 10001

@@ -13,7 +13,9 @@ Two promises, deliberately different:
 A post of impressions is also capped by its size (``EVENT_BATCH_MAX_BYTES``, three quarters of the writer's body
 cap; issue 14: 2,000 lists of 300 items are about 9 MiB, which the writer refused with 413 and the sink dropped,
 leaving the clicks on them orphans). A post the writer still refuses (413, or 422 for one bad event among many) is
-split in halves and resent, so that only an impression the writer refuses on its own is dropped (logged). One
+split in halves and resent, so that only an impression the writer refuses on its own is dropped (logged); so is a
+post whose connection the writer cut off (a writer refusing a body over its cap closes the connection while the
+body is still being sent: the client sees a broken connection, not the 413). One
 impression too large to post alone is refused when it is recorded (:meth:`EventSink.record_impression`).
 """
 
@@ -37,7 +39,13 @@ _HEAD, _TAIL = b'{"events":[', b"]}"  # a post's body around its comma-separated
 
 
 class WriterUnavailableError(RecsysError):
-    """The writer did not acknowledge in time (down, slow or failing)."""
+    """The writer did not acknowledge in time (down, slow or failing). ``cut_off``: the connection broke during the
+    exchange, which is also how a writer refuses a body over its cap before reading it (413, then it closes while
+    the client still sends, so the client sees a broken connection, not the 413)."""
+
+    def __init__(self, message: str, *, cut_off: bool = False) -> None:
+        super().__init__(message)
+        self.cut_off = cut_off
 
 
 class WriterRejectedError(RecsysError):
@@ -127,7 +135,9 @@ class EventSink:
         try:
             response = await self._client.post("/events", content=body, headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
-            raise WriterUnavailableError(f"feedback writer unreachable: {type(exc).__name__}") from None
+            cut_off = isinstance(exc, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
+            message = f"feedback writer unreachable: {type(exc).__name__}"
+            raise WriterUnavailableError(message, cut_off=cut_off) from None
         if response.status_code == 202:
             return
         if response.status_code in (401, 403):  # our token is missing or wrong: nothing the client can fix
@@ -157,6 +167,12 @@ class EventSink:
             n = self._next_batch(most)
             try:
                 await self._post_body(_HEAD + b",".join(self._buffer[:n]) + _TAIL)
+            except WriterUnavailableError as exc:
+                if not (exc.cut_off and n > 1):  # down or slow: the buffer waits (the flush loop backs off)
+                    raise
+                most = n // 2  # perhaps refused as too large: halves cost a few posts if the writer is only flaky
+                log.warning("writer cut off a post of %d impressions (%s): resending them in halves", n, exc)
+                continue
             except WriterRejectedError as exc:
                 if n > 1:
                     most = n // 2

@@ -11,12 +11,11 @@ Two promises, deliberately different:
   ``gateway_impressions_dropped_total`` rather than growing without bound.
 
 A post of impressions is also capped by its size (``EVENT_BATCH_MAX_BYTES``, three quarters of the writer's body
-cap; issue 14: 2,000 lists of 300 items are about 9 MiB, which the writer refused with 413 and the sink dropped,
-leaving the clicks on them orphans). A post the writer still refuses (413, or 422 for one bad event among many) is
-split in halves and resent, so that only an impression the writer refuses on its own is dropped (logged); so is a
-post whose connection the writer cut off (a writer refusing a body over its cap closes the connection while the
-body is still being sent: the client sees a broken connection, not the 413). One
-impression too large to post alone is refused when it is recorded (:meth:`EventSink.record_impression`).
+cap; issue 14: 2,000 lists of 300 items are 8.9 MiB, which the writer refuses with 413 and a closed connection,
+seen here as the writer down: the post was retried forever and every impression queued behind it). A post the
+writer still refuses (413, 422 for one bad event among many, or a connection cut off while sending) is split in
+halves and resent, so that only an impression the writer refuses on its own is dropped (logged). One impression
+too large to post alone is refused when it is recorded (:meth:`EventSink.record_impression`).
 """
 
 from __future__ import annotations

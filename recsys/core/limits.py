@@ -65,8 +65,8 @@ WRITER_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 #: Events in one post (the writer refuses more with 422).
 MAX_EVENTS_PER_POST: Final = 10_000
 #: What the gateway puts in one post at most: three quarters of the writer's cap, so that a writer configured a
-#: little tighter, or a proxy's framing, still leaves room. 2,000 impressions of 300 items are about 9 MiB: a full
-#: batch by count alone was refused with 413 and, before this cap, dropped.
+#: little tighter, or a proxy's framing, still leaves room. 2,000 impressions of 300 items are 8.9 MiB: a full
+#: batch by count alone was refused (413) and, before this cap, never delivered.
 EVENT_BATCH_MAX_BYTES: Final = WRITER_MAX_BODY_BYTES * 3 // 4
 #: The largest impression the request limits allow: MAX_TOP_K items of MAX_ID_CHARS characters, each character at
 #: most 6 bytes of JSON (``\\u001f``), plus the other fields. Below EVENT_BATCH_MAX_BYTES, so that no list the

@@ -17,7 +17,7 @@ from feedback.metrics import WriterMetrics
 from feedback.spool import Spool
 from feedback.writer import DatabaseWriter
 
-TOKEN = "intake-token"
+TOKEN = "fake-intake-token"
 
 
 def feedback(event_id: str, clicked_item: str) -> dict[str, Any]:

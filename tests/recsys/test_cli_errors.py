@@ -234,7 +234,7 @@ def test_ab_report_json_into_a_missing_folder_is_one_line_before_the_database(
     assert "cannot connect to PostgreSQL" in line
 
 
-BAD_PORT_URL = "postgresql://recsys:SECRETPW@127.0.0.1:notaport/db"
+BAD_PORT_URL = "postgresql://recsys:FAKEPW@127.0.0.1:notaport/db"
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def test_a_database_url_with_a_port_that_is_not_a_number_is_one_line(
     done = _recsys(*args, cwd=tmp_path, RECSYS_EXPERIMENT_FILE=experiment, **env)
     line = _assert_one_line(done)
     assert "postgresql://recsys:***@127.0.0.1:notaport/db: not a usable PostgreSQL URL" in line
-    assert "SECRETPW" not in done.stderr + done.stdout
+    assert "FAKEPW" not in done.stderr + done.stdout
 
 
 def test_retrain_with_a_database_url_it_cannot_use_says_so_without_a_traceback(tmp_path: Path) -> None:
@@ -263,5 +263,5 @@ def test_retrain_with_a_database_url_it_cannot_use_says_so_without_a_traceback(t
     (tmp_path / "repository").mkdir()
     done = _recsys("retrain", "--repository", "repository", cwd=tmp_path, RECSYS_DATABASE_URL=BAD_PORT_URL)
     assert "Traceback" not in done.stderr
-    assert "SECRETPW" not in done.stderr + done.stdout
+    assert "FAKEPW" not in done.stderr + done.stdout
     assert "cannot record the retrain cycle: postgresql://recsys:***@127.0.0.1:notaport/db" in done.stderr

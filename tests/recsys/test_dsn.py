@@ -1,6 +1,6 @@
 """Database URLs: :func:`recsys.core.dsn.redact` hides every spelling of a password, :func:`connect` turns every
 failure into one line without it, and a run trained on the log records and prints no password (issue 15's
-review: ``train --data postgresql://user:pw@host/db`` wrote the password into metrics.json, which is published)."""
+review: ``train --data postgresql://user:<password>@host/db`` wrote the password into metrics.json, which is published)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,16 @@ from recsys.core.errors import ConfigError, DataError
 from recsys.stack.ports import free_port
 
 CASES = [
-    ("postgresql://recsys:SECRETPW@127.0.0.1:5432/db", "postgresql://recsys:***@127.0.0.1:5432/db"),
+    ("postgresql://recsys:FAKEPW@127.0.0.1:5432/db", "postgresql://recsys:***@127.0.0.1:5432/db"),
     ("postgres://:secret@host/db", "postgres://:***@host/db"),  # no user: the old redactor kept it
     ("postgres://u@h/db?password=x&sslmode=require", "postgres://u@h/db?password=***&sslmode=require"),
     ("postgres://u@h/db?sslmode=verify-full&sslpassword=k", "postgres://u@h/db?sslmode=verify-full&sslpassword=***"),
     ("postgres://u@h/db?PASSWORD=x", "postgres://u@h/db?PASSWORD=***"),
     ("postgres://u@h/db?pass%77ord=x", "postgres://u@h/db?pass%77ord=***"),  # asyncpg decodes the key
-    ("postgres://u:a%40b@h1:5432,h2:5433/db", "postgres://u:***@h1:5432,h2:5433/db"),
+    ("postgres://u:fake%40b@h1:5432,h2:5433/db", "postgres://u:***@h1:5432,h2:5433/db"),
     ("postgres://u:pa/ss@h/db", "postgres://***@h/db"),  # '/' not encoded: all of the userinfo goes
-    ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-    ("postgres://u:p#s?s@h/db?password=q", "postgres://***@h/db?password=***"),
+    ("postgres://u:fake@ss@h/db", "postgres://u:***@h/db"),
+    ("postgres://u:fake#s?s@h/db?password=q", "postgres://***@h/db?password=***"),
     ("host=db user=u password='a b' dbname=x", "host=db user=u password=*** dbname=x"),
     ("postgresql://u@h/db", "postgresql://u@h/db"),
     ("notaurl", "notaurl"),
@@ -60,12 +60,12 @@ def test_no_password_survives_redaction(user: str, password: str, host: str, por
 @pytest.mark.parametrize(
     ("dsn", "kind", "says"),
     [
-        ("postgresql://recsys:SECRETPW@127.0.0.1:notaport/db", ConfigError, "not a usable PostgreSQL URL"),
-        ("postgresql://recsys:SECRETPW@127.0.0.1:99999/db", ConfigError, "not a usable PostgreSQL URL"),
-        ("postgresql://recsys:SECRETPW@[::1/db", ConfigError, "not a usable PostgreSQL URL"),
-        ("postgresql://recsys:SECRETPW@127.0.0.1/db?sslmode=bogus", ConfigError, "not a usable PostgreSQL URL"),
+        ("postgresql://recsys:FAKEPW@127.0.0.1:notaport/db", ConfigError, "not a usable PostgreSQL URL"),
+        ("postgresql://recsys:FAKEPW@127.0.0.1:99999/db", ConfigError, "not a usable PostgreSQL URL"),
+        ("postgresql://recsys:FAKEPW@[::1/db", ConfigError, "not a usable PostgreSQL URL"),
+        ("postgresql://recsys:FAKEPW@127.0.0.1/db?sslmode=bogus", ConfigError, "not a usable PostgreSQL URL"),
         ("notaurl", ConfigError, "not a usable PostgreSQL URL"),
-        (f"postgresql://recsys:SECRETPW@127.0.0.1:{free_port()}/db", DataError, "cannot connect to PostgreSQL"),
+        (f"postgresql://recsys:FAKEPW@127.0.0.1:{free_port()}/db", DataError, "cannot connect to PostgreSQL"),
     ],
 )
 def test_every_connect_failure_is_one_line_without_the_password(dsn: str, kind: type[Exception], says: str) -> None:
@@ -73,7 +73,7 @@ def test_every_connect_failure_is_one_line_without_the_password(dsn: str, kind: 
         asyncio.run(connect(dsn, timeout=5))
     message = str(raised.value)
     assert says in message
-    assert "SECRETPW" not in message
+    assert "FAKEPW" not in message
     assert "\n" not in message
     assert raised.value.__cause__ is None  # no chained traceback (with the password in it) to print
     assert raised.value.__suppress_context__

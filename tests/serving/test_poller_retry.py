@@ -12,7 +12,7 @@ import pytest
 
 from serving.poller import FeedbackPoller
 
-BAD_PORT_URL = "postgresql://recsys:SECRETPW@127.0.0.1:notaport/db"
+BAD_PORT_URL = "postgresql://recsys:FAKEPW@127.0.0.1:notaport/db"
 
 
 def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
@@ -34,7 +34,7 @@ def test_a_bad_url_is_logged_once_and_retried_until_it_works(
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "ValueError" in warnings[0].getMessage()
-        assert "SECRETPW" not in caplog.text
+        assert "FAKEPW" not in caplog.text
         poller.dsn = log_database  # the outage ends (a URL that works): no restart needed
         _until(lambda: poller.polls > 0)
         _until(lambda: "readable again" in caplog.text)

@@ -149,10 +149,27 @@ def exact_top(
     return [f[(f >= 0) & ~np.isin(f, h)][:k] for f, h in zip(found, heard, strict=True)]
 
 
-def recall_at_k(approx: npt.NDArray[np.int64], exact: list[npt.NDArray[np.int64]]) -> float:
-    """Share of the exact top-k items the approximate answer holds, pooled over users."""
-    hits = sum(len(np.intersect1d(a[a >= 0], e)) for a, e in zip(approx, exact, strict=True))
-    total = sum(len(e) for e in exact)
+def recall_at_k(
+    approx: npt.NDArray[np.int64],
+    exact: list[npt.NDArray[np.int64]],
+    *,
+    approx_scores: npt.NDArray[np.float32] | None = None,
+    exact_kth: npt.NDArray[np.float32] | None = None,
+    tolerance: float = 1e-5,
+) -> float:
+    """Share of the exact top-k items the approximate answer holds, pooled over users. With scores, an answered
+    item whose exact score ties the exact k-th score (within ``tolerance``, relative) counts as a hit too, as
+    ann-benchmarks counts neighbours at the k-th distance: among tied items the exact top-k is arbitrary (a sparse
+    catalogue's never-played items all score ~1e-11 for everyone)."""
+    hits = total = 0
+    for row, (a, e) in enumerate(zip(approx, exact, strict=True)):
+        a = a[a >= 0]
+        found = np.isin(a, e)
+        if approx_scores is not None and exact_kth is not None and len(e):
+            kth = float(exact_kth[row])
+            found |= approx_scores[row][: len(a)] >= kth - tolerance * max(1.0, abs(kth))
+        hits += min(int(found.sum()), len(e))
+        total += len(e)
     return 1.0 if total == 0 else hits / total
 
 
@@ -160,13 +177,26 @@ def _measure(
     retriever: AnnRetriever,
     vectors: npt.NDArray[np.float32],
     exclude: npt.NDArray[np.int64],
-    exact: list[npt.NDArray[np.int64]],
+    exact: tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.float32]],
     k: int,
+    rows: npt.NDArray[np.float32],
 ) -> float:
     top_k = np.full((len(vectors), 1), k, dtype=np.int64)
     batches = range(0, len(vectors), 64)
-    found = [retriever(vectors[s : s + 64], exclude[s : s + 64], top_k[s : s + 64])[1] for s in batches]
-    return recall_at_k(np.concatenate(found), exact)
+    found = np.concatenate([retriever(vectors[s : s + 64], exclude[s : s + 64], top_k[s : s + 64])[1] for s in batches])
+    q = queries(vectors)
+    true = np.einsum("ijd,id->ij", rows[np.maximum(found, 0)], q)  # the answered items' exact scores
+    return recall_at_k(found, exact[0], approx_scores=true, exact_kth=exact[1])
+
+
+def _exact(
+    rows: npt.NDArray[np.float32], vectors: npt.NDArray[np.float32], heard: list[npt.NDArray[np.int64]], k: int
+) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.float32]]:
+    """Exact top-k items per user and the exact score of each one's k-th (last) item."""
+    top = exact_top(rows, queries(vectors), heard, k)
+    q = queries(vectors)
+    kth = np.array([float(rows[t[-1]] @ q[i]) if len(t) else -np.inf for i, t in enumerate(top)], dtype=np.float32)
+    return top, kth
 
 
 def _samples(
@@ -245,11 +275,10 @@ def build_and_check(
     popular_scores = np.asarray(fallback, dtype=np.float32)[popular]
     k = min(RECALL_K, len(rows))
     (tune_v, tune_x, tune_h), (gate_v, gate_x, gate_h) = _samples(users, history, policy.sample_users, policy.seed)
-    tune_exact, gate_exact = exact_top(rows, queries(tune_v), tune_h, k), exact_top(rows, queries(gate_v), gate_h, k)
-    del rows
+    tune_exact, gate_exact = _exact(rows, tune_v, tune_h, k), _exact(rows, gate_v, gate_h, k)
 
     def measure_on(settings: SearchSettings, sample: tuple[Any, Any, Any]) -> float:
-        return _measure(AnnRetriever(index, settings, popular, popular_scores, **split), *sample, k)
+        return _measure(AnnRetriever(index, settings, popular, popular_scores, **split), *sample, k, rows)
 
     settings, tuning = _tune(kind, policy, lambda s: measure_on(s, (tune_v, tune_x, tune_exact)), nlist)
     recall = measure_on(settings, (gate_v, gate_x, gate_exact))

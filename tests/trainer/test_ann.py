@@ -159,10 +159,9 @@ def test_policy_and_helpers_reject_or_compute_what_they_should() -> None:
     assert default_nlist(10**9) == 16384
     assert recall_at_k(np.array([[1, 2, -1]]), [np.array([1, 3])]) == 0.5
     # an answered item tied with the exact k-th score counts (among ties the exact top-k is arbitrary)
-    tied = {"approx_scores": np.array([[0.9, 0.5]], dtype=np.float32), "exact_kth": np.array([0.5], dtype=np.float32)}
-    assert recall_at_k(np.array([[1, 7]]), [np.array([1, 3])], **tied) == 1.0
-    assert recall_at_k(np.array([[1, 7]]), [np.array([1, 3])], approx_scores=tied["approx_scores"] - 0.1,
-                       exact_kth=tied["exact_kth"]) == 0.5  # fmt: skip
+    answered, kth = np.array([[0.9, 0.5]], dtype=np.float32), np.array([0.5], dtype=np.float32)
+    assert recall_at_k(np.array([[1, 7]]), [np.array([1, 3])], approx_scores=answered, exact_kth=kth) == 1.0
+    assert recall_at_k(np.array([[1, 7]]), [np.array([1, 3])], approx_scores=answered - 0.1, exact_kth=kth) == 0.5
     with pytest.raises(ValueError, match="unknown index kind"):
         SearchSettings("lsh")
 

@@ -97,15 +97,17 @@ standin_python() {
 }
 
 standin_from() {
-  # docker/standin/NAME.Dockerfile on the stand-in Debian base.
+  # docker/standin/NAME.Dockerfile on the stand-in Debian base: built each time (podman's layer cache makes an
+  # unchanged one a few seconds), so a change to the Dockerfile or its entrypoint takes effect.
   local name="$1" tag="$2" base
   local image="localhost/recsys-standin-$name:$tag"
   base="$(standin_python)"
-  if ! podman image exists "$image"; then
-    log "building the stand-in $image"
-    podman build --format docker --network host --build-arg "BASE_IMAGE=$base" -f "docker/standin/$name.Dockerfile" -t "$image" \
-      "$ROOT" >&2
-  fi
+  log "building the stand-in $image"
+  (cd "$ROOT" && podman build --format docker --network host --build-arg "BASE_IMAGE=$base" \
+    -f "docker/standin/$name.Dockerfile" -t "$image" .) >"$CACHE/build-standin-$name.log" 2>&1 || {
+    tail -30 "$CACHE/build-standin-$name.log" >&2
+    die "building $image failed: see $CACHE/build-standin-$name.log"
+  }
   echo "$image"
 }
 
@@ -238,13 +240,13 @@ podman_compose() {
 }
 
 stack_secrets() {
-  # The stack's database password, writer token and Triton key: the caller's, else ones made once for this
-  # checkout and kept, readable by the owner only, in .cache/containers/stack.env (the database volume keeps the
-  # first password).
+  # The stack's database passwords (the writer's role's, PostgreSQL's superuser's), writer token and Triton key:
+  # the caller's, else ones made once for this checkout and kept, readable by the owner only, in
+  # .cache/containers/stack.env (the database volume keeps the first passwords).
   local file="$CACHE/stack.env" name value
   mkdir -p "$CACHE"
   (umask 077 && touch "$file")
-  for name in RECSYS_DB_PASSWORD RECSYS_FEEDBACK_TOKEN RECSYS_TRITON_API_KEY; do
+  for name in RECSYS_DB_PASSWORD RECSYS_DB_ADMIN_PASSWORD RECSYS_FEEDBACK_TOKEN RECSYS_TRITON_API_KEY; do
     grep -q "^$name=" "$file" || echo "$name=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')" >>"$file"
   done
   while IFS='=' read -r name value; do

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # A local stand-in for the official postgres:15 image, for machines that cannot pull it: Debian's PostgreSQL 15
 # on the stand-in Debian base, run as uid 999 with the same environment contract (POSTGRES_USER, POSTGRES_PASSWORD,
-# POSTGRES_DB, PGDATA: the cluster is created on first start). docker/compose.yaml and the local overlay's
+# POSTGRES_DB, POSTGRES_INITDB_ARGS, PGDATA: the cluster is created on first start, then the files of
+# /docker-entrypoint-initdb.d run against it, see postgres-entrypoint.sh). docker/compose.yaml and the local overlay's
 # StatefulSet use it through RECSYS_POSTGRES_IMAGE; production keeps a managed instance. Built by
 # scripts/containers.sh.
 ARG BASE_IMAGE=debian:12.8-slim
@@ -17,7 +18,7 @@ RUN groupadd --gid 999 postgres \
     && apt-get update \
     && apt-get install -y --no-install-recommends postgresql-15=15.* \
     && rm -rf /var/lib/apt/lists/* \
-    && mkdir -p /var/lib/postgresql/data /var/run/postgresql \
+    && mkdir -p /var/lib/postgresql/data /var/run/postgresql /docker-entrypoint-initdb.d \
     && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql \
     && chmod 700 /var/lib/postgresql/data \
     && chmod 3777 /var/run/postgresql

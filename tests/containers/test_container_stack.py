@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from containers_support import ROOT, build_images, gate, inspect, podman, script
+from containers_support import ROOT, build_images, check_database_roles, gate, inspect, podman, script
 from tests_support import query
 
 pytestmark = gate
@@ -52,7 +52,7 @@ def _free_port() -> int:
 def stack() -> Iterator[Stack]:
     build_images()
     env = {f"RECSYS_HOST_PORT_{name}": str(_free_port()) for name in PORTS}
-    secret_names = ("RECSYS_DB_PASSWORD", "RECSYS_FEEDBACK_TOKEN", "RECSYS_TRITON_API_KEY")
+    secret_names = ("RECSYS_DB_PASSWORD", "RECSYS_DB_ADMIN_PASSWORD", "RECSYS_FEEDBACK_TOKEN", "RECSYS_TRITON_API_KEY")
     env |= {name: secrets.token_hex(16) for name in secret_names}
     script("down", env=env)  # a previous run's containers and volumes
     try:
@@ -149,3 +149,17 @@ def test_a_model_published_into_the_mounted_repository_is_hot_swapped(stack: Sta
     after = _post(stack, "/recommend", {"user_id": "42"}, "42")
     assert after["model_version"] == "2", after
     assert after["group"] == before["group"]
+
+
+def test_the_writer_connects_as_a_role_that_is_not_a_superuser(stack: Stack) -> None:
+    """The issue-14 review: POSTGRES_USER=recsys made the writer's role the cluster's superuser, so its password
+    ran programs on the server (COPY ... TO PROGRAM). The superuser is now `postgres`, its password held by
+    PostgreSQL's container alone."""
+    check_database_roles(
+        f"127.0.0.1:{stack.port('POSTGRES')}", stack.env["RECSYS_DB_PASSWORD"], stack.env["RECSYS_DB_ADMIN_PASSWORD"]
+    )
+    admin_password = stack.env["RECSYS_DB_ADMIN_PASSWORD"]
+    for service in SERVICES:
+        env = inspect("container", stack.container(service))["Config"]["Env"]
+        holds = any(admin_password in item for item in env)
+        assert holds is (service == "postgres"), f"{service}: holds the superuser's password: {holds}"

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from containers_support import ROOT, build_images, gate, inspect, podman, script
+from containers_support import ROOT, build_images, check_database_roles, gate, inspect, podman, script
 from tests_support import query
 
 from scripts import kube_play
@@ -113,3 +113,18 @@ def test_a_recommendation_through_the_played_nginx_reaches_postgresql(played: ku
         with contextlib.suppress(asyncpg.UndefinedTableError):  # the writer migrates at its first write
             stored = query(url, "SELECT model FROM impressions WHERE request_id = $1", answer["request_id"])
     assert stored[0]["model"] == answer["model"]
+
+
+def test_the_writers_role_is_not_a_superuser(played: kube_play.Plan) -> None:
+    """The local overlay's PostgreSQL: the `recsys` role made by the ConfigMap postgres-initdb, the superuser's
+    password (the Secret's `admin-password`) read by PostgreSQL's pod alone."""
+    secret = played.secrets["recsys-db"]
+    check_database_roles(f"{played.addresses['postgres']}:5432", secret["password"], secret["admin-password"])
+    readers = {
+        workload
+        for workload in played.addresses
+        for container in played.pod_spec(workload)["containers"]
+        for env in container.get("env", [])
+        if env.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "admin-password"
+    }
+    assert readers == {"postgres"}

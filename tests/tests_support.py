@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -10,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import numpy as np
+import pytest
 
 from recsys.simulate import organic_plays
 from recsys.stack.triton import TritonServer
@@ -64,3 +69,19 @@ def log_plays(url: str, world: Any, now: datetime) -> None:
         await conn.executemany("INSERT INTO plays (event_id, ts, user_id, item_id) VALUES ($1, $2, $3, $4)", rows)
 
     on_database(url, insert)
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``where`` (``options``: e.g. ``size=1m``), unmounted after; a skip, with the reason, where
+    mounting is not allowed (it needs root: CI runs the suite as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

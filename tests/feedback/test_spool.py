@@ -8,13 +8,13 @@ import asyncio
 import contextlib
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from tests_support import small_tmpfs
 
 from feedback.metrics import WriterMetrics
 from feedback.spool import Spool, SpoolUnavailableError
@@ -116,19 +116,8 @@ def test_concurrent_appends_keep_one_order_and_positions_increase(tmp_path: Path
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs (mounting needs root: CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "disk", "size=1m") as disk:
+        yield disk
 
 
 def test_a_write_that_meets_a_full_disk_is_cut_off_and_refused(tiny_disk: Path) -> None:

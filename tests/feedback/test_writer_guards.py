@@ -11,7 +11,6 @@ import contextlib
 import os
 import secrets
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from tests_support import query
+from tests_support import query, small_tmpfs
 
 from feedback.conflicts import digest
 from feedback.metrics import WriterMetrics
@@ -240,18 +239,8 @@ def test_plays_and_batches_conflict_too(writer: Writer) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs for the spool (mounting needs root: CI runs as root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs for the spool needs root (CI runs the suite as root)")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mount)],
-                            capture_output=True, text=True, check=False)  # fmt: skip
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "disk", "size=8m,mode=0700") as disk:
+        yield disk
 
 
 def fill(disk: Path) -> Path:

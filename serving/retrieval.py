@@ -9,9 +9,9 @@ k-means partition (recall@10 0.0 at 1 of 4 lists on the test catalogue). Guarant
 * heard items are never answered: each row asks the index for ``k`` plus its number of exclusions and drops them;
   a row that still comes back short (an IVF probe that held too few items) is searched again exhaustively with a
   FAISS id selector leaving its exclusions out, so the answer is complete (``min(k, items left)`` items);
-* items whose factors are exactly zero score their bias for everyone, so they stay out of the index and are
-  merged in from one list sorted by that score (a model that zeroes never-played items keeps them out of the
-  graph; our ALS leaves them at ~1e-11 instead, so there they are indexed like the rest);
+* items whose factors are negligible (never played: ALS leaves them at ~1e-11; ``trainer.ann.NEGLIGIBLE``)
+  score their bias for everyone, so they stay out of the index and are merged in from one list sorted by that
+  score (99% of a sparse 10M-item catalogue: indexed, they cost an 18-minute HNSW build and recall@10 0.86);
 * the popularity fallback is unchanged: fallback rows (the pseudo-user ``(0, ..., 0, 1)``, see
   ``trainer.export.FactorScorer``) are answered from the stored popularity order minus their exclusions, never
   from the index (a coarse quantizer does not know popularity).

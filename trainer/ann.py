@@ -37,6 +37,7 @@ from serving.retrieval import KINDS, AnnRetriever, SearchSettings, queries
 logger = logging.getLogger(__name__)
 
 RECALL_K = 10
+NEGLIGIBLE = 1e-6  # a factor norm below this share of the largest counts as zero (the item scores its bias)
 ADD_CHUNK = 1_000_000  # rows added to the index at a time (bounds FAISS's temporary assignment buffers)
 
 
@@ -257,7 +258,10 @@ def build_and_check(
     began = time.perf_counter()
     rows = item_rows(items, bias)
     kind = policy.kind_for(len(rows))
-    moving = rows[:, :-1].any(axis=1)  # items with factors; the rest score their bias for everyone
+    # Items whose factors are negligible (ALS leaves never-played items at ~1e-11) score their bias for everyone:
+    # they stay out of the index (99% of the sparse 10M-item world: an 18-minute HNSW build, recall@10 0.86).
+    norms = np.linalg.norm(rows[:, :-1], axis=1)
+    moving = norms > NEGLIGIBLE * float(norms.max(initial=0.0))
     ids = np.flatnonzero(moving).astype(np.int64)
     constant = np.flatnonzero(~moving).astype(np.int64)
     constant = constant[np.argsort(-rows[constant, -1], kind="stable")]

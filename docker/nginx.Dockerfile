@@ -21,6 +21,7 @@ RUN --mount=type=secret,id=pip-cert \
     && pip install --index-url "${PIP_INDEX_URL}" pydantic==2.14.4 pyyaml==6.0.4
 WORKDIR /src
 COPY recsys/ recsys/
+COPY serving/__init__.py serving/contract.py serving/
 COPY gateway/ gateway/
 COPY nginx/ nginx/
 RUN python -c "from pathlib import Path; \

@@ -45,5 +45,9 @@ MANIFEST_FILE: Final = "publish.json"  # what was published, from which run, wit
 MODEL_CODE_FILE: Final = "model.py"
 CONFIG_FILE: Final = "config.pbtxt"
 
+# ------------------------------------------------------------------------------------- Triton's API key
+KEY_HEADER: Final = "recsys-triton-key"  # the HTTP header a keyed Triton checks (recsys.core.triton_key)
+GRPC_PREFIX: Final = "triton-grpc-protocol-"  # what Triton 2.51 prefixes to it in gRPC metadata
+
 # ------------------------------------------------------------------------------------------- metrics
 RECALL_METRIC: Final = "recsys_ann_recall_at_10"  # gauge {model, version} on :8002 (AnnScorerModel)

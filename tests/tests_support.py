@@ -85,3 +85,16 @@ def small_tmpfs(where: Path, options: str) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def stub_pids(server: TritonServer, model: str) -> list[int]:
+    """The python-backend stub processes Triton runs for ``model`` (their command line names its folder)."""
+    found = []
+    for pid in server.running_pids():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(args) > 1 and b"triton_python_backend_stub" in args[0] and f"/{model}/".encode() in args[1]:
+            found.append(pid)
+    return found

@@ -1,15 +1,16 @@
 """How a client proves it holds the key of the project's Triton, whose APIs but health are restricted to it
 (``--http-restricted-api`` / ``--grpc-restricted-protocol``, see ``recsys.stack.triton.config.RESTRICTED_APIS``).
 
-Standard library only: the launcher, the control plane and the inference clients all import it.
+Standard library only (and serving.contract): the launcher, the control plane and the inference clients all import it.
 """
 
 from __future__ import annotations
 
-#: the HTTP header Triton checks; over gRPC the metadata key is this name with Triton's prefix (:func:`key_metadata`)
-KEY_HEADER = "recsys-triton-key"
-#: what Triton 2.51 prefixes to the key's name in gRPC metadata
-GRPC_PREFIX = "triton-grpc-protocol-"
+# The HTTP header Triton checks; over gRPC the metadata key is this name with Triton's prefix (:func:`key_metadata`).
+# Defined in serving.contract: the pod's liveness probe (serving.liveness) sends it too.
+from serving.contract import GRPC_PREFIX, KEY_HEADER
+
+__all__ = ["GRPC_PREFIX", "KEY_HEADER", "Metadata", "key_headers", "key_metadata", "perf_analyzer_args"]
 
 Metadata = tuple[tuple[str, str], ...]
 

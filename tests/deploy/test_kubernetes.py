@@ -370,6 +370,9 @@ def test_eks_triton_runs_on_the_gpu_node_group_with_its_iam_role() -> None:
         "key": "MODEL_REPOSITORY",
     }
     assert env["AWS_DEFAULT_REGION"]["valueFrom"]["configMapKeyRef"]["key"] == "AWS_REGION"
+    # A dead python stub restarts the container (its health API stays live); tests/gateway/test_readiness.py runs it
+    assert container["livenessProbe"]["exec"]["command"] == ["python3", "-m", "serving.liveness"]
+    assert "RECSYS_TRITON_API_KEY" in env
     # Nothing else asks for a GPU or tolerates the GPU taint.
     for workload in workloads(objs):
         if workload["metadata"]["name"] != "triton":

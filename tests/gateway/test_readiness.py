@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from tests_support import stub_pids
 
 from recsys.stack.local import LocalStack
 
@@ -20,22 +22,6 @@ pytestmark = pytest.mark.stack
 
 #: The scorer step only group A's ensemble (recsys_a) uses.
 STEP, BROKEN, HEALTHY = "recsys_scorer_torchscript", "recsys_a", "recsys_b"
-
-
-def stub_pids(parent: int, model: str) -> list[int]:
-    """The python-backend stub processes Triton runs for ``model`` (their command line names the instance)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == parent and b"triton_python_backend_stub" in args[0] and any(model.encode() in a for a in args):
-            found.append(int(proc.name))
-    return found
 
 
 def readiness_until(stack: LocalStack, status: int, within_s: float) -> dict[str, Any]:
@@ -51,15 +37,26 @@ def readiness_until(stack: LocalStack, status: int, within_s: float) -> dict[str
 
 def test_a_killed_stub_makes_the_gateway_not_ready_and_a_reload_ready_again(stack: LocalStack) -> None:
     assert readiness_until(stack, 200, 5)["ready"] is True
-    triton_pid = stack.triton.pid
-    assert triton_pid is not None
-    pids = stub_pids(triton_pid, STEP)
-    assert pids, f"no python-backend stub of {STEP} under Triton {triton_pid}"
+    pids = stub_pids(stack.triton, STEP)
+    assert pids, f"no python-backend stub of {STEP} under Triton {stack.triton.pid}"
     with contextlib.ExitStack() as fault:
         if stack.watchdog is not None:  # the stack's watchdog repairs a dead stub: watch the fault before it does
             fault.enter_context(stack.watchdog.paused())
         _kill_and_restore(stack, pids)
     assert readiness_until(stack, 200, 30)["problems"] == {}
+    alive = liveness(stack)
+    assert alive.returncode == 0, alive.stderr
+
+
+def liveness(stack: LocalStack) -> subprocess.CompletedProcess[str]:
+    """``python -m serving.liveness`` as the Triton pod runs it: the key and port from its environment."""
+    env = os.environ | {
+        "RECSYS_TRITON_HTTP_PORT": str(stack.config.ports.triton_http),
+        "RECSYS_TRITON_API_KEY": stack.triton_key,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "serving.liveness"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def _kill_and_restore(stack: LocalStack, pids: list[int]) -> None:
@@ -70,5 +67,8 @@ def _kill_and_restore(stack: LocalStack, pids: list[int]) -> None:
         assert broken["ready"] is False
         assert broken["models"] == {BROKEN: False, HEALTHY: True}
         assert "inference failed" in broken["problems"][BROKEN]
+        dead = liveness(stack)  # the pod's liveness probe (EKS) sees the same fault, and names the step
+        assert dead.returncode == 1, dead.stderr
+        assert f"the python stub of {STEP} is dead" in dead.stderr
     finally:  # Triton does not restart a dead stub by itself (a plain load of an unchanged config is skipped)
         stack.triton.control.restart_model(STEP)

@@ -1,6 +1,7 @@
 """Database URLs: :func:`recsys.core.dsn.redact` hides every spelling of a password, :func:`connect` turns every
 failure into one line without it, and a run trained on the log records and prints no password (issue 15's
-review: ``train --data postgresql://user:<password>@host/db`` wrote the password into metrics.json, which is published)."""
+review: ``train --data postgresql://user:<password>@host/db`` wrote the password into metrics.json, which is
+published)."""
 
 from __future__ import annotations
 

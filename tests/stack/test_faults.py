@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests_support import stub_pids
 
 from recsys.core.errors import RecsysError
 from recsys.stack.local import LocalStack
@@ -186,14 +187,6 @@ def test_a_damaged_newest_version_is_refused_at_a_restart_and_the_previous_one_s
 STUB_RECOVERY_S = 15.0
 
 
-def _stub_pids(stack: LocalStack, model: str) -> list[int]:
-    return [
-        pid
-        for pid in stack.triton.running_pids()
-        if f"/{model}/".encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1]
-    ]
-
-
 def test_a_killed_python_stub_is_reloaded_by_the_watchdog_within_the_stated_time_under_load(
     stack: LocalStack,
 ) -> None:
@@ -203,7 +196,7 @@ def test_a_killed_python_stub_is_reloaded_by_the_watchdog_within_the_stated_time
     watchdog = stack.watchdog
     assert watchdog is not None
     reloads = watchdog.stats.reloads
-    (stub,) = _stub_pids(stack, "recsys_lookup")
+    (stub,) = stub_pids(stack.triton, "recsys_lookup")
     with Load(stack.nginx_url) as load:
         start = load.count()
         killed_at = time.monotonic()
@@ -216,7 +209,7 @@ def test_a_killed_python_stub_is_reloaded_by_the_watchdog_within_the_stated_time
     answers, finished = load.answers[start:], load.finished[start:]
     failed = [n for n, (status, _, _) in enumerate(answers) if status != 200]
     assert watchdog.stats.reloads == reloads + 1
-    assert _stub_pids(stack, "recsys_lookup") not in ([], [stub])  # a new stub serves
+    assert stub_pids(stack.triton, "recsys_lookup") not in ([], [stub])  # a new stub serves
     assert {status for status, _, _ in answers} <= {200, 503}
     assert all(b'"error"' in answers[n][2] for n in failed)
     outage = (finished[failed[-1]] - killed_at) if failed else 0.0

@@ -8,14 +8,14 @@ readiness cannot see it and only a real request can. :meth:`TritonWatchdog.check
 listener, top 1), reads the dead stub's model from the error, and loads that model again with its served config
 (:meth:`TritonControl.restart_model`: new stubs, same pins). A probe that keeps failing for ``restart_after_s``
 (a failure without a named stub, or a reload that did not help) calls ``restart``, the last resort the owner
-supplies (the local stack restarts Triton and loads its models).
+supplies (the local stack restarts Triton and loads its models). In a pod, ``serving.liveness`` is the probe that
+reads the same error and lets the kubelet restart the container.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,24 +24,11 @@ from dataclasses import dataclass, field
 from recsys.core.errors import RecsysError
 from recsys.core.triton_client import TritonCallError, TritonRecommender
 from recsys.stack.triton.control import TritonControl
+from serving.liveness import PROBE_USER, STUB_DEAD, dead_stub_model
 
 __all__ = ["PROBE_USER", "STUB_DEAD", "TritonWatchdog", "WatchdogStats", "dead_stub_model"]
 
 log = logging.getLogger(__name__)
-
-#: Triton's error when a python stub of a model instance is gone
-STUB_DEAD = re.compile(r"Stub process '(?P<instance>[^']+)' is not healthy")
-#: the listener probes ask for: nobody (the popularity fallback), so probes never touch a real listener's state
-PROBE_USER = "recsys-watchdog-probe"
-
-
-def dead_stub_model(message: str) -> str | None:
-    """The model whose stub died, from Triton's error text (instance ``<model>_<group>_<n>``), else None."""
-    found = STUB_DEAD.search(message)
-    if found is None:
-        return None
-    model, *_ = found["instance"].rsplit("_", 2)
-    return model
 
 
 @dataclass

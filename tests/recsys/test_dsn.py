@@ -94,13 +94,14 @@ def test_recsys_train_on_a_database_url_records_and_prints_no_password(
     ``--json -`` say where the data came from, without the password."""
     from datetime import UTC, datetime
 
-    from tests_support import log_plays
+    from tests_support import log_plays, on_database
 
     from recsys.cli import invoke
 
     password = log_database.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert password  # the fixture's URL does carry one: the test would prove nothing otherwise
-    log_plays(log_database, small_world, datetime.now(UTC))
+    on_database(log_database, lambda conn: conn.execute("TRUNCATE plays"))  # the session's database: other tests'
+    log_plays(log_database, small_world, datetime.now(UTC))  # plays carry the same event ids
     run = tmp_path / "run"
     status = invoke(
         ["train", "--data", log_database, "--model", "als", "-p", "iterations=1", "--out", str(run), "--json", "-"]

@@ -163,7 +163,7 @@ def test_load_checks_the_model_kind(split: Any, tmp_path: Any) -> None:
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: ALSParams(factors=0), ">= 1"),
+        (lambda: ALSParams(factors=0), r"factors=0 is out of range: must be a finite number in \[1, "),
         (lambda: ALSParams(solver="qr"), "solver"),
         (lambda: ALSParams(weighting="tfidf"), "tfidf"),
         (lambda: BPRParams(negatives="hard"), "negatives"),

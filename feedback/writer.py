@@ -156,8 +156,8 @@ class DatabaseWriter:
             return None
         try:
             return await asyncio.wait_for(self._look_up(keys, timeout_s), timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("cannot look up stored event ids (%s); conflicts are checked at write time", exc)
+        except Exception as exc:  # any failure (a bad URL too): a look-up only ever defers to the write-time check
+            log.warning("cannot look up stored event ids (%r); conflicts are checked at write time", exc)
             self._lookup_paused_until = time.monotonic() + LOOKUP_PAUSE_S
             if self._lookup is not None:
                 self._lookup.terminate()

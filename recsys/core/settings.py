@@ -1,11 +1,14 @@
 """The one configuration system: typed settings from ``RECSYS_*`` environment variables (or a ``.env`` file).
 
-Command-line options override these per call. The project's Python processes read their settings here, with one
-exception and two pass-throughs (a test finds every ``os.environ`` and checks it is named below):
+Command-line options override these per call. The project's Python processes read their settings here, with two
+exceptions and two pass-throughs (a test finds every ``os.environ`` and checks it is named below):
 
 * ``serving.models.Lookup`` reads ``RECSYS_DATABASE_URL`` with ``os.environ`` inside Triton's python stub, where
   serving/ imports numpy only (no pydantic, never this package); the same variable as ``database_url``, but a
   ``.env`` file is not read there: set it in Triton's environment.
+* ``serving.liveness`` (the Triton pod's liveness probe, standard library only, run inside Triton's image) reads
+  ``RECSYS_TRITON_HTTP_PORT`` and ``RECSYS_TRITON_API_KEY``: the same variables as ``triton_http_port`` and
+  ``triton_api_key``.
 * ``recsys.stack`` and ``benchmarks`` copy ``os.environ`` into the processes they start (adding their own
   ``RECSYS_*`` values), and the stack passes ``RECSYS_LOG_LEVEL`` on as it found it; they interpret nothing else.
 

@@ -39,7 +39,7 @@ from benchmarks.harness.facts import (
     machine,
     now_utc,
     peak_rss_mib,
-    versions,
+    run_header,
 )
 from benchmarks.harness.perf_analyzer import Measurement, find_perf_analyzer, run_perf_analyzer
 from benchmarks.harness.running import int_list, say, work_folder
@@ -53,6 +53,10 @@ DEFAULT_SIZES = (50_000, 1_000_000, 10_000_000)
 GOAL_P50_MS = {10_000_000: 5.0, 1_000_000: 3.0}
 GOAL_RECALL = 0.95
 GOAL_RSS_10M_MIB = 8 * 1024
+
+
+#: the packages whose versions the results record
+PACKAGES = ("faiss-cpu", "numpy", "onnxruntime", "nvidia-pytriton", "torch")
 
 
 def world(items: int, users: int) -> dict[str, float]:
@@ -550,14 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             size["load_average_after"] = load_average()
             sizes.append(size)
     payload: dict[str, Any] = {
-        "benchmark": "catalog_scale",
-        "mode": args.stem,
-        "started_at": started_at,
-        "finished_at": now_utc(),
-        "git": git_revision(),
-        "machine": machine(),
-        "load_average": {"start": load_start, "end": load_average()},
-        "versions": versions(("faiss-cpu", "numpy", "onnxruntime", "nvidia-pytriton", "torch")),
+        **run_header("catalog_scale", args.stem, started_at, load_start, PACKAGES),
         "users": args.users,
         "concurrency": args.concurrency,
         "perf_analyzer": find_perf_analyzer().version(),

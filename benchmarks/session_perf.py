@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.harness.catalog import Catalog, build_and_publish, sample_requests, write_input_data
-from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, git_revision, load_average, machine, now_utc, versions
+from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, load_average, now_utc, run_header
 from benchmarks.harness.perf_analyzer import (
     PERCENTILE_HEADER,
     Measurement,
@@ -81,6 +81,10 @@ class SessionCatalog:
     publish_seconds: float
     version: int
     parity: dict[str, Any]
+
+
+#: the packages whose versions the results record
+PACKAGES = ("torch", "numpy", "onnxruntime", "nvidia-pytriton", "tritonclient")
 
 
 def build_and_publish_session(args: argparse.Namespace, work: Path, log_file: Path, catalog: Catalog) -> SessionCatalog:
@@ -451,14 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         notes.append("Quick run: small world and short, loosely stable windows; a smoke test, not a measurement.")
     payload: dict[str, Any] = {
-        "benchmark": "session_perf",
-        "mode": args.stem,
-        "started_at": started_at,
-        "finished_at": now_utc(),
-        "git": git_revision(),
-        "machine": machine(),
-        "load_average": {"start": load_start, "end": load_average()},
-        "versions": versions(("torch", "numpy", "onnxruntime", "nvidia-pytriton", "tritonclient")),
+        **run_header("session_perf", args.stem, started_at, load_start, PACKAGES),
         "catalog": asdict(catalog),
         "session_catalog": asdict(session_catalog),
         "settings": {

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness.catalog import LOOKUP, Requests, build_and_publish, sample_requests, write_input_data
-from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, git_revision, load_average, machine, now_utc, versions
+from benchmarks.harness.facts import REPO_ROOT, RESULTS_DIR, load_average, now_utc, run_header
 from benchmarks.harness.perf_analyzer import (
     PERCENTILE_HEADER,
     Measurement,
@@ -72,6 +72,10 @@ GOAL_THROUGHPUT_C4 = 1000.0
 GOAL_RSS_MIB = 1024.0  # 1 GiB
 
 # ------------------------------------------------------------------------------------------------ floors
+
+
+#: the packages whose versions the results record
+PACKAGES = ("torch", "numpy", "onnxruntime", "nvidia-pytriton", "tritonclient")
 
 
 def in_process_floors(repository: Path, version: int, requests: Requests, queries: int) -> list[Floor]:
@@ -581,14 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     checks = goal_checks(serving, args.concurrency)
     payload: dict[str, Any] = {
-        "benchmark": "triton_perf",
-        "mode": args.stem,
-        "started_at": started_at,
-        "finished_at": now_utc(),
-        "git": git_revision(),
-        "machine": machine(),
-        "load_average": {"start": load_start, "end": load_average()},
-        "versions": versions(("torch", "numpy", "onnxruntime", "nvidia-pytriton", "tritonclient")),
+        **run_header("triton_perf", args.stem, started_at, load_start, PACKAGES),
         "catalog": asdict(catalog),
         "item_bytes": catalog.items * catalog.factors * 4,
         "settings": {

@@ -25,6 +25,7 @@ __all__ = [
     "machine_line",
     "now_utc",
     "peak_rss_mib",
+    "run_header",
     "usable_cores",
     "versions",
 ]
@@ -91,6 +92,22 @@ def versions(packages: tuple[str, ...]) -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def run_header(
+    benchmark: str, mode: str, started_at: str, load_start: float | None, packages: tuple[str, ...]
+) -> dict[str, Any]:
+    """The facts every result file opens with: what ran, when, on which machine and revision, under what load."""
+    return {
+        "benchmark": benchmark,
+        "mode": mode,
+        "started_at": started_at,
+        "finished_at": now_utc(),
+        "git": git_revision(),
+        "machine": machine(),
+        "load_average": {"start": load_start, "end": load_average()},
+        "versions": versions(packages),
+    }
 
 
 def git_revision() -> str | None:

@@ -57,6 +57,16 @@ def served_run(served_world, tmp_path_factory: pytest.TempPathFactory) -> Path: 
 
 
 @pytest.fixture(scope="session")
+def small_als_run(small_world, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A quick ALS run on ``small_world`` (4 sweeps), trained once for every test module that publishes one."""
+    from trainer.pipeline import save_result, train_and_evaluate
+
+    out = tmp_path_factory.mktemp("small-als") / "als"
+    save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 4, "seed": 1}), out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def served_repository(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding version 1 of the factor family (``served_run``), for stacks of the tests' own."""
     from trainer.triton.publish import publish

@@ -19,22 +19,14 @@ from trainer.artifacts import Run, load_run
 from trainer.export import user_table
 from trainer.exporting import ExportError
 from trainer.models.base import FactorModel
-from trainer.pipeline import save_result, train_and_evaluate
 from trainer.triton.family import FACTOR, LOOKUP, SCORER_ANN
 from trainer.triton.publish import publish
 from trainer.triton.repository import versions
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ann") / "als"
-    save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 4, "seed": 1}), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def run(run_dir: Path) -> Run:
-    return load_run(run_dir)
+def run(small_als_run: Path) -> Run:
+    return load_run(small_als_run)
 
 
 def _factor(run: Run) -> FactorModel:
@@ -58,9 +50,9 @@ def _requests(run: Run, folder: Path, users: npt.NDArray[np.int64]) -> tuple[npt
 
 
 @pytest.fixture(scope="module")
-def published(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def published(small_als_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("repo")
-    publish(run_dir, repository)
+    publish(small_als_run, repository)
     return repository
 
 
@@ -123,13 +115,13 @@ def test_the_fallback_row_gets_the_popularity_order_minus_its_exclusions(run: Ru
 
 
 def test_the_recall_gate_refuses_a_poor_index_and_leaves_the_repository_untouched(
-    run_dir: Path, tmp_path: Path
+    small_als_run: Path, tmp_path: Path
 ) -> None:
     repository = tmp_path / "repo"
-    publish(run_dir, repository)
+    publish(small_als_run, repository)
     before = sorted(p.relative_to(repository) for p in repository.rglob("*"))
     with pytest.raises(ExportError, match=r"recall@10 0\.\d+ < 0\.95"):
-        publish(run_dir, repository, ann=AnnPolicy(kind="ivf_flat", nlist=8, nprobe=1))
+        publish(small_als_run, repository, ann=AnnPolicy(kind="ivf_flat", nlist=8, nprobe=1))
     assert sorted(p.relative_to(repository) for p in repository.rglob("*")) == before
     assert versions(repository, FACTOR) == [1]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
 from serving.contract import RECALL_METRIC
 from trainer.ann import AnnPolicy
 from trainer.artifacts import Run, load_run
-from trainer.pipeline import save_result, train_and_evaluate
 from trainer.triton.family import ENSEMBLE_ANN, ENSEMBLE_B, LOOKUP, SCORER_ANN, SCORER_ONNX, TOPK
 from trainer.triton.publish import publish
 
@@ -27,21 +25,14 @@ EXHAUSTIVE = AnnPolicy(kind="ivf_flat", nlist=8, nprobe=8)
 
 
 @pytest.fixture(scope="module")
-def run_dir(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ann-runs") / "als"
-    save_result(train_and_evaluate(small_world.interactions, "als", {"iterations": 4, "seed": 1}), out)
-    return out
+def run(small_als_run: Path) -> Run:
+    return load_run(small_als_run)
 
 
 @pytest.fixture(scope="module")
-def run(run_dir: Path) -> Run:
-    return load_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def server(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def server(small_als_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repository = tmp_path_factory.mktemp("ann-repo")
-    publish(run_dir, repository, ann=EXHAUSTIVE)
+    publish(small_als_run, repository, ann=EXHAUSTIVE)
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
         for model in (LOOKUP, SCORER_ONNX, SCORER_ANN, TOPK, ENSEMBLE_B, ENSEMBLE_ANN):  # what the tests compare
             triton.load_model(model)

@@ -5,7 +5,9 @@ Loaded by the lookup step of an ALS version (``fold_in.npz``); fed by :class:`se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,11 +32,14 @@ def closed_form_step(
 class FoldIn:
     """The ALS closed-form user step against the published item factors, in numpy: a listener's vector from their
     plays, ``x = (G + Y_u^T (C_u - I) Y_u)^-1 Y_u^T c_u`` with ``G = Y^T Y + lambda I`` and the confidences of the
-    training weighting (:mod:`serving.weights`), exactly what ``ALS.fold_in`` computes with torch."""
+    training weighting (:mod:`serving.weights`), exactly what ``ALS.fold_in`` computes with torch.
+
+    The item factors stay float32 as published (2.6 GB at 10M items x 64; float64 would double it): only the
+    rows a listener played are widened to float64 for the solve, which gives the same numbers."""
 
     def __init__(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as npz:
-            self.items = npz["item_factors"].astype(np.float64)
+            self.items = npz["item_factors"].astype(np.float32, copy=False)  # rows widened when gathered
             self.gram = npz["gram"].astype(np.float64)
             self.alpha = float(npz["alpha"])
             self.weighting = str(npz["weighting"])
@@ -49,20 +54,44 @@ class FoldIn:
             mean_user_total=self.mean_user_total, k1=self.k1, b=self.b,
         )  # fmt: skip
         keep = weights > 0
-        x = closed_form_step(self.gram, self.items[items[keep]], 1.0 + self.alpha * weights[keep].astype(np.float64))
+        others = self.items[items[keep]].astype(np.float64)
+        x = closed_form_step(self.gram, others, 1.0 + self.alpha * weights[keep].astype(np.float64))
         return np.append(x, 0.0).astype(np.float32)
+
+
+class TrainingPlays:
+    """Known listeners' training plays, read from the history CSR when asked: nothing is copied per listener
+    (a dict of every listener's plays held 100M entries at 1M listeners)."""
+
+    def __init__(
+        self,
+        index: Mapping[str, int],
+        indptr: npt.NDArray[np.integer[Any]],
+        indices: npt.NDArray[np.integer[Any]],
+        plays: npt.NDArray[np.floating[Any]],
+    ) -> None:
+        self.index, self.indptr, self.indices, self.plays = index, indptr, indices, plays
+
+    def get(self, user: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]] | None:
+        """(item indices, plays) of a known listener, else ``None``."""
+        row = self.index.get(user)
+        if row is None:
+            return None
+        lo, hi = int(self.indptr[row]), int(self.indptr[row + 1])
+        return self.indices[lo:hi].astype(np.int64), self.plays[lo:hi].astype(np.float64)
 
 
 class LivePlays:
     """Plays that reached PostgreSQL after the model was trained, per listener, with their folded-in vectors.
 
     Written by one poller thread (:meth:`add`), read by the request path (:meth:`get`): each listener's entry is
-    replaced whole, so a reader sees the old or the new vector, never a half-built one.
+    replaced whole, so a reader sees the old or the new vector, never a half-built one. ``max_items``: how many
+    of a listener's latest live items are excluded (besides their whole training history).
     """
 
-    def __init__(self, fold_in: FoldIn, history: dict[str, dict[int, float]], max_items: int) -> None:
+    def __init__(self, fold_in: FoldIn, history: TrainingPlays, max_items: int) -> None:
         self.fold_in = fold_in
-        self.history = history  # known listeners' training plays, item index -> plays (for refolding them)
+        self.history = history  # known listeners' training plays (for refolding them)
         self.max_items = max_items
         self._plays: dict[str, dict[int, float]] = {}
         self._served: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
@@ -75,13 +104,16 @@ class LivePlays:
             plays[item] = plays.get(item, 0.0) + 1.0
             touched.add(user)
         for user in touched:
-            merged = dict(self.history.get(user, {}))
-            for item, count in self._plays[user].items():
-                merged[item] = merged.get(item, 0.0) + count
-            items = np.fromiter(merged, dtype=np.int64, count=len(merged))
-            plays_ = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
-            recent = np.fromiter(self._plays[user], dtype=np.int64)[-self.max_items :]
-            self._served[user] = (self.fold_in.vector(items, plays_), recent)
+            live = self._plays[user]
+            recent = np.fromiter(live, dtype=np.int64, count=len(live))
+            counts = np.fromiter(live.values(), dtype=np.float64, count=len(live))
+            trained = self.history.get(user)
+            items, totals = recent, counts
+            if trained is not None:  # training plays and live plays of one item add up
+                items, inverse = np.unique(np.concatenate([trained[0], recent]), return_inverse=True)
+                summed = np.bincount(inverse, weights=np.concatenate([trained[1], counts]))
+                totals = summed.astype(np.float64, copy=False)
+            self._served[user] = (self.fold_in.vector(items, totals), recent[-self.max_items :])
         return touched
 
     def get(self, user: str) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None:

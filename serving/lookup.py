@@ -1,11 +1,12 @@
 """The first step of every ensemble: external listener id -> what the scorer needs.
 
 * factor family (:class:`UserLookup`): the listener's row of the user table (or a live fold-in, or the fallback
-  pseudo-user) and the items to exclude (what they have heard, padded with -1);
+  pseudo-user) and the items to exclude (what they have heard, padded with -1 to the batch's longest row);
 * session family (:class:`SessionLookup`): the listener's latest plays, oldest first, padded with -1.
 
 Everything is loaded once per model version and then answers a batch with dictionary look-ups and vectorized
-indexing.
+indexing. Histories stay in CSR form: a padded [users, longest history] matrix would be 2.6 GB at 50,000
+listeners of a 10M-item catalogue (``benchmarks/results/catalog_scale-50k-listeners-audience.md``).
 """
 
 from __future__ import annotations
@@ -16,75 +17,94 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.contract import HISTORY_FILE, IDS_FILE, USERS_FILE
-from serving.fold_in import LivePlays
+from serving.contract import HISTORY_FILE, IDS_FILE, PAD, USERS_FILE
+from serving.fold_in import LivePlays, TrainingPlays
 
 
 def user_index(folder: Path) -> dict[str, int]:
     """External user id -> row, from a version's ``ids.npz``."""
     with np.load(folder / IDS_FILE, allow_pickle=False) as npz:
-        return {str(u): i for i, u in enumerate(npz["user_ids"].tolist())}
+        return _index(npz["user_ids"])
 
 
 def item_index(folder: Path) -> dict[str, int]:
     """External item id -> column, from a version's ``ids.npz``."""
     with np.load(folder / IDS_FILE, allow_pickle=False) as npz:
-        return {str(item): i for i, item in enumerate(npz["item_ids"].tolist())}
+        return _index(npz["item_ids"])
+
+
+def _index(ids: npt.NDArray[Any]) -> dict[str, int]:
+    # astype(str) converts in C: a third of the time of str() per id at a million ids
+    return dict(zip(ids.astype(str).tolist(), range(len(ids)), strict=True))
+
+
+def compact_indices(indices: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.integer[Any]]:
+    """Item indices as int32 when the catalogue allows (half of int64's memory), without a copy if already so."""
+    if indices.dtype == np.int32 or (len(indices) and int(indices.max()) > np.iinfo(np.int32).max):
+        return indices
+    return indices.astype(np.int32)
 
 
 class UserLookup:
     """External user id -> the row the scorer multiplies (see ``trainer.export.user_table``) and the items to
-    exclude (heard items padded with -1); unknown users get the fallback pseudo-user and no exclusions.
+    exclude (heard items, padded with -1 to the batch's longest row); unknown users get the fallback pseudo-user
+    and no exclusions.
+
+    The histories are held as CSR (``indptr``, int32 ``indices``); each call pads just its batch's rows, so the
+    memory is the CSR's and the start is reading it. :attr:`width` is the longest training history.
 
     With :attr:`live` set, a listener with plays newer than the model is served their folded-in vector, and their
-    live plays are excluded too (they replace the oldest exclusions when the row is full).
+    live plays are excluded too, after their training history (the row grows; no training exclusion is dropped).
     """
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.index = user_index(folder)
         self.table = np.load(folder / USERS_FILE, allow_pickle=False)
         with np.load(folder / HISTORY_FILE, allow_pickle=False) as npz:
-            self.indptr = npz["indptr"].astype(np.int64)
-            self.indices = npz["indices"].astype(np.int64)
-            self.data = npz["data"].astype(np.float64)
-        self.unknown = len(self.indptr) - 1
+            self.indptr = npz["indptr"].astype(np.int64, copy=False)
+            self.indices = compact_indices(npz["indices"])
+        self.unknown = len(self.indptr) - 1  # the table's last row: the fallback pseudo-user
         self.width = max(int(np.diff(self.indptr).max()) if self.unknown else 1, 1)
-        rows = np.append(np.arange(self.unknown), -1)  # the last row: nobody, for unknown users
-        self.exclude = padded_rows(self.indptr, self.indices, rows, self.width)
         self.live: LivePlays | None = None
 
-    def training_plays(self) -> dict[str, dict[int, float]]:
-        """Every known listener's training plays (item index -> plays), what a live refold starts from."""
-        out = {}
-        for user, i in self.index.items():
-            lo, hi = self.indptr[i], self.indptr[i + 1]
-            out[user] = dict(zip(self.indices[lo:hi].tolist(), self.data[lo:hi].tolist(), strict=True))
-        return out
+    def training_plays(self) -> TrainingPlays:
+        """Every known listener's training plays, read from the CSR on demand (what a live refold starts from).
+        The plays themselves are loaded here, only where live fold-in runs."""
+        with np.load(self.folder / HISTORY_FILE, allow_pickle=False) as npz:
+            plays = npz["data"].astype(np.float32, copy=False)
+        return TrainingPlays(self.index, self.indptr, self.indices, plays)
 
     def __call__(self, keys: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """User vectors ``[B, D + 1]``, exclusion rows ``[B, H]``, and which users are unknown (the fallback)."""
-        index = np.array([self.index.get(key, -1) for key in keys], dtype=np.int64)
-        rows = np.where(index >= 0, index, self.unknown)
-        vectors, exclude = self.table[rows], self.exclude[rows]
+        """User vectors ``[B, D + 1]``, exclusion rows ``[B, H]`` (H: the batch's longest), and which users are
+        unknown (the fallback)."""
+        index = np.fromiter((self.index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+        vectors = self.table[np.where(index >= 0, index, self.unknown)]
         unknown = index < 0
+        exclude = padded_rows(self.indptr, self.indices, index)
         if self.live is not None:
+            recent: dict[int, npt.NDArray[np.int64]] = {}
             for n, key in enumerate(keys):
                 served = self.live.get(key)
                 if served is not None:
-                    vector, recent = served
-                    vectors[n], unknown[n] = vector, False
-                    exclude[n] = _with_recent(exclude[n], recent)
+                    vectors[n], unknown[n] = served[0], False
+                    recent[n] = served[1]
+            if recent:
+                exclude = _with_recent(exclude, recent)
         return vectors, exclude, unknown
 
 
-def _with_recent(row: npt.NDArray[np.int64], recent: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """An exclusion row with ``recent`` items added (kept in the free slots, else over the oldest entries)."""
-    new = recent[~np.isin(recent, row)]
-    if not new.size:
-        return row
-    kept = row[row >= 0]
-    merged = np.concatenate([kept, new])[-len(row) :]
-    return np.pad(merged, (0, len(row) - len(merged)), constant_values=-1)
+def _with_recent(exclude: npt.NDArray[np.int64], recent: dict[int, npt.NDArray[np.int64]]) -> npt.NDArray[np.int64]:
+    """Exclusion rows with each listed row's ``recent`` items appended (those it lacks), widened if needed."""
+    rows = {}
+    for n, items in recent.items():
+        heard = exclude[n][exclude[n] >= 0]
+        rows[n] = np.concatenate([heard, items[~np.isin(items, heard)]])
+    width = max(exclude.shape[1], *(len(row) for row in rows.values()))
+    out = np.pad(exclude, ((0, 0), (0, width - exclude.shape[1])), constant_values=PAD)
+    for n, row in rows.items():
+        out[n, : len(row)] = row
+    return out
 
 
 class SessionLookup:
@@ -109,20 +129,30 @@ class SessionLookup:
 
 
 def padded_rows(
-    indptr: npt.NDArray[np.integer[Any]], indices: npt.NDArray[np.integer[Any]], rows: npt.ArrayLike, width: int
+    indptr: npt.NDArray[np.integer[Any]],
+    indices: npt.NDArray[np.integer[Any]],
+    rows: npt.ArrayLike,
+    width: int | None = None,
 ) -> npt.NDArray[np.int64]:
-    """CSR rows ``rows`` as column indices padded with -1 to ``width``; row -1 is all padding."""
-    rows = np.asarray(rows, dtype=np.int64)
+    """CSR rows ``rows`` as column indices padded with -1 to ``width`` (default: the longest of them, at least 1);
+    row -1 is all padding. Reads only those rows' entries: no pass over the whole CSR."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    indptr = np.asarray(indptr)
     valid = rows >= 0
-    starts = np.where(valid, np.asarray(indptr)[np.maximum(rows, 0)], 0)
-    lengths = np.where(valid, np.asarray(indptr)[np.maximum(rows, 0) + 1] - starts, 0)
-    if len(lengths) and int(lengths.max()) > width:
-        raise ValueError(f"a row has {int(lengths.max())} entries, more than the width {width}")
-    slots = np.arange(max(width, 1))
-    inside = slots[None, :] < lengths[:, None]
-    flat = np.where(inside, starts[:, None] + slots[None, :], 0)
-    values = np.asarray(indices, dtype=np.int64)
-    return np.where(inside, values[flat] if len(values) else -1, -1).astype(np.int64)
+    starts = np.where(valid, indptr[np.maximum(rows, 0)], 0).astype(np.int64)
+    lengths = np.where(valid, indptr[np.maximum(rows, 0) + 1] - starts, 0).astype(np.int64)
+    longest = int(lengths.max()) if len(lengths) else 0
+    if width is None:
+        width = max(longest, 1)
+    elif longest > width:
+        raise ValueError(f"a row has {longest} entries, more than the width {width}")
+    out = np.full((len(rows), max(width, 1)), PAD, dtype=np.int64)
+    total = int(lengths.sum())
+    if total:
+        owner = np.repeat(np.arange(len(rows)), lengths)
+        slot = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[owner, slot] = np.asarray(indices)[np.repeat(starts, lengths) + slot]
+    return out
 
 
 def decode_user_ids(raw: npt.NDArray[Any]) -> list[str]:

@@ -41,13 +41,51 @@ def test_lookup_maps_ids_and_pads_history(run_dir: Path) -> None:
     assert exclude[0, : len(heard)].tolist() == heard.tolist()
     assert (exclude[0, len(heard) :] == -1).all()
     assert (exclude[1] == -1).all()
-    assert exclude.shape[1] == np.diff(run.history.indptr).max()
+    assert exclude.shape[1] == len(heard)  # the batch's longest history, not the catalogue-wide one
+
+
+def test_lookup_pads_ragged_histories_to_the_batchs_longest(run_dir: Path) -> None:
+    """Regression (issue 17): the lookup held a dense [users + 1, longest history] int64 matrix (2.6 GB at 50,000
+    listeners of 10M items); now each batch's rows come from the CSR, padded to that batch's longest."""
+    run = load_run(run_dir)
+    lookup = UserLookup(run_dir)
+    lengths = np.diff(run.history.indptr)
+    short, long = int(np.argmin(lengths)), int(np.argmax(lengths))
+    keys = [str(run.user_ids.ids[short]), "nobody", str(run.user_ids.ids[long])]
+    _, exclude, unknown = lookup(keys)
+    assert exclude.shape == (3, lengths[long])
+    assert lengths[long] == lookup.width
+    for row, user in ((0, short), (2, long)):
+        heard = run.history[user].indices
+        assert sorted(exclude[row][exclude[row] >= 0].tolist()) == sorted(heard.tolist())
+        assert (exclude[row, len(heard) :] == -1).all()
+    assert (exclude[1] == -1).all()
+    assert unknown.tolist() == [False, True, False]
+    assert lookup([keys[0]])[1].shape == (1, lengths[short])
+    assert lookup(["nobody", "else"])[1].tolist() == [[-1], [-1]]  # unknown only: one column of padding
+    held = sum(a.nbytes for a in vars(lookup).values() if isinstance(a, np.ndarray))
+    assert lookup.indices.dtype == np.int32
+    assert held == lookup.table.nbytes + lookup.indptr.nbytes + lookup.indices.nbytes  # the CSR, no padded matrix
 
 
 def test_item_ids_map_padding_to_empty(run_dir: Path) -> None:
     run = load_run(run_dir)
     ids = ItemIds(run_dir)(np.array([[0, 2, -1]]))
     assert ids.tolist() == [[str(run.item_ids.ids[0]).encode(), str(run.item_ids.ids[2]).encode(), b""]]
+
+
+@pytest.mark.parametrize(
+    "ids", [np.array([7, -12, 300]), np.array(["a-1", "b", "c c"]), np.array(["é", "naïve", "x"])], ids=str
+)
+def test_item_ids_are_utf8_of_the_stored_ids(tmp_path: Path, ids: np.ndarray) -> None:
+    """Integer, ASCII and non-ASCII ids, kept as stored (no per-item objects at start) and encoded when returned."""
+    np.savez(tmp_path / "ids.npz", item_ids=ids)
+    mapped = ItemIds(tmp_path)
+    assert mapped.ids.dtype.kind != "O"
+    got = mapped(np.array([[2, -1, 0], [1, 1, -1]]))
+    expected = [str(i).encode() for i in ids.tolist()]
+    assert got.dtype == object
+    assert got.tolist() == [[expected[2], b"", expected[0]], [expected[1], expected[1], b""]]
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -106,6 +144,8 @@ def test_padded_rows_pads_skips_unknown_and_refuses_overflow() -> None:
     ]
     with pytest.raises(ValueError, match="more than the width 2"):
         padded_rows(indptr, indices, [2], 2)
+    assert padded_rows(indptr, indices.astype(np.int32), [1, 0]).tolist() == [[-1, -1], [4, 1]]  # width: longest
+    assert padded_rows(indptr, indices, [1, -1]).tolist() == [[-1], [-1]]
 
 
 @pytest.mark.parametrize("weighting", ["bm25", "log1p", "raw"])
@@ -146,12 +186,28 @@ def test_live_plays_of_a_known_listener_add_to_their_training_plays(run_dir: Pat
     run = load_run(run_dir)
     lookup = UserLookup(run_dir)
     lookup.live = LivePlays(FoldIn(run_dir / "fold_in.npz"), lookup.training_plays(), lookup.width)
-    user = str(run.user_ids.ids[0])
-    row = run.history[0]
+    index = int(np.argmax(np.diff(run.history.indptr)))  # the longest history: its exclusion row must grow
+    user = str(run.user_ids.ids[index])
+    row = run.history[index]
     new_item = int(np.setdiff1d(np.arange(run.history.shape[1]), row.indices)[0])
-    lookup.live.add([(user, new_item)])
-    vectors, exclude, _ = lookup([user])
+    heard_again = int(row.indices[0])
+    lookup.live.add([(user, new_item), (user, heard_again)])
+    vectors, exclude, _ = lookup([user, str(run.user_ids.ids[0])])
     items = np.append(row.indices, new_item)
     plays = np.append(row.data, 1.0)
+    plays[0] += 1.0
     np.testing.assert_allclose(vectors[0, :-1], run.model.fold_in(items, plays), rtol=1e-4, atol=1e-5)  # type: ignore[attr-defined]
-    assert new_item in exclude[0].tolist()
+    assert exclude.shape[1] == lookup.width + 1  # every training exclusion kept, the live item added once
+    assert sorted(exclude[0].tolist()) == sorted(items.tolist())
+    first = run.history[0].indices
+    assert exclude[1, : len(first)].tolist() == first.tolist()
+    assert (exclude[1, len(first) :] == -1).all()
+
+
+def test_training_plays_are_read_from_the_csr(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    plays = UserLookup(run_dir).training_plays()
+    items, counts = plays.get(str(run.user_ids.ids[3]))  # type: ignore[misc]
+    assert items.tolist() == run.history[3].indices.tolist()
+    np.testing.assert_allclose(counts, run.history[3].data)
+    assert plays.get("nobody") is None

@@ -77,7 +77,7 @@ def test_item_ids_map_padding_to_empty(run_dir: Path) -> None:
 @pytest.mark.parametrize(
     "ids", [np.array([7, -12, 300]), np.array(["a-1", "b", "c c"]), np.array(["é", "naïve", "x"])], ids=str
 )
-def test_item_ids_are_utf8_of_the_stored_ids(tmp_path: Path, ids: np.ndarray) -> None:
+def test_item_ids_are_utf8_of_the_stored_ids(tmp_path: Path, ids: Any) -> None:
     """Integer, ASCII and non-ASCII ids, kept as stored (no per-item objects at start) and encoded when returned."""
     np.savez(tmp_path / "ids.npz", item_ids=ids)
     mapped = ItemIds(tmp_path)

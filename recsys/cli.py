@@ -360,7 +360,10 @@ def publish(
     ] = False,
     ann: Annotated[
         str | None,
-        typer.Option(help="Approximate scorer's index: auto, flat, ivf_flat or hnsw [RECSYS_ANN_KIND, auto]."),
+        typer.Option(
+            help="Approximate scorer (recsys_ann): auto builds an hnsw index from RECSYS_ANN_THRESHOLD_ITEMS items on "
+            "and none below; none never; flat, ivf_flat or hnsw that index whatever the size [RECSYS_ANN_KIND, auto]."
+        ),
     ] = None,
     ann_min_recall: Annotated[
         float | None,
@@ -396,17 +399,25 @@ def publish(
         f"published version {published.version} of the {published.family.name} models "
         f"({', '.join(published.ensembles)}) into {target} (parity on {checked} rows: {diffs})"
     )
-    index = manifest(target, published.family, published.version).get("ann")
+    record = manifest(target, published.family, published.version)
+    index = record.get("ann")
     if index:
         out.print(
             f"approximate scorer (recsys_ann): {index['kind']} index, recall@10 {index['recall_at_10']:.4f} against "
             f"exact on {index['users_checked']} users (gate {index['min_recall']})"
         )
+    elif "ann" in record:  # a factor version without an index
+        why = (
+            f"--ann {policy.kind}"
+            if policy.kind != "auto"
+            else f"{record.get('n_items')} items, below RECSYS_ANN_THRESHOLD_ITEMS {policy.threshold_items}"
+        )
+        out.print(f"no approximate scorer ({why}): recsys_ann is not served by this version (--ann flat builds one)")
     if load:
         control = TritonControl.at(http, api_key=_triton_key(settings))
         activate(control, target, published.family, published.version)
         what = f"version {published.version} of {', '.join(published.ensembles)}"
-        if not all(control.is_model_ready(step, str(published.version)) for step in published.family.steps):
+        if not all(control.is_model_ready(step, str(published.version)) for step in published.steps):
             raise ConfigError(f"Triton at {http} did not report {what} ready after loading it")
         if stack_repository is not None:
             out.print(f"Triton at {http} (the local stack's, serving {target}) now serves {what}")
@@ -705,6 +716,8 @@ def stack_status(ctx: typer.Context, json_out: JsonOpt = None) -> None:
         if status.triton_models is not None:
             out.print("Triton READY: " + (", ".join(f"{m} {'/'.join(v)}" for m, v in status.triton_models.items())
                                           or "no model"))  # fmt: skip
+        for name, why in status.not_served.items():
+            out.print(f"not served: {name} ({why})")
         table = Table("service", "pid", "alive", "processes", "ports", "health")
         for s in status.services:
             ports = " ".join(f"{k} {v}" for k, v in s.ports.items())

@@ -1,14 +1,16 @@
 """The approximate scorer's index, built at publish, and the recall gate that lets it be published.
 
-Publish builds one index per factor version (``serving.retrieval`` serves it from ``recsys_scorer_ann``):
+Publish builds an index for a factor version only when asked or when the catalogue is large
+(``serving.retrieval`` serves it from ``recsys_scorer_ann``); ``AnnPolicy.kind``:
 
-* below ``threshold_items`` (unless asked for another kind) a ``flat`` index: exhaustive, so the approximate
-  ensemble answers exactly what the exact one does;
-* from the threshold on, ``hnsw`` (HNSW graph, 16 links per item, float32 rows: scores stay exact inner products),
-  chosen by measurement on ALS factors of the synthetic catalogue (``benchmarks/results/catalog_scale.md``):
-  at 1M items HNSW reached recall@10 0.99 in 0.07 ms per query, while IVF over inner products stayed below 0.2
-  at 128 of 4096 lists probed (popular items' long vectors pull every query to the same lists; most items of a
-  sparse catalogue sit at the origin). ``ivf_flat`` and ``flat`` remain choices.
+* ``auto`` (the default): no index below ``threshold_items`` (the exact scan is cheap there: 0.6 ms at 50k items,
+  and the ANN models would cost every Triton start ~70 MB and 2-3 s), ``hnsw`` from it on: HNSW graph, 16 links
+  per item, float32 rows (scores stay exact inner products), chosen by measurement on ALS factors of the synthetic
+  catalogue (``benchmarks/results/catalog_scale.md``): at 1M items HNSW reached recall@10 0.99 in 0.07 ms per
+  query, while IVF over inner products stayed below 0.2 at 128 of 4096 lists probed (popular items' long vectors
+  pull every query to the same lists; most items of a sparse catalogue sit at the origin);
+* ``none``: never; ``flat`` (exhaustive: the approximate ensemble answers exactly what the exact one does),
+  ``ivf_flat`` or ``hnsw``: that kind whatever the size.
 
 The gate: ``nprobe`` (IVF) or ``ef_search`` (HNSW) is tuned on one sample of users (the smallest power of two
 reaching ``min_recall``), then recall@10 of the served retriever against the exact top-10 (both with the users'
@@ -39,13 +41,15 @@ logger = logging.getLogger(__name__)
 RECALL_K = 10
 NEGLIGIBLE = 1e-6  # a factor norm below this share of the largest counts as zero (the item scores its bias)
 ADD_CHUNK = 1_000_000  # rows added to the index at a time (bounds FAISS's temporary assignment buffers)
+#: ``AnnPolicy.kind``: ``recsys publish --ann`` and ``RECSYS_ANN_KIND`` take the same words
+POLICY_KINDS = ("auto", "none", *KINDS)
 
 
 @dataclass(frozen=True)
 class AnnPolicy:
     """What publish builds and how strictly it is checked (``recsys publish --ann``, ``RECSYS_ANN_*``)."""
 
-    kind: str = "auto"  # auto: flat below threshold_items, hnsw from it on; or flat, ivf_flat, hnsw
+    kind: str = "auto"  # auto: none below threshold_items, hnsw from it on; or none, flat, ivf_flat, hnsw
     threshold_items: int = 1_000_000
     min_recall: float = 0.95
     tune_margin: float = 0.02  # tuning aims this far above min_recall, so the disjoint gate sample passes too
@@ -59,17 +63,18 @@ class AnnPolicy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind != "auto" and self.kind not in KINDS:
-            raise ConfigError(f"unknown index kind {self.kind!r}: auto, {', '.join(KINDS)}")
+        if self.kind not in POLICY_KINDS:
+            raise ConfigError(f"unknown index kind {self.kind!r}: {', '.join(POLICY_KINDS)}")
         if not 0.0 <= self.min_recall <= 1.0:
             raise ConfigError(f"min_recall must be in 0..1, got {self.min_recall}")
         if self.sample_users < 1 or self.threshold_items < 0:
             raise ConfigError("sample_users must be >= 1 and threshold_items >= 0")
 
-    def kind_for(self, n_items: int) -> str:
-        if self.kind != "auto":
-            return self.kind
-        return "flat" if n_items < self.threshold_items else "hnsw"
+    def kind_for(self, n_items: int) -> str | None:
+        """The index to build for a catalogue of ``n_items``, or None: no index (no approximate scorer)."""
+        if self.kind == "auto":
+            return None if n_items < self.threshold_items else "hnsw"
+        return None if self.kind == "none" else self.kind
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ def build_and_check(
     began = time.perf_counter()
     rows = item_rows(items, bias)
     kind = policy.kind_for(len(rows))
+    if kind is None:
+        raise ConfigError(f"no index to build: the policy {policy.kind!r} builds none for {len(rows)} items")
     # Items whose factors are negligible (ALS leaves never-played items at ~1e-11) score their bias for everyone:
     # they stay out of the index (99% of the sparse 10M-item world: an 18-minute HNSW build, recall@10 0.86).
     norms = np.linalg.norm(rows[:, :-1], axis=1)

@@ -372,20 +372,30 @@ class LocalStack:
         return seen == os.getpid()
 
     def check_experiment(self) -> None:
-        """Every model the experiment names is an ensemble of a family published in the repository (or the canary
-        of one, which :meth:`load_models` loads): a one-line error naming the group and model otherwise."""
+        """Every model the experiment names is an ensemble that the newest version of a family published in the
+        repository serves (or the canary of one, which :meth:`load_models` loads): a one-line error naming the
+        group and model otherwise (``recsys_ann`` of a version published without an approximate index, too)."""
         from trainer.triton.family import FAMILIES
-        from trainer.triton.repository import published_families
+        from trainer.triton.repository import published_families, version_ensembles, versions
 
         repository = self.config.model_repository
         families = published_families(repository, self.config.families or FAMILIES)
         if not families:
             raise ArtifactError(f"{repository}: no complete published version (run `recsys publish RUN_DIR` first)")
-        served = {name for family in families for name in family.ensembles}
+        newest = {family.name: versions(repository, family)[-1] for family in families}
+        served = {name for f in families for name in version_ensembles(repository, f, newest[f.name])}
         canary = self._canary(families)
         canaries = set() if canary is None else set(canary.ensembles)
         also = "; a canary group may add _canary to each" if canaries else ""
         for group in self.experiment.groups:
+            lacking = next((f for f in families if group.model in f.ensembles and group.model not in served), None)
+            if lacking is not None:
+                raise ConfigError(
+                    f"the experiment {self.config.experiment_file} gives group {group.name} the model "
+                    f"{group.model!r}, which version {newest[lacking.name]} of the {lacking.name} models in "
+                    f"{repository} does not serve (published without an approximate index: publish with --ann "
+                    "flat|ivf_flat|hnsw)"
+                )
             if group.model not in served | canaries:
                 raise ConfigError(
                     f"the experiment {self.config.experiment_file} gives group {group.name} the model "
@@ -429,12 +439,15 @@ class LocalStack:
         ).start()  # fmt: skip
 
     def served_models(self) -> list[str]:
-        """The public models of the families loaded (ensembles, the canary's too)."""
+        """The public models of the families loaded (ensembles, the canary's too), as their loaded versions serve
+        them (``recsys_ann`` only for a version with an approximate index)."""
         from recsys.loop.canary import canary_of
         from trainer.triton.family import FACTOR, FAMILIES
+        from trainer.triton.repository import version_ensembles
 
-        families = [*FAMILIES, canary_of(FACTOR)]
-        return [name for family in families if family.name in self.versions for name in family.ensembles]
+        repository = self.config.model_repository
+        families = [family for family in (*FAMILIES, canary_of(FACTOR)) if family.name in self.versions]
+        return [name for f in families for name in version_ensembles(repository, f, self.versions[f.name])]
 
     def restart_triton(self) -> None:
         """Stops Triton (SIGKILL after its stop timeout), starts it again and loads the served versions."""

@@ -9,7 +9,7 @@ import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ class StackStatus:
     #: model -> versions Triton reports READY now (None when Triton could not be asked)
     triton_models: dict[str, list[str]] | None
     services: tuple[ServiceStatus, ...]
+    #: ensemble -> why the version loaded at start does not serve it (recsys_ann of a version without an index)
+    not_served: dict[str, str] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -136,6 +138,28 @@ def _triton_models(state: StackState) -> dict[str, list[str]] | None:
     return {name: sorted(found, key=int) for name, found in sorted(models.items())}
 
 
+def not_served(repository: Path, loaded: dict[str, int]) -> dict[str, str]:
+    """Ensemble -> why the loaded version of its family does not serve it: a factor version published without an
+    approximate index has no ``recsys_ann`` (``recsys publish --ann``)."""
+    from recsys.loop.canary import canary_of
+    from trainer.triton.family import FACTOR, FAMILIES
+    from trainer.triton.repository import version_ensembles
+
+    missing = {}
+    for family in (*FAMILIES, canary_of(FACTOR)):
+        version = loaded.get(family.name)
+        if version is None:
+            continue
+        served = version_ensembles(repository, family, version)
+        for name in family.ensembles:
+            if name not in served:
+                missing[name] = (
+                    f"version {version} of the {family.name} models has no approximate index "
+                    "(recsys publish --ann flat|ivf_flat|hnsw builds one)"
+                )
+    return missing
+
+
 def stack_status(path: Path) -> StackStatus | None:
     """The stack recorded in ``path``, checked now; None when there is no state file."""
     state = read_state(path)
@@ -155,4 +179,5 @@ def stack_status(path: Path) -> StackStatus | None:
         versions=state.versions,
         triton_models=_triton_models(state),
         services=services,
+        not_served=not_served(Path(state.repository), state.versions),
     )

@@ -48,7 +48,7 @@ from scripts.aws import AwsError
 from scripts.aws import s3_models as s3m
 from serving.contract import MANIFEST_FILE
 from trainer.triton.family import FACTOR, FAMILIES, Family
-from trainer.triton.repository import activate, has_configs, versions
+from trainer.triton.repository import activate, has_configs, version_ensembles, versions
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -371,7 +371,7 @@ def reconcile(
         return done
     for address, replica in replicas.items():
         try:
-            if all(replica.ensemble_versions(e) == {version} for e in family.ensembles):
+            if all(replica.ensemble_versions(e) == {version} for e in version_ensembles(repository, family, version)):
                 continue
             activate(replica, repository, family, version)
             done[address] = f"now serves {family.name} version {version}"

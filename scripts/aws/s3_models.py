@@ -115,7 +115,7 @@ def version_files(repository: Path, version: int) -> list[tuple[str, Path | None
     if not set(owner.steps) & held:
         raise AwsError(f"{repository}: no model holds a version {version}")
     present = {m.name for m in models}
-    missing = [m for m in owner.steps if m in present and m not in held]
+    missing = [m for m in owner.required_steps if m in present and m not in held]  # recsys_scorer_ann is optional
     if missing:
         raise AwsError(f"{repository}: model {missing[0]} has no version {version}")
     steps = set(owner.steps)

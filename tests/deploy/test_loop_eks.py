@@ -373,7 +373,7 @@ def test_a_run_publishes_new_items_uploads_them_and_loads_every_replica(
     assert list(result.lagging) == ["10.0.0.4:8000"]
     assert not result.ok
     assert result.reconciled == {"10.0.0.3:8000": f"now serves {FACTOR.name} version 1"}
-    reconciling = len(FACTOR.steps) * 2 + len(FACTOR.ensembles)
+    reconciling = len(FACTOR.required_steps) * 2 + len(FACTOR.ensembles_over(FACTOR.required_steps))  # no index
     assert uploaded_at_load[:reconciling] == [[1]] * reconciling
     assert uploaded_at_load[reconciling:]
     assert all(seen == [1, 2] for seen in uploaded_at_load[reconciling:])

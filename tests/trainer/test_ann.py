@@ -19,9 +19,9 @@ from trainer.artifacts import Run, load_run
 from trainer.export import user_table
 from trainer.exporting import ExportError
 from trainer.models.base import FactorModel
-from trainer.triton.family import FACTOR, LOOKUP, SCORER_ANN
+from trainer.triton.family import ENSEMBLE_ANN, ENSEMBLE_B, FACTOR, LOOKUP, SCORER_ANN
 from trainer.triton.publish import publish
-from trainer.triton.repository import versions
+from trainer.triton.repository import verify, version_ensembles, versions
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +52,13 @@ def _requests(run: Run, folder: Path, users: npt.NDArray[np.int64]) -> tuple[npt
 @pytest.fixture(scope="module")
 def published(small_als_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("repo")
-    publish(small_als_run, repository)
+    publish(small_als_run, repository, ann=AnnPolicy(kind="flat"))
     return repository
 
 
 def test_an_exhaustive_index_answers_exactly_what_the_trainer_does(run: Run, published: Path) -> None:
     manifest = json.loads((published / SCORER_ANN / "1" / MANIFEST_FILE).read_text())
-    assert manifest["ann"]["kind"] == "flat"  # 400 items: below the default threshold
+    assert manifest["ann"]["kind"] == "flat"  # asked for (400 items: auto would build none)
     assert manifest["ann"]["recall_at_10"] == 1.0
     retriever = AnnRetriever.load(published / SCORER_ANN / "1")
     users = np.arange(100)
@@ -126,6 +126,35 @@ def test_the_recall_gate_refuses_a_poor_index_and_leaves_the_repository_untouche
     assert versions(repository, FACTOR) == [1]
 
 
+def test_a_small_catalogue_is_published_without_an_index_unless_asked(small_als_run: Path, tmp_path: Path) -> None:
+    """Issue 17: the index is built when asked or from the threshold on; a version without one has no
+    recsys_scorer_ann folder, records ``"ann": null``, is complete and intact, and does not serve recsys_ann."""
+    repository = tmp_path / "repo"
+    default = publish(small_als_run, repository)  # 400 items, auto: below the 1M threshold
+    assert not (repository / SCORER_ANN / "1").exists()
+    manifest = json.loads((repository / LOOKUP / "1" / MANIFEST_FILE).read_text())
+    assert "ann" in manifest
+    assert manifest["ann"] is None
+    assert SCORER_ANN not in manifest["checksums"]
+    assert versions(repository, FACTOR) == [1]
+    assert verify(repository, FACTOR, 1) == []
+    assert ENSEMBLE_ANN not in version_ensembles(repository, FACTOR, 1)
+    assert ENSEMBLE_B in version_ensembles(repository, FACTOR, 1) == default.ensembles
+    assert SCORER_ANN not in default.steps
+
+    lowered = publish(small_als_run, repository, ann=AnnPolicy(threshold_items=400))  # auto, at the threshold
+    index = json.loads((repository / SCORER_ANN / "2" / MANIFEST_FILE).read_text())["ann"]
+    assert index["kind"] == "hnsw"
+    assert index["recall_at_10"] >= 0.95
+    assert (repository / SCORER_ANN / "2" / ANN_INDEX_FILE).is_file()
+    assert ENSEMBLE_ANN in version_ensembles(repository, FACTOR, 2) == lowered.ensembles
+    assert verify(repository, FACTOR, 2) == []
+
+    publish(small_als_run, repository, ann=AnnPolicy(kind="none", threshold_items=0))  # never, whatever the size
+    assert not (repository / SCORER_ANN / "3").exists()
+    assert versions(repository, FACTOR) == [1, 2, 3]
+
+
 def test_tuning_picks_the_smallest_nprobe_that_passes_and_the_manifest_records_it(run: Run, tmp_path: Path) -> None:
     _, report = _index(run, tmp_path, AnnPolicy(kind="ivf_flat", nlist=8))
     assert report["nlist"] == 8
@@ -144,9 +173,10 @@ def test_policy_and_helpers_reject_or_compute_what_they_should() -> None:
         AnnPolicy(kind="lsh")
     with pytest.raises(ConfigError, match="min_recall"):
         AnnPolicy(min_recall=1.5)
-    assert AnnPolicy(threshold_items=1000).kind_for(999) == "flat"
-    assert AnnPolicy(threshold_items=1000).kind_for(1000) != "flat"
-    assert AnnPolicy(kind="flat", threshold_items=10).kind_for(10**7) == "flat"
+    assert AnnPolicy(threshold_items=1000).kind_for(999) is None  # auto: no index below the threshold
+    assert AnnPolicy(threshold_items=1000).kind_for(1000) == "hnsw"
+    assert AnnPolicy(kind="flat", threshold_items=10**9).kind_for(10) == "flat"  # asked for: whatever the size
+    assert AnnPolicy(kind="none", threshold_items=0).kind_for(10**7) is None
     assert default_nlist(1_000_000) == 4096
     assert default_nlist(10**9) == 16384
     assert recall_at_k(np.array([[1, 2, -1]]), [np.array([1, 3])]) == 0.5

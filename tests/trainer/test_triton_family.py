@@ -18,10 +18,13 @@ from trainer.export_session import recent_plays
 from trainer.triton.configs import Flavour, as_override, only_version, parse, pinned, render
 from trainer.triton.family import (
     ENSEMBLE_A,
+    ENSEMBLE_ANN,
+    ENSEMBLE_B,
     ENSEMBLE_C,
     FACTOR,
     FAMILIES,
     LOOKUP,
+    SCORER_ANN,
     SCORER_ONNX,
     SCORER_TORCHSCRIPT,
     SESSION,
@@ -176,7 +179,9 @@ def test_retire_overrides_keep_the_repositorys_flavour(tmp_path: Path) -> None:
     overrides = {name: json.loads(config) for name, config in recorder.loads if config is not None}
     assert overrides[SCORER_TORCHSCRIPT]["backend"] == "pytorch"
     assert overrides[SCORER_ONNX]["backend"] == "onnxruntime"
-    assert [name for name, _ in recorder.loads][-len(FACTOR.steps) :] == list(FACTOR.steps)
+    # version 3 has no recsys_scorer_ann (an empty folder holds nothing): its steps are the required ones
+    assert [name for name, _ in recorder.loads][-len(FACTOR.required_steps) :] == list(FACTOR.required_steps)
+    assert SCORER_ANN not in {name for name, _ in recorder.loads}
 
 
 def test_sequence_length_is_read_back_from_the_repository_and_checked(tmp_path: Path) -> None:
@@ -256,8 +261,54 @@ def test_a_renamed_family_serves_a_second_lineage_beside_the_first(tmp_path: Pat
         "recsys_fused",
         "recsys_scorer_ann",
     )
+    assert arm.optional_steps == ("recsys_scorer_ann_static",)
+    assert "recsys_ann_static" not in arm.ensembles_over(arm.required_steps)
     with pytest.raises(ConfigError, match="suffix"):
         FACTOR.renamed("-x")
+
+
+def test_a_version_without_an_index_serves_no_recsys_ann_and_a_swap_to_it_unloads_it(tmp_path: Path) -> None:
+    """Issue 17: recsys_scorer_ann is an optional step. Version 1 has it, version 2 does not: both are complete;
+    a start pins version 2 without the approximate models, and a swap from 1 to 2 unloads them (ensemble first),
+    or recsys_ann would answer from version 1's index and then fail once version 1's lookup is retired."""
+    from trainer.triton.repository import activate, pin, version_ensembles, version_steps
+
+    render_repository(tmp_path)
+    for version, steps in ((1, FACTOR.steps), (2, FACTOR.required_steps)):
+        for model in steps:
+            (tmp_path / model / str(version)).mkdir()
+            (tmp_path / model / str(version) / "model.py").touch()
+    assert versions(tmp_path, FACTOR) == [1, 2]
+    assert SCORER_ANN in version_steps(tmp_path, FACTOR, 1)
+    assert version_steps(tmp_path, FACTOR, 2) == FACTOR.required_steps
+    assert ENSEMBLE_ANN in version_ensembles(tmp_path, FACTOR, 1)
+    assert ENSEMBLE_ANN not in version_ensembles(tmp_path, FACTOR, 2)
+    assert ENSEMBLE_B in version_ensembles(tmp_path, FACTOR, 2)
+
+    class Server:
+        def __init__(self) -> None:
+            self.ready: set[str] = set()
+            self.unloads: list[str] = []
+
+        def load_model(self, name: str, config: str | None = None) -> None:
+            self.ready.add(name)
+
+        def unload_model(self, name: str, *, wait: bool = True) -> None:
+            self.unloads.append(name)
+            self.ready.discard(name)
+
+        def is_model_ready(self, name: str, version: str = "") -> bool:
+            return name in self.ready
+
+    server = Server()
+    pin(server, tmp_path, FACTOR, 2)
+    assert not {SCORER_ANN, ENSEMBLE_ANN} & server.ready
+    activate(server, tmp_path, FACTOR, 1)
+    assert {SCORER_ANN, ENSEMBLE_ANN} <= server.ready
+    assert server.unloads == []
+    activate(server, tmp_path, FACTOR, 2)
+    assert server.unloads == [ENSEMBLE_ANN, SCORER_ANN]
+    assert server.ready == set(FACTOR.required_steps) | set(version_ensembles(tmp_path, FACTOR, 2))
 
 
 def test_a_version_that_did_not_load_is_withdrawn_and_the_previous_one_pinned_again(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ top-k; TorchScript in ``recsys_a``, ONNX in ``recsys_b``) -> ``recsys_topk`` (ea
 ``recsys_popular`` serves the fallback row to everyone (popularity minus what they heard) from the same version,
 and ``recsys_fused`` runs recsys_b's path in one model: the yardstick the ensembles are measured against.
 ``recsys_ann`` swaps the exact scorer for ``recsys_scorer_ann``, a FAISS index built and recall-gated at publish
-(``trainer.ann``): exhaustive below the catalogue threshold, IVF above it; the exact ensembles stay.
+(``trainer.ann``) only when asked or from the catalogue threshold on (HNSW); the exact ensembles stay. It is an
+optional step: a version without an index has no ``recsys_scorer_ann`` folder, and ``recsys_ann`` is not loaded.
 
 The session family's path (``recsys_c``): ``recsys_session_lookup`` (the listener's latest plays, oldest first)
 -> the exported GRU4Rec scorer (the graph masks the plays it was given; an empty row gets the popularity
@@ -69,7 +70,7 @@ SCORER_ANN = "recsys_scorer_ann"  # approximate: a FAISS index over the items (t
 ENSEMBLE_A = "recsys_a"  # factor model, TorchScript scorer
 ENSEMBLE_B = "recsys_b"  # factor model, ONNX scorer
 ENSEMBLE_POPULAR = "recsys_popular"  # popularity minus what the listener heard, for personal-vs-popular tests
-ENSEMBLE_ANN = "recsys_ann"  # factor model, approximate scorer (exhaustive below the publish threshold)
+ENSEMBLE_ANN = "recsys_ann"  # factor model, approximate scorer (only versions published with an index)
 #: Where torch.onnx puts the weights of a graph over protobuf's 2 GB limit (from about 8M items x 64 factors); it
 #: travels with model.onnx, which names it.
 ONNX_DATA_FILE = f"{ONNX_FILE}.data"
@@ -122,6 +123,9 @@ class Family:
     build_steps: Callable[[Flavour, Options], list[ModelConfig]]
     export: Callable[[Path, Path, Options], Exported]  # (run dir, staging folder, options); imports torch
     optional_files: tuple[str, ...] = ()  # files a run may lack (ALS's fold-in data; BPR has none)
+    #: steps a version may lack (the approximate scorer: an index is built only when asked or for a large catalogue);
+    #: a version holds one when its export wrote all of the step's files, and serves the ensembles over it only then
+    optional_steps: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)  # a renamed step -> the model whose code it runs
 
     def source_of(self, model: str) -> str:
@@ -148,12 +152,22 @@ class Family:
             ensembles={name + suffix: tuple(s + suffix for s in chain) for name, chain in self.ensembles.items()},
             build_steps=build_steps,
             sources={model + suffix: self.source_of(model) for model in self.files},
+            optional_steps=tuple(model + suffix for model in self.optional_steps),
         )
 
     @property
     def steps(self) -> tuple[str, ...]:
-        """Every versioned model (a version exists once all of them hold it)."""
+        """Every versioned model, the optional ones included."""
         return tuple(self.files)
+
+    @property
+    def required_steps(self) -> tuple[str, ...]:
+        """The steps every version holds (a version exists once all of them hold it)."""
+        return tuple(model for model in self.files if model not in self.optional_steps)
+
+    def ensembles_over(self, steps: tuple[str, ...]) -> tuple[str, ...]:
+        """The ensembles a version holding ``steps`` serves: those whose every step it holds."""
+        return tuple(name for name, chain in self.ensembles.items() if set(chain) <= set(steps))
 
     def configs(self, flavour: Flavour, options: Options | None = None) -> list[ModelConfig]:
         """Every model of the family in ``flavour``: the steps, then the ensembles."""
@@ -209,12 +223,15 @@ def _export_factor(run_dir: Path, staging: Path, options: Options) -> Exported:
     return Exported(files, parity, {"n_items": run.model.n_items, "n_users": run.model.n_users, "ann": ann})
 
 
-def _export_ann(model: Any, history: Any, staging: Path, policy: AnnPolicy) -> dict[str, Any]:
-    """The approximate scorer's index for the exported factors, gated on recall@10 (``trainer.ann``)."""
+def _export_ann(model: Any, history: Any, staging: Path, policy: AnnPolicy) -> dict[str, Any] | None:
+    """The approximate scorer's index for the exported factors, gated on recall@10 (``trainer.ann``), when the
+    policy builds one for this catalogue (``AnnPolicy.kind_for``); None (nothing written) otherwise."""
     import numpy as np
 
     from trainer.ann import build_and_check
 
+    if policy.kind_for(model.n_items) is None:
+        return None
     _, items, bias = model.factors()
     fallback = np.bincount(history.indices, minlength=model.n_items).astype(np.float32)  # as export_all's
     users = np.load(staging / USERS_FILE, mmap_mode="r")
@@ -242,6 +259,7 @@ FACTOR = Family(
     build_steps=_factor_steps,
     export=_export_factor,
     optional_files=(FOLD_IN_FILE, ONNX_DATA_FILE),
+    optional_steps=(SCORER_ANN,),
 )
 
 # ------------------------------------------------------------------------------------------------ session

@@ -26,6 +26,8 @@ from trainer.triton.repository import render_repository as render
 from trainer.triton.repository import versions as complete_versions
 
 if TYPE_CHECKING:  # this module imports no torch: the family's export does, when it runs
+    from collections.abc import Mapping
+
     from trainer.exporting import ParityReport
 
 logger = logging.getLogger(__name__)
@@ -40,10 +42,12 @@ class Published:
     version: int
     repository: Path
     parity: ParityReport
+    steps: tuple[str, ...] = ()  # the step models the version holds (the optional ones only when exported)
 
     @property
     def ensembles(self) -> tuple[str, ...]:
-        return tuple(self.family.ensembles)
+        """The ensembles this version serves (``recsys_ann`` only when it has an approximate index)."""
+        return self.family.ensembles_over(self.steps or self.family.steps)
 
 
 def run_family(run_dir: Path) -> Family:
@@ -120,7 +124,9 @@ def publish(
             "parity": asdict(exported.parity),
             "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        for model, files in family.files.items():
+        held = held_steps(family, exported.files)
+        for model in held:
+            files = family.files[model]
             folder = staging / model
             folder.mkdir()
             shutil.copy2(model_code(family.source_of(model)), folder / MODEL_CODE_FILE)
@@ -130,13 +136,23 @@ def publish(
                     shutil.copy2(source, folder / name)
         shutil.copy2(run_dir / METRICS_FILE, staging / family.steps[0] / METRICS_FILE)
         # every file's SHA-256: a start serves only a version whose files still match (repository.verify)
-        manifest["checksums"] = checksums(staging, family.files)
-        for model in family.files:
+        manifest["checksums"] = checksums(staging, held)
+        for model in held:
             (staging / model / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        for model in family.files:
+        for model in held:
             (staging / model).rename(repository / model / str(number))
-    logger.info("published version %d (%s models) into %s", number, family.name, repository)
-    return Published(family=family, version=number, repository=repository, parity=exported.parity)
+    logger.info("published version %d (%s) into %s", number, ", ".join(held), repository)
+    return Published(family=family, version=number, repository=repository, parity=exported.parity, steps=held)
+
+
+def held_steps(family: Family, exported: Mapping[str, Path]) -> tuple[str, ...]:
+    """The steps a version gets: every required one, and each optional one whose files the export all wrote
+    (``recsys_scorer_ann`` only with an index)."""
+    return tuple(
+        model
+        for model, files in family.files.items()
+        if model not in family.optional_steps or all(name in exported and exported[name].exists() for name in files)
+    )
 
 
 def model_code(model: str) -> Path:
@@ -146,4 +162,4 @@ def model_code(model: str) -> Path:
     return path
 
 
-__all__ = ["SOURCE_REPOSITORY", "Published", "complete_versions", "model_code", "publish", "run_family"]
+__all__ = ["SOURCE_REPOSITORY", "Published", "complete_versions", "held_steps", "model_code", "publish", "run_family"]

@@ -4,7 +4,9 @@ Layout: ``<repository>/<model>/config.pbtxt`` for every model of every family, `
 each step model (``model.py`` and the files its family names), ``<ensemble>/1/`` (empty: Triton wants one version
 folder). Version numbers are one counter for the whole repository: a new version of any family takes the next
 number after the highest one any model holds, so a number names one publish everywhere (the S3 manifests, the
-rollback recipe, ``MODEL_VERSION`` in answers). A family's version N is complete once all its steps hold N.
+rollback recipe, ``MODEL_VERSION`` in answers). A family's version N is complete once all its required steps hold
+N; an optional step (``recsys_scorer_ann``) holds it only when publish built it, and the ensembles over it are
+served only then (:func:`version_steps`, :func:`version_ensembles`).
 
 A version's ``publish.json`` records the SHA-256 of every file of every step (:func:`checksums`); a version whose
 files no longer match (a truncated ONNX file, a half-copied folder) is refused before Triton sees it
@@ -22,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from recsys.core.errors import ArtifactError, RecsysError
 from serving.contract import CONFIG_FILE, MANIFEST_FILE
@@ -37,6 +39,15 @@ GOOD_FILE = "served.json"
 
 class ModelControl(Protocol):
     def load_model(self, name: str, config: str | None = None) -> None: ...
+
+
+@runtime_checkable
+class UnloadingControl(ModelControl, Protocol):
+    """A control that can also unload (a Triton server or its control plane; the EKS loop's fan-out cannot)."""
+
+    def unload_model(self, name: str, *, wait: bool = True) -> None: ...
+
+    def is_model_ready(self, name: str, version: str = "") -> bool: ...
 
 
 def file_digest(path: Path) -> str:
@@ -155,8 +166,26 @@ def _numbers(folder: Path) -> set[int]:
 
 
 def versions(repository: Path, family: Family) -> list[int]:
-    """``family``'s complete versions in ``repository``, ascending."""
-    return sorted(set.intersection(*(_numbers(repository / model) for model in family.steps)))
+    """``family``'s complete versions in ``repository`` (every required step holds them), ascending."""
+    return sorted(set.intersection(*(_numbers(repository / model) for model in family.required_steps)))
+
+
+def version_steps(repository: Path, family: Family, version: int) -> tuple[str, ...]:
+    """The steps ``version`` holds: the required ones, and each optional one with a version folder (with files)."""
+    return tuple(
+        model
+        for model in family.steps
+        if model not in family.optional_steps or _has_files(repository / model / str(version))
+    )
+
+
+def version_ensembles(repository: Path, family: Family, version: int) -> tuple[str, ...]:
+    """The ensembles ``version`` serves: ``recsys_ann`` only when it was published with an approximate index."""
+    return family.ensembles_over(version_steps(repository, family, version))
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def next_version(repository: Path) -> int:
@@ -205,28 +234,42 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
     pinned to N, so a request sees all-old or all-new steps, never a mix. With ``retire`` each step is reloaded
     with only N under its policy, so N-1 stops holding memory (Triton keeps serving a version while it reloads
     it). Overrides are built from the repository's own configs, so they match its flavour.
+
+    The models of the family that ``version`` lacks (``recsys_ann`` and its scorer, for a version published
+    without an index) are unloaded after the swap where the control can unload: left loaded, they would answer from
+    the older version's index, or fail once its steps are retired.
     """
     if version not in versions(repository, family):
         raise ArtifactError(f"{repository}: version {version} of the {family.name} models is not complete")
     problems = verify(repository, family, version)
     if problems:
         raise ArtifactError(f"version {version} of the {family.name} models is damaged: {'; '.join(problems)}")
-    for model in family.steps:
+    steps, ensembles = version_steps(repository, family, version), version_ensembles(repository, family, version)
+    for model in steps:
         control.load_model(model)
-    for name in family.ensembles:
+    for name in ensembles:
         control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
     if retire:
-        for model in family.steps:
+        for model in steps:
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
+    lacking = [name for name in family.ensembles if name not in ensembles]
+    lacking += [model for model in family.steps if model not in steps]
+    if lacking and isinstance(control, UnloadingControl):
+        for name in lacking:  # ensembles first, then the steps they compose
+            if control.is_model_ready(name):
+                control.unload_model(name)
+    elif lacking:
+        log.info("version %d has no %s; this control cannot unload them", version, ", ".join(lacking))
     mark_good(repository, family, version)
 
 
 def pin(control: ModelControl, repository: Path, family: Family, version: int) -> None:
     """Loads ``family``'s ``version`` alone (each step's policy keeps only it), then the ensembles pinned to it:
-    how a start loads a version, with nothing else of the family tried on the way."""
-    for model in family.steps:
+    how a start loads a version, with nothing else of the family tried on the way (nor the models it lacks: no
+    ``recsys_ann`` for a version without an approximate index)."""
+    for model in version_steps(repository, family, version):
         control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
-    for name in family.ensembles:
+    for name in version_ensembles(repository, family, version):
         control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
 
 

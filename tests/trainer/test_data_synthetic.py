@@ -9,7 +9,7 @@ import pytest
 
 from recsys.core.errors import ConfigError
 from trainer.data.interactions import IndexArray
-from trainer.data.synthetic import SyntheticConfig, SyntheticWorld, generate
+from trainer.data.synthetic import SyntheticConfig, SyntheticWorld, generate, generate_counts
 
 SMALL = SyntheticConfig(n_users=400, n_items=2_000, n_genres=12, seed=7)
 
@@ -144,3 +144,27 @@ def test_tiny_worlds_work() -> None:
     assert one.interactions.n_items == 1
     assert one.interactions.events is not None
     assert set(one.interactions.events.items.tolist()) == {0}
+
+
+def test_counts_world_has_the_same_shape_in_chunks() -> None:
+    """generate_counts: the kind of world generate makes (all users and items kept, ~the configured plays,
+    popularity skewed), built chunk by chunk; the same config and chunk size give the same world."""
+    config = SyntheticConfig(n_users=3_000, n_items=4_000, n_genres=10, seed=5)
+    counts = generate_counts(config, chunk_users=700)
+    assert (counts.n_users, counts.n_items) == (3_000, 4_000)
+    assert counts.user_ids.index(1) == 0
+    assert counts.item_ids.index(4_000) == 3_999
+    pairs = counts.users.astype(np.int64) * counts.n_items + counts.items
+    assert len(np.unique(pairs)) == len(pairs)  # one row per distinct pair
+    plays = counts.weights.sum()
+    expected = config.n_users * config.mean_sessions_per_user * config.mean_session_length
+    assert 0.9 * expected < plays < 1.1 * expected
+    assert len(np.unique(counts.users)) == config.n_users  # every listener plays at least one session
+    per_item = np.bincount(counts.items, weights=counts.weights, minlength=config.n_items)
+    top = np.sort(per_item)[::-1]
+    assert top[: config.n_items // 100].sum() > 0.1 * plays  # the top 1% of items take over 10% of plays
+    again = generate_counts(config, chunk_users=700)
+    assert np.array_equal(again.users, counts.users)
+    assert np.array_equal(again.weights, counts.weights)
+    with pytest.raises(ConfigError, match="chunk_users"):
+        generate_counts(config, chunk_users=0)

@@ -168,16 +168,60 @@ class _Catalogue:
         return result
 
 
-def _plays(
-    rng: np.random.Generator, config: SyntheticConfig, catalogue: _Catalogue, taste: FloatArray
-) -> tuple[IndexArray, IndexArray, npt.NDArray[np.int64]]:
-    """User, item and time of every play, grouped by session (its own function so temporaries die early)."""
-    sessions_per_user = 1 + rng.poisson(config.mean_sessions_per_user - 1, config.n_users)
-    session_user = np.repeat(np.arange(config.n_users), sessions_per_user)
+def generate_counts(config: SyntheticConfig | None = None, *, chunk_users: int = 50_000) -> Interactions:
+    """The play counts of a world of ``config``'s kind, built ``chunk_users`` listeners at a time: no times, no
+    events, no item names, so memory follows the distinct (user, item) pairs (12 bytes each) rather than the plays.
+
+    For catalogue- and audience-scale benchmarks (1M listeners x 10M items x 100M plays), where :func:`generate`
+    would hold every play with its timestamp in pandas (~18 GB at 100M plays). Same catalogue, tastes and
+    sessions as :func:`generate` draws, but not the same random stream, so the two give different worlds for
+    one seed; the result keeps all users and all items, ids ``1..n`` at index ``id - 1``.
+    """
+    config = config or SyntheticConfig()
+    if chunk_users < 1:
+        raise ConfigError(f"chunk_users must be >= 1, got {chunk_users}")
+    rng = np.random.default_rng(config.seed)
+    catalogue = _Catalogue.draw(rng, config)
+    cdf = _genre_cdf(catalogue.popularity, catalogue.genre_items, catalogue.genre_sizes)
+    users, items, counts = [], [], []
+    for start in range(0, config.n_users, chunk_users):
+        size = min(chunk_users, config.n_users - start)
+        taste = _dirichlet_rows(rng, size, config.n_genres, config.taste_concentration)
+        session_user, session_genre, _, event_session, session_first = _sessions(rng, config, taste)
+        event_item = _session_items(rng, config, catalogue, session_genre[event_session], session_first, cdf=cdf)
+        pairs, count = np.unique(session_user[event_session] * config.n_items + event_item, return_counts=True)
+        del event_item, event_session
+        users.append((pairs // config.n_items + start).astype(np.int32))
+        items.append((pairs % config.n_items).astype(np.int32))
+        counts.append(count.astype(np.float32))
+    return Interactions(
+        users=np.concatenate(users),
+        items=np.concatenate(items),
+        weights=np.concatenate(counts),
+        user_ids=IdMap(np.arange(1, config.n_users + 1)),
+        item_ids=IdMap(np.arange(1, config.n_items + 1)),
+    )
+
+
+def _sessions(
+    rng: np.random.Generator, config: SyntheticConfig, taste: FloatArray
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64], IndexArray, npt.NDArray[np.int64]]:
+    """For ``taste``'s listeners: each session's user, genre and length, each play's session, each session's
+    first play."""
+    sessions_per_user = 1 + rng.poisson(config.mean_sessions_per_user - 1, len(taste))
+    session_user = np.repeat(np.arange(len(taste)), sessions_per_user)
     session_genre = _draw_rows(rng, taste, session_user)
     session_length = 1 + rng.poisson(config.mean_session_length - 1, len(session_user))
     session_first = np.concatenate(([0], np.cumsum(session_length)[:-1]))
     event_session = np.repeat(np.arange(len(session_user), dtype=np.int32), session_length)
+    return session_user, session_genre, session_length, event_session, session_first
+
+
+def _plays(
+    rng: np.random.Generator, config: SyntheticConfig, catalogue: _Catalogue, taste: FloatArray
+) -> tuple[IndexArray, IndexArray, npt.NDArray[np.int64]]:
+    """User, item and time of every play, grouped by session (its own function so temporaries die early)."""
+    session_user, session_genre, session_length, event_session, session_first = _sessions(rng, config, taste)
     event_item = _session_items(rng, config, catalogue, session_genre[event_session], session_first)
     timestamps = _timestamps(rng, config, session_user, session_length, event_session, session_first)
     return session_user[event_session].astype(np.int32), event_item, timestamps
@@ -189,6 +233,8 @@ def _session_items(
     catalogue: _Catalogue,
     event_genre: npt.NDArray[np.int64],
     session_first: npt.NDArray[np.int64],
+    *,
+    cdf: npt.NDArray[np.float64] | None = None,
 ) -> IndexArray:
     """The item of every play.
 
@@ -200,7 +246,8 @@ def _session_items(
     is_jump = rng.random(n_events) >= config.p_sequential
     is_jump[session_first] = True
     jump_at = np.flatnonzero(is_jump)
-    cdf = _genre_cdf(catalogue.popularity, catalogue.genre_items, catalogue.genre_sizes)
+    if cdf is None:
+        cdf = _genre_cdf(catalogue.popularity, catalogue.genre_items, catalogue.genre_sizes)
     jump_item = _draw_in_genre(rng, cdf, catalogue, event_genre[jump_at])
     last_jump = np.zeros(n_events, dtype=np.int64)
     last_jump[jump_at] = jump_at

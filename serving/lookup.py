@@ -1,12 +1,13 @@
 """The first step of every ensemble: external listener id -> what the scorer needs.
 
 * factor family (:class:`UserLookup`): the listener's row of the user table (or a live fold-in, or the fallback
-  pseudo-user) and the items to exclude (what they have heard, padded with -1 to the batch's longest row);
+  pseudo-user) and the items to exclude (what they have heard, padded with -1);
 * session family (:class:`SessionLookup`): the listener's latest plays, oldest first, padded with -1.
 
 Everything is loaded once per model version and then answers a batch with dictionary look-ups and vectorized
-indexing. Histories stay in CSR form: a padded [users, longest history] matrix would be 2.6 GB at 50,000
-listeners of a 10M-item catalogue (``benchmarks/results/catalog_scale-50k-listeners-audience.md``).
+indexing. Histories stay in CSR form and only a batch's rows are padded, when it arrives: the padded
+[users + 1, longest history] matrix held before was 2.6 GB at 50,000 listeners of a 10M-item catalogue
+(``benchmarks/results/catalog_scale-50k-listeners-audience.md``) and could not be built at 1M.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def compact_indices(indices: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int
 
 class UserLookup:
     """External user id -> the row the scorer multiplies (see ``trainer.export.user_table``) and the items to
-    exclude (heard items, padded with -1 to the batch's longest row); unknown users get the fallback pseudo-user
-    and no exclusions.
+    exclude (heard items padded with -1); unknown users get the fallback pseudo-user and no exclusions.
 
     The histories are held as CSR (``indptr``, int32 ``indices``); each call pads just its batch's rows, so the
-    memory is the CSR's and the start is reading it. :attr:`width` is the longest training history.
+    memory is the CSR's and the start is reading it. The rows are padded to :attr:`width`, the version's longest
+    training history, as the dense matrix did: Triton's dynamic batcher puts requests into one batch only when
+    their tensors have one shape (unless the input allows ragged batches), so a width per lookup batch would
+    keep the scorer from batching requests that left the lookup in different batches.
 
     With :attr:`live` set, a listener with plays newer than the model is served their folded-in vector, and their
-    live plays are excluded too, after their training history (the row grows; no training exclusion is dropped).
+    live plays are excluded too, after their training history: such a row may outgrow :attr:`width`, and the batch
+    is then padded to it (no training exclusion is dropped).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -76,12 +80,12 @@ class UserLookup:
         return TrainingPlays(self.index, self.indptr, self.indices, plays)
 
     def __call__(self, keys: list[str]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """User vectors ``[B, D + 1]``, exclusion rows ``[B, H]`` (H: the batch's longest), and which users are
-        unknown (the fallback)."""
+        """User vectors ``[B, D + 1]``, exclusion rows ``[B, H]`` (H: :attr:`width`, or a longer live row), and
+        which users are unknown (the fallback)."""
         index = np.fromiter((self.index.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
         vectors = self.table[np.where(index >= 0, index, self.unknown)]
         unknown = index < 0
-        exclude = padded_rows(self.indptr, self.indices, index)
+        exclude = padded_rows(self.indptr, self.indices, index, self.width)
         if self.live is not None:
             recent: dict[int, npt.NDArray[np.int64]] = {}
             for n, key in enumerate(keys):

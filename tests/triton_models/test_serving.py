@@ -68,6 +68,52 @@ def test_hundred_users_get_exactly_the_trainers_top10(
         assert answer.model_version == 1
 
 
+@pytest.mark.parametrize("model", SERVED)
+def test_short_and_long_histories_in_one_request_and_in_concurrent_requests_are_each_excluded_exactly(
+    server: TritonServer, runs: dict[str, Path], model: str
+) -> None:
+    """Issue 17: the lookup pads each batch's exclusion rows from the CSR when it arrives (no precomputed padded
+    matrix); one request mixing short, long and unknown listeners, and concurrent requests batched by Triton,
+    must each still get the trainer's answer, never a heard item."""
+    run = load_run(runs["v1"])
+    lengths = np.diff(run.history.indptr)
+    users = np.argsort(lengths, kind="stable")[np.linspace(0, len(lengths) - 1, 16).astype(int)]  # short to long
+    assert lengths[users[0]] < lengths[users[-1]]
+    expected, _ = run.model.recommend(users, 10, exclude=run.history)
+    external = [str(u) for u in run.user_ids.external(users).tolist()]
+    wanted = [[str(i) for i in run.item_ids.external(row).tolist()] for row in expected]
+    together = TritonRecommender(server.urls.grpc)
+    try:
+        mixed = together.recommend(model, [external[0], external[-1], "nobody-here", external[5]], top_k=10)
+    finally:
+        together.close()
+    assert [a.item_ids for a in (mixed[0], mixed[1], mixed[3])] == [wanted[0], wanted[-1], wanted[5]]
+    assert mixed[2].fallback
+    answers: dict[int, list[str]] = {}
+    errors: list[Exception] = []
+
+    def ask(n: int) -> None:
+        client = TritonRecommender(server.urls.grpc, timeout_s=30)
+        try:
+            for _ in range(3):
+                answers[n] = client.recommend(model, [external[n]], top_k=10)[0].item_ids
+        except Exception as exc:  # every failure counts
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(users))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors[:3]
+    assert [answers[n] for n in range(len(users))] == wanted
+    for n, user in enumerate(users):
+        heard = set(run.item_ids.external(run.history[user].indices).astype(str).tolist())
+        assert not heard & set(answers[n])
+
+
 def test_unknown_user_gets_the_flagged_fallback(client: TritonRecommender, runs: dict[str, Path]) -> None:
     run = load_run(runs["v1"])
     listeners = np.bincount(run.history.indices, minlength=run.history.shape[1])  # what popularity ranks by

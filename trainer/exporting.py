@@ -26,6 +26,9 @@ from serving.contract import ITEMS, ONNX_FILE, SCORES, TORCHSCRIPT_FILE
 logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
+#: Above this many bytes of weights an ONNX export keeps them in ``<model>.onnx.data`` beside the graph: protobuf
+#: refuses a file over 2 GB (a 10M-item x 64-factor scorer holds 2.6 GB), and a margin keeps the graph's own bytes in.
+ONNX_EXTERNAL_DATA_BYTES = 1 << 30
 
 
 class ExportError(RecsysError):
@@ -102,7 +105,11 @@ def export_onnx(
     input_names: Sequence[str],
     dynamic_shapes: Mapping[str, Mapping[int, Any]],
 ) -> Path:
-    """ONNX by the dynamo exporter: dynamic dims as given; ``k`` comes from the TOP_K input (an ONNX TopK input)."""
+    """ONNX by the dynamo exporter: dynamic dims as given; ``k`` comes from the TOP_K input (an ONNX TopK input).
+
+    Weights over :data:`ONNX_EXTERNAL_DATA_BYTES` go to ``<path>.data`` (named relative in the graph, so the two
+    files load from any folder that holds both); smaller models stay one self-contained file.
+    """
     with quiet_export():
         torch.onnx.export(
             module,
@@ -113,9 +120,20 @@ def export_onnx(
             output_names=[SCORES, ITEMS],
             dynamic_shapes=dict(dynamic_shapes),
             verbose=False,
-            external_data=False,
+            external_data=weight_bytes(module) > ONNX_EXTERNAL_DATA_BYTES,
         )
     return path
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the tensors ``module`` and its submodules hold: parameters, buffers and plain tensor attributes
+    (which TorchScript and the exporter keep as constants, as :class:`trainer.export.FactorScorer` does)."""
+    seen: dict[int, int] = {}
+    for sub in module.modules():
+        tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+        tensors += [value for value in vars(sub).values() if isinstance(value, torch.Tensor)]
+        seen |= {id(t): t.numel() * t.element_size() for t in tensors}
+    return sum(seen.values())
 
 
 def export_both(
@@ -135,17 +153,54 @@ def export_both(
 Outputs = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
 
-def run_exports(torchscript: Path, onnx: Path, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, Outputs]:
-    """Both exports on the same inputs (tensor name -> array, in the graph's order): format -> (scores, items)."""
+Runner = Callable[[list[npt.NDArray[Any]]], Sequence[npt.NDArray[Any]]]
+
+
+def torchscript_runner(path: Path) -> Runner:
+    scripted = load_torchscript(path)
+
+    def run(arrays: list[npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
+        with torch.inference_mode():
+            return [t.numpy() for t in scripted(*(torch.from_numpy(a) for a in arrays))]
+
+    return run
+
+
+def onnx_runner(path: Path, names: Sequence[str]) -> Runner:
     import onnxruntime as ort
 
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(arrays: list[npt.NDArray[Any]]) -> Sequence[npt.NDArray[Any]]:
+        return session.run([SCORES, ITEMS], dict(zip(names, arrays, strict=True)))  # type: ignore[no-any-return]
+
+    return run
+
+
+def run_exports(
+    torchscript: Path, onnx: Path, inputs: Mapping[str, npt.NDArray[Any]], *, rows: int | None = None
+) -> dict[str, Outputs]:
+    """Both exports on the same inputs (tensor name -> array, in the graph's order): format -> (scores, items).
+
+    ``rows``: at most that many input rows per call (a factor scorer's scores are ``rows x n_items`` floats: 8 GB
+    for 200 users at 10M items); every row must ask the same top-k, so the calls' answers stack. One export is
+    loaded at a time and released before the next, so a large model is held once, not twice.
+    """
     arrays = [np.ascontiguousarray(a) for a in inputs.values()]
-    scripted = load_torchscript(torchscript)
-    with torch.inference_mode():
-        ts_scores, ts_items = (t.numpy() for t in scripted(*(torch.from_numpy(a) for a in arrays)))
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
-    onnx_scores, onnx_items = session.run([SCORES, ITEMS], dict(zip(inputs, arrays, strict=True)))
-    return {"torchscript": (ts_scores, ts_items), "onnx": (onnx_scores, onnx_items)}
+    n = len(arrays[0]) if arrays else 0
+    step = max(1, n if rows is None else rows)
+    chunks = [[a[start : start + step] for a in arrays] for start in range(0, max(n, 1), step)]
+    loaders: dict[str, Callable[[], Runner]] = {
+        "torchscript": lambda: torchscript_runner(torchscript),
+        "onnx": lambda: onnx_runner(onnx, list(inputs)),
+    }
+    answers: dict[str, Outputs] = {}
+    for fmt, load in loaders.items():
+        run = load()
+        parts = [run(chunk) for chunk in chunks]
+        del run  # the loaded export goes before the next one loads
+        answers[fmt] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return answers
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,129 @@ def test_parity_accepts_tied_items_in_either_order_but_not_a_wrong_id() -> None:
     assert compare(reference, {"onnx": swapped}, score_of=score_of).ok
     wrong = (np.array([[0.9, 0.5, 0.5]], np.float32), np.array([[0, 1, 3]]))  # same scores, another item
     assert not compare(reference, {"onnx": wrong}, score_of=score_of).ok
+
+
+def test_recommend_in_bounded_batches_answers_as_one_batch(split: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: scoring 200 users against 10M items made one 8 GB matrix; recommend now cuts the batch so
+    ``batch x n_items`` stays under MAX_SCORE_ELEMENTS, with the same answers."""
+    import trainer.models.base as base
+
+    model = BPR(BPRParams(epochs=2)).fit(split.train)
+    history = split.train.to_csr()
+    users = np.arange(split.train.n_users)
+    whole = model.recommend(users, 10, exclude=history)
+    assert base.users_per_batch(10_000_000) == 6  # 6 x 10M floats: under 64M
+    monkeypatch.setattr(base, "MAX_SCORE_ELEMENTS", 3 * split.train.n_items)  # 3 users a batch
+    assert base.users_per_batch(split.train.n_items) == 3
+    cut = model.recommend(users, 10, exclude=history)
+    np.testing.assert_array_equal(cut[0], whole[0])
+    np.testing.assert_allclose(cut[1], whole[1], atol=1e-6)  # a GEMM of another shape rounds differently
+
+
+def test_parity_in_batches_of_one_user_still_passes_and_still_catches_a_wrong_export(
+    exported: Any, split: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import trainer.models.base as base
+    from trainer.export import check_parity
+    from trainer.exporting import run_exports
+
+    model, directory = exported
+    history = split.train.to_csr()
+    width = max_history(history)
+    monkeypatch.setattr(base, "MAX_SCORE_ELEMENTS", 1)  # every side scores one user at a time
+    report = check_parity(model, history, directory / "model.pt", directory / "model.onnx", width)
+    assert report.ok
+    assert report.users_checked == min(200, split.train.n_users)
+    users = np.arange(9, dtype=np.int64)
+    inputs = {
+        USER_VECTOR: _vectors(directory, users),
+        EXCLUDE: padded_exclusions(history, users, width),
+        TOP_K: np.full((9, 1), 10, dtype=np.int64),
+    }
+    whole = run_exports(directory / "model.pt", directory / "model.onnx", inputs)
+    by_two = run_exports(directory / "model.pt", directory / "model.onnx", inputs, rows=2)
+    for fmt in ("torchscript", "onnx"):
+        np.testing.assert_array_equal(by_two[fmt][1], whole[fmt][1])
+        np.testing.assert_allclose(by_two[fmt][0], whole[fmt][0], atol=1e-6)
+    other = BPR(BPRParams(epochs=2, seed=7)).fit(split.train)  # another model's exports: parity must fail
+    export_all(other, history, tmp_path)
+    assert not check_parity(model, history, tmp_path / "model.pt", tmp_path / "model.onnx", width).ok
+
+
+def test_scorer_holds_the_items_once_in_the_served_layout(split: Any) -> None:
+    from trainer.export import build_scorer
+    from trainer.exporting import weight_bytes
+
+    model = BPR(BPRParams(epochs=1)).fit(split.train)
+    _, items, bias = model.factors()
+    assert bias is not None
+    fallback = np.arange(len(items), dtype=np.float32)
+    scorer = build_scorer(model, fallback)
+    n, dim = items.shape
+    layout = scorer.items_t.numpy()
+    assert layout.shape == (dim + 1, n + 1)
+    assert scorer.items_t.is_contiguous()
+    np.testing.assert_array_equal(layout[:dim, :n], items.T)
+    np.testing.assert_allclose(layout[dim, :n], fallback - bias)
+    assert not layout[:, n].any()  # the sink column: only its -inf bias matters
+    assert weight_bytes(scorer) == 4 * ((dim + 1) * (n + 1) + (n + 1))  # the items once, plus the bias
+
+
+def test_fold_in_gram_in_blocks_equals_the_whole_product(split: Any) -> None:
+    from trainer.export import fold_in_arrays, gram
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((1001, 16)).astype(np.float32)
+    whole = items.astype(np.float64).T @ items.astype(np.float64)
+    np.testing.assert_allclose(gram(items, rows=7), whole, rtol=1e-12, atol=1e-9)
+    als = ALS(ALSParams(iterations=1)).fit(split.train)
+    arrays = fold_in_arrays(als)
+    assert arrays is not None
+    factors = als.factors()[1]
+    assert np.shares_memory(arrays["item_factors"], factors)  # the model's own array, not a copy
+    expected = factors.astype(np.float64).T @ factors.astype(np.float64)
+    expected += als.params.regularization * np.eye(factors.shape[1])
+    np.testing.assert_allclose(arrays["gram"], expected, rtol=1e-12, atol=1e-9)
+
+
+def test_non_finite_counts_in_blocks() -> None:
+    from trainer.export import non_finite
+
+    array = np.zeros((10, 3), dtype=np.float32)
+    array[[0, 4, 9], [1, 2, 0]] = [np.nan, np.inf, -np.inf]
+    assert non_finite(array, rows=3) == 3
+    assert non_finite(np.array([1.0, np.nan]), rows=1) == 1
+    assert non_finite(np.zeros((0, 4))) == 0
+
+
+def test_large_weights_export_to_onnx_external_data_that_loads_beside_the_graph(
+    split: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 17: a 10M x 65 float32 initializer (2.6 GB) is over protobuf's 2 GB; above the threshold the weights
+    go to model.onnx.data, named relative, so the pair loads from any folder (a Triton version folder)."""
+    import shutil
+
+    import trainer.exporting as exporting
+    from trainer.triton.family import ONNX_DATA_FILE
+
+    model = BPR(BPRParams(epochs=1)).fit(split.train)
+    history = split.train.to_csr()
+    small = tmp_path / "small"
+    export_all(model, history, small)
+    assert not (small / ONNX_DATA_FILE).exists()  # under the threshold: one self-contained file
+    monkeypatch.setattr(exporting, "ONNX_EXTERNAL_DATA_BYTES", 0)
+    export_all(model, history, tmp_path / "large")
+    data = tmp_path / "large" / ONNX_DATA_FILE
+    assert data.stat().st_size > 4 * split.train.n_items * 8  # the items' factors at least
+    assert (tmp_path / "large" / "model.onnx").stat().st_size < data.stat().st_size
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("model.onnx", ONNX_DATA_FILE):
+        shutil.move(tmp_path / "large" / name, moved / name)
+    users = np.arange(5, dtype=np.int64)
+    width = max_history(history)
+    inputs = (_vectors(small, users), padded_exclusions(history, users, width), np.full((5, 1), 10))
+    feeds = dict(zip((USER_VECTOR, EXCLUDE, TOP_K), inputs, strict=True))
+    got = ort.InferenceSession(str(moved / "model.onnx"), providers=["CPUExecutionProvider"]).run([ITEMS], feeds)
+    want = ort.InferenceSession(str(small / "model.onnx"), providers=["CPUExecutionProvider"]).run([ITEMS], feeds)
+    np.testing.assert_array_equal(got[0], want[0])

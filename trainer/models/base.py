@@ -24,6 +24,14 @@ from trainer.data.interactions import Interactions
 from trainer.device import resolve_device
 
 FORMAT_VERSION = 1
+#: The most scores :meth:`Recommender.recommend` holds at once (256 MB of float32): a batch of users is cut to
+#: fit, so scoring 200 users against 10M items takes 8 batches of 25, not one 8 GB matrix.
+MAX_SCORE_ELEMENTS = 1 << 26
+
+
+def users_per_batch(n_items: int, wanted: int = 2048) -> int:
+    """How many users to score at once against ``n_items`` within :data:`MAX_SCORE_ELEMENTS` (at least one)."""
+    return max(1, min(wanted, MAX_SCORE_ELEMENTS // max(n_items, 1)))
 
 
 @dataclass(frozen=True)
@@ -123,12 +131,14 @@ class Recommender(ABC):
         """Top ``k`` item indices and scores per user, best first, without the items in ``exclude``'s rows.
 
         Excluded items get ``-inf``; when fewer than ``k`` items remain the tail is padded with index ``-1``.
+        Users are scored ``batch_size`` at a time, fewer on a large catalogue (:func:`users_per_batch`).
         """
         self._check_fitted()
         users = np.asarray(users, dtype=np.int64)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         k_eff = min(k, self.n_items)
+        batch_size = users_per_batch(self.n_items, batch_size)
         out_items = np.full((len(users), k), -1, dtype=np.int64)
         out_scores = np.full((len(users), k), -np.inf, dtype=np.float32)
         with torch.inference_mode():
@@ -242,7 +252,7 @@ class FactorModel(Recommender):
         idx = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device)
         scores = self.user_factors[idx] @ self.item_factors.T
         if self.item_bias is not None:
-            scores = scores + self.item_bias
+            scores.add_(self.item_bias)  # in place: one users x items matrix, not two
         return scores
 
     def factors(

@@ -1,0 +1,75 @@
+"""An ONNX scorer whose weights sit in ``model.onnx.data`` (issue 17: a 10M-item catalogue's 2.6 GB of factors
+is over protobuf's 2 GB limit) is published with its data file, checksummed, and served by the real Triton.
+
+The export threshold is lowered so the tests' small model takes the large models' path. Locally the ONNX scorer
+runs onnxruntime inside the python backend (``serving.scorer``), which resolves the data file the way Triton's
+native onnxruntime backend does: relative to ``model.onnx`` in the version folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import trainer.exporting as exporting
+from recsys.core.triton_client import TritonRecommender
+from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from serving.contract import ONNX_FILE
+from trainer.artifacts import load_run
+from trainer.triton.family import ENSEMBLE_B, FACTOR, FUSED, LOOKUP, ONNX_DATA_FILE, SCORER_ONNX, TOPK
+from trainer.triton.publish import publish
+from trainer.triton.repository import manifest, verify
+
+
+@pytest.fixture(scope="module")
+def repository(small_als_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("external-data-repo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporting, "ONNX_EXTERNAL_DATA_BYTES", 0)  # every model counts as large
+        publish(small_als_run, repository)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[TritonServer]:
+    with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
+        for model in (LOOKUP, SCORER_ONNX, TOPK, ENSEMBLE_B, FUSED):
+            triton.load_model(model)
+        yield triton
+
+
+def test_the_data_file_is_published_beside_each_onnx_graph_and_checksummed(repository: Path) -> None:
+    recorded = manifest(repository, FACTOR, 1)["checksums"]
+    for model in (SCORER_ONNX, FUSED):
+        folder = repository / model / "1"
+        assert (folder / ONNX_DATA_FILE).stat().st_size > (folder / ONNX_FILE).stat().st_size
+        assert ONNX_DATA_FILE in recorded[model]
+    assert verify(repository, FACTOR, 1) == []
+    damaged = repository / SCORER_ONNX / "1" / ONNX_DATA_FILE
+    original = damaged.read_bytes()
+    try:
+        damaged.write_bytes(bytes(b ^ 0xFF for b in original[:64]) + original[64:])
+        assert any(ONNX_DATA_FILE in problem for problem in verify(repository, FACTOR, 1))
+    finally:
+        damaged.write_bytes(original)
+
+
+@pytest.mark.parametrize("model", [ENSEMBLE_B, FUSED])
+def test_triton_serves_the_trainers_top10_from_the_external_weights(
+    server: TritonServer, small_als_run: Path, model: str
+) -> None:
+    run = load_run(small_als_run)
+    users = np.arange(50)
+    expected_items, expected_scores = run.model.recommend(users, 10, exclude=run.history)
+    client = TritonRecommender(server.urls.grpc)
+    try:
+        answers = client.recommend(model, [str(u) for u in run.user_ids.external(users).tolist()], top_k=10)
+    finally:
+        client.close()
+    for row, answer in enumerate(answers):
+        assert answer.item_ids == [str(i) for i in run.item_ids.external(expected_items[row]).tolist()]
+        np.testing.assert_allclose(answer.scores, expected_scores[row], atol=1e-5)
+        assert answer.model_version == 1

@@ -187,9 +187,10 @@ def _measure(
     k: int,
     rows: npt.NDArray[np.float32],
 ) -> float:
-    top_k = np.full((len(vectors), 1), k, dtype=np.int64)
-    batches = range(0, len(vectors), 64)
-    found = np.concatenate([retriever(vectors[s : s + 64], exclude[s : s + 64], top_k[s : s + 64])[1] for s in batches])
+    # One user per call, as at c=1: the search depth grows with the longest history in a batch (``k`` + its
+    # exclusions), so batched calls would measure a deeper search than a lone request gets.
+    top_k = np.full((1, 1), k, dtype=np.int64)
+    found = np.concatenate([retriever(vectors[s : s + 1], exclude[s : s + 1], top_k)[1] for s in range(len(vectors))])
     q = queries(vectors)
     true = np.einsum("ijd,id->ij", rows[np.maximum(found, 0)], q)  # the answered items' exact scores
     return recall_at_k(found, exact[0], approx_scores=true, exact_kth=exact[1])

@@ -434,6 +434,7 @@ def render(payload: dict[str, Any]) -> str:
     rows = []
     for size in sizes:
         ann, serving = size["ann"], size["serving"]
+        per_process = serving["per_process_mib"]
         item_bytes = size["items"] * 65 * 4
         rows.append(
             [
@@ -447,6 +448,7 @@ def render(payload: dict[str, Any]) -> str:
                 fmt(ann["index_bytes"] / 2**20, 0),
                 " / ".join(fmt(v, 0) for v in size["peak_rss_mib_after"].values()),
                 f"{serving['load_s']['recsys_scorer_ann']:.1f} / {serving['load_s'].get('recsys_scorer_onnx', '-')}",
+                f"{serving['load_s']['recsys_lookup']:.1f} / {stub_rss(per_process, 'recsys_lookup'):,.0f}",
                 fmt(serving["rss_loaded_mib"], 0),
                 f"{stub_rss(serving['per_process_mib'], 'recsys_scorer_ann'):,.0f} / "
                 f"{stub_rss(serving['per_process_mib'], 'recsys_scorer_onnx'):,.0f}",
@@ -465,6 +467,7 @@ def render(payload: dict[str, Any]) -> str:
                 "index MiB",
                 "peak RSS MiB generate / fit / publish",
                 "load s ann / exact",
+                "lookup load s / RSS MiB",
                 "Triton RSS MiB",
                 "stub RSS MiB ann / exact",
                 "exact scan floor ms",
@@ -476,7 +479,8 @@ def render(payload: dict[str, Any]) -> str:
         f"{bw['numpy_copy_gbs']:.1f} GB/s ((read + write) / s on a {bw['array_mib']} MiB array): the least one "
         "exact pass costs the single-threaded ONNX scorer. *publish s* includes the exact exports, their parity "
         "check, the index build and the gate. *Triton RSS* is the server and every stub with the size's ensembles "
-        "loaded.",
+        "loaded. *lookup*: `recsys_lookup`'s load time and its stub's RSS (the listeners' ids, vectors and "
+        "histories: the audience's share).",
         "",
         "## Goals",
         "",

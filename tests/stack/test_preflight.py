@@ -33,6 +33,23 @@ def test_an_experiment_model_the_repository_lacks_is_named(tmp_path: Path, serve
     assert "(it serves recsys_a, " in str(info.value)  # what it does serve
 
 
+def test_an_experiment_naming_recsys_ann_of_a_version_without_an_index_is_one_line(
+    tmp_path: Path, served_repository: Path
+) -> None:
+    """Issue 17: a small catalogue's version has no approximate index, so recsys_ann is not served; a group routed to
+    it fails at start, saying why, instead of every request of the group failing."""
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        "groups:\n  - {name: A, model: recsys_a, share: 60}\n  - {name: B, model: recsys_ann, share: 40}\n"
+    )
+    wanted = r"gives group B the model 'recsys_ann', which version 1 of the factor models"
+    with pytest.raises(ConfigError, match=wanted) as info:
+        stack_for(tmp_path, served_repository, experiment).preflight()
+    assert "\n" not in str(info.value)
+    assert "published without an approximate index" in str(info.value)
+    assert not (tmp_path / "pg").exists()
+
+
 def test_the_committed_experiments_pass(tmp_path: Path, served_repository: Path) -> None:
     for experiment in (
         ROOT / "gateway" / "experiment.yaml",

@@ -118,6 +118,10 @@ def test_stack_up_takes_every_port_from_the_settings(env: dict[str, str], first_
     assert state["repository"] == env["RECSYS_MODEL_REPOSITORY"]
     assert state["versions"] == {"factor": 1}
     assert state["triton_models"]["recsys_a"] == ["1"]
+    # issue 17: version 1 (400 items, the default policy) has no approximate index: recsys_ann is not loaded
+    assert "recsys_ann" not in state["triton_models"]
+    assert "recsys_scorer_ann" not in state["triton_models"]
+    assert "version 1 of the factor models has no approximate index" in state["not_served"]["recsys_ann"]
     pids = recorded(state)
     assert set(pids) == {"postgresql", "tritonserver", "feedback-writer", "gateway-0", "nginx"}
     families = {name: set(descendants(pid)) for name, pid in pids.items()}
@@ -164,6 +168,7 @@ def test_publish_load_tells_only_what_it_checked(
     assert result.returncode == 0, result.stderr
     assert "(the local stack's, serving" in result.stdout
     assert "now serves version 2 of recsys_a" in " ".join(result.stdout.split())
+    assert "no approximate scorer (400 items, below RECSYS_ANN_THRESHOLD_ITEMS" in " ".join(result.stdout.split())
     assert status(env)[1]["triton_models"]["recsys_scorer_onnx"] == ["2"]
 
 

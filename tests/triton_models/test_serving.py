@@ -15,10 +15,11 @@ from tritonclient.utils import InferenceServerException
 
 from recsys.core.triton_client import AsyncTritonRecommender, TritonCallError, TritonRecommender
 from recsys.stack.triton import TritonConfig, TritonPorts, TritonServer
+from trainer.ann import AnnPolicy
 from trainer.artifacts import load_run
 from trainer.exporting import ExportError
 from trainer.pipeline import save_result, train_and_evaluate
-from trainer.triton.family import ENSEMBLE_A, ENSEMBLE_B, ENSEMBLE_POPULAR, FACTOR, FUSED
+from trainer.triton.family import ENSEMBLE_A, ENSEMBLE_ANN, ENSEMBLE_B, ENSEMBLE_POPULAR, FACTOR, FUSED, SCORER_ANN
 from trainer.triton.publish import publish
 from trainer.triton.repository import activate, load_all, versions
 
@@ -39,7 +40,7 @@ def runs(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 @pytest.fixture(scope="module")
 def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repository = tmp_path_factory.mktemp("repo")
-    publish(runs["v1"], repository)
+    publish(runs["v1"], repository, ann=AnnPolicy(kind="flat"))  # asked for: v2 (default, none) swaps it away
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
         load_all(triton, repository)
         yield triton
@@ -334,6 +335,7 @@ def test_broken_model_is_refused_and_the_repository_untouched(
 def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, runs: dict[str, Path]) -> None:
     """Hot swap: the steps load v2 beside v1, then each ensemble switches all its pins at once."""
     repository = server.config.model_repository
+    assert server.is_model_ready(ENSEMBLE_ANN, "1")  # v1 was published with an index: the start loaded it
     errors: list[Exception] = []
     seen_versions: set[int] = set()
     done = threading.Event()
@@ -370,5 +372,9 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     client = TritonRecommender(server.urls.grpc)
     assert {client.recommend(m, ["1"])[0].model_version for m in SERVED} == {2}
     client.close()
-    assert all(server.is_model_ready(m, "2") for m in FACTOR.steps)
+    assert all(server.is_model_ready(m, "2") for m in FACTOR.required_steps)
     assert not any(server.is_model_ready(m, "1") for m in FACTOR.steps)  # v1 no longer holds memory
+    # Issue 17: v2 has no approximate index (400 items, the default policy), so v1's recsys_ann is unloaded, not
+    # left answering from v1's index over v1's retired lookup.
+    assert not server.is_model_ready(ENSEMBLE_ANN)
+    assert not server.is_model_ready(SCORER_ANN)

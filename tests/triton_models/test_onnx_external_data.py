@@ -47,6 +47,9 @@ def test_the_data_file_is_published_beside_each_onnx_graph_and_checksummed(repos
         folder = repository / model / "1"
         assert (folder / ONNX_DATA_FILE).stat().st_size > (folder / ONNX_FILE).stat().st_size
         assert ONNX_DATA_FILE in recorded[model]
+    scorer, fused = ((repository / model / "1" / ONNX_DATA_FILE).stat() for model in (SCORER_ONNX, FUSED))
+    assert scorer.st_ino != fused.st_ino  # each folder's own file: damage to one is not damage to both
+    assert scorer.st_nlink == fused.st_nlink == 1  # the export's file was moved in by a link, not written twice
     assert verify(repository, FACTOR, 1) == []
     damaged = repository / SCORER_ONNX / "1" / ONNX_DATA_FILE
     original = damaged.read_bytes()

@@ -194,6 +194,7 @@ class ALS(FactorModel):
         start.check(train.n_users, train.n_items, p.factors)
         self.user_factors = torch.from_numpy(np.array(start.user_factors, dtype=np.float32)).to(self.device)
         self.item_factors = torch.from_numpy(np.array(start.item_factors, dtype=np.float32)).to(self.device)
+        del start  # copied above: a cold start's own draw would otherwise live through the fit (2.6 GB at 10M items)
         self.item_bias = None
         self.n_users, self.n_items = train.n_users, train.n_items
         for _ in track(range(p.iterations), "ALS", total=p.iterations, enabled=show_progress):
@@ -205,7 +206,9 @@ class ALS(FactorModel):
         """New factors for every row given the fixed other side ``Y``."""
         gram = _gram(Y, self.params.regularization)
         if self.params.solver == "cg" and Y.device.type == "cpu":
-            out = X.clone()
+            # In place: each row's CG reads only its own row of X (and Y), and X is this model's own copy, so a
+            # second factor matrix is never needed (2.6 GB at 10M items x 64 factors).
+            out = X
             m = side.matrix
             cg_solve(
                 m.indptr.astype(np.int64, copy=False),

@@ -630,7 +630,7 @@ def measure_audience(args: argparse.Namespace) -> int:
             "",
             "`serving.lookup.UserLookup` as `recsys_lookup` loads it, in one process: *lookup_rss_mib* is what it "
             "added, *csr_mib* the histories it holds (CSR: int64 row pointers, int32 item indices; each batch's rows "
-            "are padded when the batch arrives, to the batch's own longest history), *batch_of_64_ms* one call for 64 "
+            "are padded when the batch arrives, to the version's longest history), *batch_of_64_ms* one call for 64 "
             "known listeners.",
             "",
         ]

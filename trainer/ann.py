@@ -3,8 +3,8 @@
 Publish builds an index for a factor version only when asked or when the catalogue is large
 (``serving.retrieval`` serves it from ``recsys_scorer_ann``); ``AnnPolicy.kind``:
 
-* ``auto`` (the default): no index below ``threshold_items`` (the exact scan is cheap there: 0.6 ms at 50k items,
-  and the ANN models would cost every Triton start ~70 MB and 2-3 s), ``hnsw`` from it on: HNSW graph, 16 links
+* ``auto`` (the default): no index below ``threshold_items`` (the exact scan is cheap there, and the approximate
+  models cost every Triton start 53 MiB and ~2 s even at 400 items: README), ``hnsw`` from it on: HNSW graph, 16 links
   per item, float32 rows (scores stay exact inner products), chosen by measurement on ALS factors of the synthetic
   catalogue (``benchmarks/results/catalog_scale.md``): at 1M items HNSW reached recall@10 0.99 in 0.07 ms per
   query, while IVF over inner products stayed below 0.2 at 128 of 4096 lists probed (popular items' long vectors

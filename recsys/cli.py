@@ -380,18 +380,18 @@ def publish(
     from trainer.triton.publish import publish as run_publish
     from trainer.triton.repository import activate, manifest
 
-    if not force:
-        check_beats_popularity(run_dir)
     settings = _settings(ctx)
-    target = repository or settings.model_repository
-    http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
-    stack_repository = _stack_triton_repository(settings, http, target) if load else None
-    policy = AnnPolicy(
+    policy = AnnPolicy(  # a bad --ann is refused before the run is read
         kind=ann or settings.ann_kind,
         threshold_items=settings.ann_threshold_items,
         min_recall=settings.ann_min_recall if ann_min_recall is None else ann_min_recall,
         sample_users=settings.ann_sample_users,
     )
+    if not force:
+        check_beats_popularity(run_dir)
+    target = repository or settings.model_repository
+    http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
+    stack_repository = _stack_triton_repository(settings, http, target) if load else None
     published = run_publish(run_dir, target, ann=policy)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in published.parity.max_abs_score_diff.items())
     checked = published.parity.users_checked

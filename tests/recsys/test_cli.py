@@ -83,6 +83,7 @@ def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) ->
         (("train", "-p", "regularization=nan"), "ALS regularization=nan is out of range"),
         (("train", "--model", "bpr", "-p", "learning_rate=0"), "BPR learning_rate=0.0 is out of range"),
         (("publish", "missing-run"), "missing-run: no readable metrics.json"),
+        (("publish", "missing-run", "--ann", "lsh"), "unknown index kind 'lsh': auto, none, flat, ivf_flat, hnsw"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(
@@ -246,13 +247,16 @@ def test_publish_serve_and_hot_swap_through_the_cli(tmp_path: Path, table: Path)
             TritonRecommender(f"127.0.0.1:{grpc}").recommend("recsys_a", ["user-3"])
         client = TritonRecommender(f"127.0.0.1:{grpc}", api_key=key)
         assert client.recommend("recsys_a", ["user-3"])[0].model_version == 1
+        assert not control.is_model_ready("recsys_ann")  # version 1: a small catalogue, no index by default
         swapped = recsys(
-            "publish", str(tmp_path / "r2"), "--repository", str(repository),
+            "publish", str(tmp_path / "r2"), "--repository", str(repository), "--ann", "flat",
             "--load", "--triton-http", f"127.0.0.1:{http}", cwd=tmp_path,
         )  # fmt: skip
         assert swapped.returncode == 0, swapped.stderr
         assert "loaded version 2 of" in swapped.stdout  # not the local stack's Triton: says what it did not check
-        assert {client.recommend(m, ["user-3"])[0].model_version for m in ("recsys_a", "recsys_b")} == {2}
+        assert "approximate scorer (recsys_ann): flat index, recall@10 1.0000" in swapped.stdout
+        served = ("recsys_a", "recsys_b", "recsys_ann")  # the swap loads the optional step version 2 has
+        assert {client.recommend(m, ["user-3"])[0].model_version for m in served} == {2}
         client.close()
     finally:
         server.send_signal(signal.SIGTERM)

@@ -144,7 +144,7 @@ def publish(
             (staging / model / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         for model in held:
             (staging / model).rename(repository / model / str(number))
-    logger.info("published version %d (%s) into %s", number, ", ".join(held), repository)
+    logger.info("published version %d of the %s models (%s) into %s", number, family.name, ", ".join(held), repository)
     return Published(family=family, version=number, repository=repository, parity=exported.parity, steps=held)
 
 

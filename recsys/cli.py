@@ -495,6 +495,7 @@ def serve_triton(
     Every API but health needs a key: RECSYS_TRITON_API_KEY, else the local stack's key file (made if missing),
     which `recsys serve gateway`, `publish --load`, `retrain` and `promote` read too."""
     from recsys.stack.credentials import stack_secret
+    from recsys.stack.status import not_served
     from recsys.stack.triton import KEY_FILE, TritonConfig, TritonPorts, TritonServer, TritonServerError
     from trainer.triton.repository import load_all, published_families
 
@@ -529,6 +530,8 @@ def serve_triton(
             out.print(f"its APIs (all but health) need the key in {key_file} (or RECSYS_TRITON_API_KEY)")
         served = ", ".join(f"version {version} of the {name} models" for name, version in loaded.items())
         out.print(f"serving {served} from {target}; Ctrl-C stops it")
+        for name, why in not_served(target, loaded).items():
+            out.print(f"not served: {name} ({why})")
         with contextlib.suppress(KeyboardInterrupt):
             while server.is_running() and not stopping.wait(0.5):
                 pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,11 @@ def check_parity(
     rng = np.random.default_rng(seed)
     users = np.sort(rng.choice(model.n_users, size=min(sample, model.n_users), replace=False))
     batch = users_per_batch(model.n_items + 1)  # the exported graph scores the sink column too
+    began = time.perf_counter()
     ref_items, ref_scores = model.recommend(users, k, exclude=history, batch_size=batch)
+    logger.info(
+        "the trainer's top-%d of %d users in %.1f s (batches of %d)", k, len(users), time.perf_counter() - began, batch
+    )
     inputs: dict[str, npt.NDArray[Any]] = {
         USER_VECTOR: user_rows(model, users),
         EXCLUDE: padded_exclusions(history, users, width),
@@ -251,7 +256,9 @@ def export_all(
         (USER_VECTOR, EXCLUDE, TOP_K),
         {"user_vector": {0: batch}, "exclude": {0: batch, 1: history_dim}, "top_k": {0: batch}},
     )
-    del scorer  # its copy of the items (2.6 GB at 10M) is no longer needed while the exports are checked
+    # Ours goes; the ONNX exporter (torch 2.13) still holds the items' tensor in its graph through the parity check
+    # (+2.6 GB at 10M items; benchmarks/results/publish_memory.md).
+    del scorer
     report = ensure_parity(check_parity(model, history, ts_path, onnx_path, width), "factor scorer")
     np.save(directory / USERS_FILE, user_table(model))
     fold_in = fold_in_arrays(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -145,8 +146,12 @@ def export_both(
 ) -> tuple[Path, Path]:
     """``model.pt`` and ``model.onnx`` of ``module`` in ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
     ts = export_torchscript(module, directory / TORCHSCRIPT_FILE)
+    logger.info("exported %s to TorchScript in %.1f s", type(module).__name__, time.perf_counter() - began)
+    began = time.perf_counter()
     onnx = export_onnx(module, directory / ONNX_FILE, example, input_names, dynamic_shapes)
+    logger.info("exported %s to ONNX in %.1f s", type(module).__name__, time.perf_counter() - began)
     return ts, onnx
 
 
@@ -200,9 +205,11 @@ def run_exports(
     }
     answers: dict[str, Outputs] = {}
     for fmt, load in loaders.items():
+        began = time.perf_counter()
         run = load()
         parts = [run(chunk) for chunk in chunks]
         del run  # the loaded export goes before the next one loads
+        logger.info("ran the %s export on %d rows in %.1f s", fmt, n, time.perf_counter() - began)
         answers[fmt] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     return answers
 

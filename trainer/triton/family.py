@@ -71,8 +71,8 @@ ENSEMBLE_A = "recsys_a"  # factor model, TorchScript scorer
 ENSEMBLE_B = "recsys_b"  # factor model, ONNX scorer
 ENSEMBLE_POPULAR = "recsys_popular"  # popularity minus what the listener heard, for personal-vs-popular tests
 ENSEMBLE_ANN = "recsys_ann"  # factor model, approximate scorer (only versions published with an index)
-#: Where torch.onnx puts the weights of a graph over protobuf's 2 GB limit (from about 8M items x 64 factors); it
-#: travels with model.onnx, which names it.
+#: Where the ONNX export keeps weights over ``trainer.exporting.ONNX_EXTERNAL_DATA_BYTES`` (1 GiB: from about 4M items
+#: x 64 factors; protobuf refuses 2 GB); it travels with model.onnx, which names it relative to its own folder.
 ONNX_DATA_FILE = f"{ONNX_FILE}.data"
 
 SESSION_LOOKUP = "recsys_session_lookup"

@@ -256,8 +256,8 @@ def export_all(
         (USER_VECTOR, EXCLUDE, TOP_K),
         {"user_vector": {0: batch}, "exclude": {0: batch, 1: history_dim}, "top_k": {0: batch}},
     )
-    # Ours goes; the ONNX exporter (torch 2.13) still holds the items' tensor in its graph through the parity check
-    # (+2.6 GB at 10M items; benchmarks/results/publish_memory.md).
+    # Ours goes; onnxscript's global rewriter rules still hold the last exported graph, and the items' tensor in it,
+    # through the parity check (+2.6 GB at 10M items; benchmarks/results/publish_memory.md).
     del scorer
     report = ensure_parity(check_parity(model, history, ts_path, onnx_path, width), "factor scorer")
     np.save(directory / USERS_FILE, user_table(model))

@@ -378,7 +378,7 @@ def publish(
     from trainer.ann import AnnPolicy
     from trainer.triton.publish import check_beats_popularity
     from trainer.triton.publish import publish as run_publish
-    from trainer.triton.repository import activate, manifest
+    from trainer.triton.repository import activate, manifest, versions
 
     settings = _settings(ctx)
     policy = AnnPolicy(  # a bad --ann is refused before the run is read
@@ -413,6 +413,14 @@ def publish(
             else f"{record.get('n_items')} items, below RECSYS_ANN_THRESHOLD_ITEMS {policy.threshold_items}"
         )
         out.print(f"no approximate scorer ({why}): recsys_ann is not served by this version (--ann flat builds one)")
+        earlier = [v for v in versions(target, published.family) if v < published.version]
+        had = manifest(target, published.family, earlier[-1]).get("ann") if earlier else None
+        if had:
+            out.print(
+                f"warning: version {earlier[-1]} serves recsys_ann ({had.get('kind')} index), version "
+                f"{published.version} will not: a group routed to it fails once this version is loaded "
+                f"(publish with --ann {had.get('kind')} to keep it)"
+            )
     if load:
         control = TritonControl.at(http, api_key=_triton_key(settings))
         activate(control, target, published.family, published.version)

@@ -128,7 +128,8 @@ def test_the_recall_gate_refuses_a_poor_index_and_leaves_the_repository_untouche
 
 def test_a_small_catalogue_is_published_without_an_index_unless_asked(small_als_run: Path, tmp_path: Path) -> None:
     """Issue 17: the index is built when asked or from the threshold on; a version without one has no
-    recsys_scorer_ann folder, records ``"ann": null``, is complete and intact, and does not serve recsys_ann."""
+    recsys_scorer_ann folder, records ``"ann": null``, is complete and intact, and does not serve recsys_ann. A
+    publish that does not choose keeps the newest version's choice."""
     repository = tmp_path / "repo"
     default = publish(small_als_run, repository)  # 400 items, auto: below the 1M threshold
     assert not (repository / SCORER_ANN / "1").exists()
@@ -150,9 +151,15 @@ def test_a_small_catalogue_is_published_without_an_index_unless_asked(small_als_
     assert ENSEMBLE_ANN in version_ensembles(repository, FACTOR, 2) == lowered.ensembles
     assert verify(repository, FACTOR, 2) == []
 
+    # a publish that does not choose (the loop's retrains) keeps the lineage's choice: recsys_ann stays served
+    publish(small_als_run, repository)
+    assert json.loads((repository / SCORER_ANN / "3" / MANIFEST_FILE).read_text())["ann"]["kind"] == "hnsw"
+
     publish(small_als_run, repository, ann=AnnPolicy(kind="none", threshold_items=0))  # never, whatever the size
-    assert not (repository / SCORER_ANN / "3").exists()
-    assert versions(repository, FACTOR) == [1, 2, 3]
+    assert not (repository / SCORER_ANN / "4").exists()
+    publish(small_als_run, repository)  # inherits "none": the default policy, no index for 400 items
+    assert not (repository / SCORER_ANN / "5").exists()
+    assert versions(repository, FACTOR) == [1, 2, 3, 4, 5]
 
 
 def test_tuning_picks_the_smallest_nprobe_that_passes_and_the_manifest_records_it(run: Run, tmp_path: Path) -> None:

@@ -22,7 +22,14 @@ from recsys.core.errors import ArtifactError, QualityGateError
 from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
 from trainer.ann import AnnPolicy
 from trainer.triton.family import Family, family_for_model
-from trainer.triton.repository import checksums, ensure_ensemble_versions, has_configs, next_version, options_of
+from trainer.triton.repository import (
+    checksums,
+    ensure_ensemble_versions,
+    has_configs,
+    next_version,
+    options_of,
+)
+from trainer.triton.repository import manifest as version_manifest
 from trainer.triton.repository import render_repository as render
 from trainer.triton.repository import versions as complete_versions
 
@@ -95,7 +102,7 @@ def publish(
     """Exports the run, checks parity, and writes version ``version`` (default: the repository's next number) of
     every step of its family (``family``: the run's own by default, or a renamed instance of it); renders the
     family's configs (local flavour) where they are missing. ``ann``: the factor family's approximate index
-    (kind, recall gate; ``trainer.ann``), defaults otherwise."""
+    (kind, recall gate; ``trainer.ann``); None keeps the served lineage's choice (:func:`inherited_policy`)."""
     own = run_family(run_dir)
     family = family or own
     if family.models != own.models:
@@ -104,7 +111,7 @@ def publish(
     if not has_configs(repository, family):
         render(repository, families=(family,))
     ensure_ensemble_versions(repository, family)
-    options = replace(options_of(repository, family), ann=ann or AnnPolicy())
+    options = replace(options_of(repository, family), ann=ann or inherited_policy(repository, family))
     number = next_version(repository) if version is None else version
     if number < 1 or any((repository / model / str(number)).exists() for model in family.steps):
         raise ArtifactError(f"{repository}: version {number} already exists or is not >= 1")
@@ -148,6 +155,23 @@ def publish(
     return Published(family=family, version=number, repository=repository, parity=exported.parity, steps=held)
 
 
+def inherited_policy(repository: Path, family: Family) -> AnnPolicy:
+    """The index policy of a publish that does not choose one (the loop's retrain, new items, canary and promote; the
+    S3 seed): an index of the kind the family's newest version has, else the default (``auto``). Without it, a
+    retrain of a version published with ``--ann hnsw`` would drop ``recsys_ann`` from under the groups routed to it."""
+    from serving.retrieval import KINDS
+
+    newest = complete_versions(repository, family)
+    if not newest:
+        return AnnPolicy()
+    try:
+        index = version_manifest(repository, family, newest[-1]).get("ann")
+    except ArtifactError:
+        return AnnPolicy()
+    kind = index.get("kind") if isinstance(index, dict) else None
+    return AnnPolicy(kind=kind) if kind in KINDS else AnnPolicy()
+
+
 def held_steps(family: Family, exported: Mapping[str, Path]) -> tuple[str, ...]:
     """The steps a version gets: every required one, and each optional one whose files the export all wrote
     (``recsys_scorer_ann`` only with an index)."""
@@ -178,4 +202,13 @@ def model_code(model: str) -> Path:
     return path
 
 
-__all__ = ["SOURCE_REPOSITORY", "Published", "complete_versions", "held_steps", "model_code", "publish", "run_family"]
+__all__ = [
+    "SOURCE_REPOSITORY",
+    "Published",
+    "complete_versions",
+    "held_steps",
+    "inherited_policy",
+    "model_code",
+    "publish",
+    "run_family",
+]

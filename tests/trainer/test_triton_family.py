@@ -269,8 +269,9 @@ def test_a_renamed_family_serves_a_second_lineage_beside_the_first(tmp_path: Pat
 
 def test_a_version_without_an_index_serves_no_recsys_ann_and_a_swap_to_it_unloads_it(tmp_path: Path) -> None:
     """Issue 17: recsys_scorer_ann is an optional step. Version 1 has it, version 2 does not: both are complete;
-    a start pins version 2 without the approximate models, and a swap from 1 to 2 unloads them (ensemble first),
-    or recsys_ann would answer from version 1's index and then fail once version 1's lookup is retired."""
+    a start pins version 2 without the approximate models, and a swap from 1 to 2 (or a start's pin on a server
+    still holding 1) unloads them, ensemble first: else recsys_ann would answer from version 1's index, then fail
+    once version 1's lookup is retired."""
     from trainer.triton.repository import activate, pin, version_ensembles, version_steps
 
     render_repository(tmp_path)
@@ -309,6 +310,9 @@ def test_a_version_without_an_index_serves_no_recsys_ann_and_a_swap_to_it_unload
     activate(server, tmp_path, FACTOR, 2)
     assert server.unloads == [ENSEMBLE_ANN, SCORER_ANN]
     assert server.ready == set(FACTOR.required_steps) | set(version_ensembles(tmp_path, FACTOR, 2))
+    activate(server, tmp_path, FACTOR, 1)
+    pin(server, tmp_path, FACTOR, 2)  # a start's load_all on a server that still holds version 1's
+    assert server.unloads == [ENSEMBLE_ANN, SCORER_ANN] * 2
 
 
 def test_a_version_that_did_not_load_is_withdrawn_and_the_previous_one_pinned_again(tmp_path: Path) -> None:

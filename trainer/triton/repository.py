@@ -252,15 +252,22 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
     if retire:
         for model in steps:
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
-    lacking = [name for name in family.ensembles if name not in ensembles]
+    unload_lacking(control, repository, family, version)
+    mark_good(repository, family, version)
+
+
+def unload_lacking(control: ModelControl, repository: Path, family: Family, version: int) -> None:
+    """Unloads the models of ``family`` that ``version`` lacks (``recsys_ann`` and its scorer for a version without
+    an index), ensembles first, where they are loaded and the control can unload."""
+    steps = version_steps(repository, family, version)
+    lacking = [name for name in family.ensembles if name not in family.ensembles_over(steps)]
     lacking += [model for model in family.steps if model not in steps]
     if lacking and isinstance(control, UnloadingControl):
-        for name in lacking:  # ensembles first, then the steps they compose
+        for name in lacking:
             if control.is_model_ready(name):
                 control.unload_model(name)
     elif lacking:
         log.info("version %d has no %s; this control cannot unload them", version, ", ".join(lacking))
-    mark_good(repository, family, version)
 
 
 def pin(control: ModelControl, repository: Path, family: Family, version: int) -> None:
@@ -271,6 +278,7 @@ def pin(control: ModelControl, repository: Path, family: Family, version: int) -
         control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
     for name in version_ensembles(repository, family, version):
         control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
+    unload_lacking(control, repository, family, version)  # a running server may hold an older version's
 
 
 def withdraw(control: ModelControl, repository: Path, family: Family, failed: int, previous: int) -> str | None:

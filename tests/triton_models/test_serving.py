@@ -40,7 +40,7 @@ def runs(small_world: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 @pytest.fixture(scope="module")
 def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     repository = tmp_path_factory.mktemp("repo")
-    publish(runs["v1"], repository, ann=AnnPolicy(kind="flat"))  # asked for: v2 (default, none) swaps it away
+    publish(runs["v1"], repository, ann=AnnPolicy(kind="flat"))  # asked for: v2 (auto: none) swaps it away
     with TritonServer(TritonConfig(model_repository=repository, ports=TritonPorts.auto())) as triton:
         load_all(triton, repository)
         yield triton
@@ -360,7 +360,7 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     for thread in threads:
         thread.start()
     try:
-        published = publish(runs["v2"], repository)
+        published = publish(runs["v2"], repository, ann=AnnPolicy())  # recsys publish's default, auto: no index
         activate(server, repository, published.family, published.version)
     finally:
         done.set()
@@ -374,7 +374,7 @@ def test_publishing_version_2_under_load_loses_no_request(server: TritonServer, 
     client.close()
     assert all(server.is_model_ready(m, "2") for m in FACTOR.required_steps)
     assert not any(server.is_model_ready(m, "1") for m in FACTOR.steps)  # v1 no longer holds memory
-    # Issue 17: v2 has no approximate index (400 items, the default policy), so v1's recsys_ann is unloaded, not
+    # Issue 17: v2 has no approximate index (400 items, the auto policy), so v1's recsys_ann is unloaded, not
     # left answering from v1's index over v1's retired lookup.
     assert not server.is_model_ready(ENSEMBLE_ANN)
     assert not server.is_model_ready(SCORER_ANN)

@@ -46,6 +46,13 @@ def compact_indices(indices: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int
     return indices.astype(np.int32)
 
 
+def load_csr(path: Path) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.integer[Any]]]:
+    """A CSR's ``indptr`` (int64) and ``indices`` (:func:`compact_indices`) from an ``.npz``, without a second copy
+    of either when they were saved so: the lookups of both families hold their histories this way."""
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["indptr"].astype(np.int64, copy=False), compact_indices(npz["indices"])
+
+
 class UserLookup:
     """External user id -> the row the scorer multiplies (see ``trainer.export.user_table``) and the items to
     exclude (heard items padded with -1); unknown users get the fallback pseudo-user and no exclusions.
@@ -65,9 +72,7 @@ class UserLookup:
         self.folder = folder
         self.index = user_index(folder)
         self.table = np.load(folder / USERS_FILE, allow_pickle=False)
-        with np.load(folder / HISTORY_FILE, allow_pickle=False) as npz:
-            self.indptr = npz["indptr"].astype(np.int64, copy=False)
-            self.indices = compact_indices(npz["indices"])
+        self.indptr, self.indices = load_csr(folder / HISTORY_FILE)
         self.unknown = len(self.indptr) - 1  # the table's last row: the fallback pseudo-user
         self.width = max(int(np.diff(self.indptr).max()) if self.unknown else 1, 1)
         self.live: LivePlays | None = None
@@ -119,9 +124,7 @@ class SessionLookup:
     def __init__(self, folder: Path, sequences_file: str, width: int) -> None:
         self.index = user_index(folder)
         self.width = width
-        with np.load(folder / sequences_file, allow_pickle=False) as npz:
-            self.indptr = npz["indptr"].astype(np.int64)
-            self.indices = npz["indices"].astype(np.int64)
+        self.indptr, self.indices = load_csr(folder / sequences_file)
         if len(self.indptr) != len(self.index) + 1:
             raise ValueError(f"{folder}: sequences for {len(self.indptr) - 1} users, ids for {len(self.index)}")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serving.contract import EXCLUDE, TOP_K, USER_VECTOR
-from serving.lookup import UserLookup, check_request, decode_user_ids
+from serving.lookup import SessionLookup, UserLookup, check_request, decode_user_ids
 from serving.scorer import Scorer, stack_rows
 from serving.topk import ItemIds
 from trainer.artifacts import load_run
@@ -42,6 +42,21 @@ def test_lookup_maps_ids_and_pads_history(run_dir: Path) -> None:
     assert (exclude[0, len(heard) :] == -1).all()
     assert (exclude[1] == -1).all()
     assert exclude.shape[1] == lookup.width == np.diff(run.history.indptr).max()
+
+
+def test_session_lookup_holds_compact_indices_and_pads_the_latest_plays(tmp_path: Path) -> None:
+    """The session lookup loads its CSR as the user lookup does: int64 ``indptr`` and int32 ``indices`` (half of
+    int64's memory; it held int64 copies of both), and still answers int64 sequences padded with -1."""
+    np.savez(tmp_path / "ids.npz", user_ids=np.array(["a", "b", "c"]), item_ids=np.array(["x", "y", "z", "w"]))
+    indptr, indices = np.array([0, 3, 3, 4], dtype=np.int64), np.array([2, 0, 3, 1], dtype=np.int64)
+    np.savez(tmp_path / "sequences.npz", indptr=indptr, indices=indices, sequence_length=np.int64(4))
+    lookup = SessionLookup(tmp_path, "sequences.npz", 4)
+    assert lookup.indptr.dtype == np.int64
+    assert lookup.indices.dtype == np.int32
+    sequences, fallback = lookup(["a", "b", "nobody", "c"])
+    assert sequences.dtype == np.int64
+    assert sequences.tolist() == [[2, 0, 3, -1], [-1] * 4, [-1] * 4, [1, -1, -1, -1]]
+    assert fallback.tolist() == [False, True, True, False]
 
 
 def test_lookup_pads_each_batchs_rows_from_the_csr(run_dir: Path) -> None:

@@ -296,6 +296,7 @@ def _export_session(run_dir: Path, staging: Path, options: Options) -> Exported:
         SEQUENCES_FILE: staging / SEQUENCES_FILE,
         ONNX_FILE: exported.onnx,
         TORCHSCRIPT_FILE: exported.torchscript,
+        ONNX_DATA_FILE: exported.onnx.with_name(ONNX_DATA_FILE),  # written only for a scorer over 1 GiB
     }
     manifest = {"sequence_length": length, "n_items": run.model.n_items, "n_users": len(run.user_ids)}
     return Exported(files, exported.parity, manifest)
@@ -306,13 +307,14 @@ SESSION = Family(
     models=("gru4rec",),
     files={
         SESSION_LOOKUP: (IDS_FILE, SEQUENCES_FILE),
-        SESSION_SCORER: (ONNX_FILE, TORCHSCRIPT_FILE),
+        SESSION_SCORER: (ONNX_FILE, ONNX_DATA_FILE, TORCHSCRIPT_FILE),
         SESSION_TOPK: (IDS_FILE,),
     },
     ensembles={ENSEMBLE_C: (SESSION_LOOKUP, SESSION_SCORER, SESSION_TOPK)},
     build_steps=_session_steps,
     export=_export_session,
 )
+    optional_files=(ONNX_DATA_FILE,),
 
 # ------------------------------------------------------------------------------------------------ lookup
 

@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from recsys.core.errors import RecsysError
-from serving.contract import ITEMS, ONNX_FILE, SCORES, TORCHSCRIPT_FILE
+from recsys.core.errors import ConfigError, RecsysError
+from serving.contract import ITEMS, ONNX_FILE, SCORES, TOP_K, TORCHSCRIPT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -193,12 +193,20 @@ def run_exports(
 
     ``rows``: at most that many input rows per call (a factor scorer's scores are ``rows x n_items`` floats: 8 GB
     for 200 users at 10M items); every row must ask the same top-k, so the calls' answers stack. One export is
-    loaded at a time and released before the next, so a large model is held once, not twice.
+    loaded at a time and released before the next, so a large model is held once, not twice. ConfigError, before
+    either export loads, when rows in different calls ask different top-k.
     """
     arrays = [np.ascontiguousarray(a) for a in inputs.values()]
     n = len(arrays[0]) if arrays else 0
     step = max(1, n if rows is None else rows)
     chunks = [[a[start : start + step] for a in arrays] for start in range(0, max(n, 1), step)]
+    asked = np.unique(inputs[TOP_K]) if TOP_K in inputs else np.empty(0)
+    if len(chunks) > 1 and len(asked) > 1:
+        # a call answers max(TOP_K) items per row: calls of other ks give answers of other widths, which do not stack
+        raise ConfigError(
+            f"run_exports in calls of {step} rows needs one top-k for every row, got {len(asked)} different "
+            f"({', '.join(str(k) for k in asked[:5].tolist())}{', ...' if len(asked) > 5 else ''})"
+        )
     loaders: dict[str, Callable[[], Runner]] = {
         "torchscript": lambda: torchscript_runner(torchscript),
         "onnx": lambda: onnx_runner(onnx, list(inputs)),

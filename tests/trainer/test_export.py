@@ -191,6 +191,21 @@ def test_parity_in_batches_of_one_user_still_passes_and_still_catches_a_wrong_ex
     assert not check_parity(model, history, tmp_path / "model.pt", tmp_path / "model.onnx", width).ok
 
 
+def test_run_exports_in_batches_refuses_rows_asking_different_top_k(tmp_path: Path) -> None:
+    """A call answers max(TOP_K) items per row, so batches of other ks gave answers of other widths and a bare
+    numpy concatenate error after both exports had run; now a clear error before either loads (no files needed)."""
+    from recsys.core.errors import ConfigError
+    from trainer.exporting import run_exports
+
+    inputs: dict[str, np.ndarray[Any, Any]] = {
+        USER_VECTOR: np.zeros((4, 3), dtype=np.float32),
+        EXCLUDE: np.full((4, 1), -1, dtype=np.int64),
+        TOP_K: np.array([[10], [10], [5], [10]], dtype=np.int64),
+    }
+    with pytest.raises(ConfigError, match=r"one top-k for every row, got 2 different \(5, 10\)"):
+        run_exports(tmp_path / "model.pt", tmp_path / "model.onnx", inputs, rows=2)
+
+
 def test_scorer_holds_the_items_once_in_the_served_layout(split: Any) -> None:
     from trainer.export import build_scorer
     from trainer.exporting import weight_bytes

@@ -108,6 +108,8 @@ def test_short_and_long_histories_in_one_request_and_in_concurrent_requests_are_
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
+    stuck = [n for n, thread in enumerate(threads) if thread.is_alive()]
+    assert not stuck, f"clients {stuck} still running after their 60 s join (a hung request)"
     assert not errors, errors[:3]
     assert [answers[n] for n in range(len(users))] == wanted
     for n, user in enumerate(users):

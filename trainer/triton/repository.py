@@ -236,8 +236,8 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
     it). Overrides are built from the repository's own configs, so they match its flavour.
 
     The models of the family that ``version`` lacks (``recsys_ann`` and its scorer, for a version published
-    without an index) are unloaded after the swap where the control can unload: left loaded, they would answer from
-    the older version's index, or fail once its steps are retired.
+    without an index) are unloaded once the ensembles are swapped, before the retire, where the control can unload:
+    left loaded, they would answer from the older version's index, and fail once its steps are retired.
     """
     if version not in versions(repository, family):
         raise ArtifactError(f"{repository}: version {version} of the {family.name} models is not complete")
@@ -249,10 +249,10 @@ def activate(control: ModelControl, repository: Path, family: Family, version: i
         control.load_model(model)
     for name in ensembles:
         control.load_model(name, config=as_override(pinned(read_config(repository, name), version)))
+    unload_lacking(control, repository, family, version)  # before the retire: they are pinned to N-1's steps
     if retire:
         for model in steps:
             control.load_model(model, config=as_override(only_version(read_config(repository, model), version)))
-    unload_lacking(control, repository, family, version)
     mark_good(repository, family, version)
 
 

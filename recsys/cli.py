@@ -361,8 +361,9 @@ def publish(
     ann: Annotated[
         str | None,
         typer.Option(
-            help="Approximate scorer (recsys_ann): auto builds an hnsw index from RECSYS_ANN_THRESHOLD_ITEMS items on "
-            "and none below; none never; flat, ivf_flat or hnsw that index whatever the size [RECSYS_ANN_KIND, auto]."
+            help="Approximate scorer (recsys_ann): inherit keeps the policy of the newest version (auto for the "
+            "first); auto builds an hnsw index from RECSYS_ANN_THRESHOLD_ITEMS items on and none below; none never; "
+            "flat, ivf_flat or hnsw that index whatever the size [RECSYS_ANN_KIND, inherit]."
         ),
     ] = None,
     ann_min_recall: Annotated[
@@ -406,19 +407,20 @@ def publish(
             f"approximate scorer (recsys_ann): {index['kind']} index, recall@10 {index['recall_at_10']:.4f} against "
             f"exact on {index['users_checked']} users (gate {index['min_recall']})"
         )
-    elif "ann" in record:  # a factor version without an index
+    elif "ann_policy" in record:  # a factor version without an index
+        asked = record["ann_policy"]
         why = (
-            f"--ann {policy.kind}"
-            if policy.kind != "auto"
-            else f"{record.get('n_items')} items, below RECSYS_ANN_THRESHOLD_ITEMS {policy.threshold_items}"
+            f"{record.get('n_items')} items, below RECSYS_ANN_THRESHOLD_ITEMS {policy.threshold_items}"
+            if asked == "auto"
+            else f"index policy {asked!r}"
         )
         out.print(f"no approximate scorer ({why}): recsys_ann is not served by this version (--ann flat builds one)")
         earlier = [v for v in versions(target, published.family) if v < published.version]
         had = manifest(target, published.family, earlier[-1]).get("ann") if earlier else None
         if had:
             out.print(
-                f"warning: version {earlier[-1]} serves recsys_ann ({had.get('kind')} index), version "
-                f"{published.version} will not: a group routed to it fails once this version is loaded "
+                f"warning: version {earlier[-1]} has an approximate index ({had.get('kind')}), version "
+                f"{published.version} has none: a group routed to recsys_ann fails once this version is loaded "
                 f"(publish with --ann {had.get('kind')} to keep it)"
             )
     if load:

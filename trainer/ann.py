@@ -4,11 +4,14 @@ Publish builds an index for a factor version only when asked or when the catalog
 (``serving.retrieval`` serves it from ``recsys_scorer_ann``); ``AnnPolicy.kind``:
 
 * ``auto`` (the default): no index below ``threshold_items`` (the exact scan is cheap there, and the approximate
-  models cost every Triton start 53 MiB and ~2 s even at 400 items: README), ``hnsw`` from it on: HNSW graph, 16 links
-  per item, float32 rows (scores stay exact inner products), chosen by measurement on ALS factors of the synthetic
-  catalogue (``benchmarks/results/catalog_scale.md``): at 1M items HNSW reached recall@10 0.99 in 0.07 ms per
-  query, while IVF over inner products stayed below 0.2 at 128 of 4096 lists probed (popular items' long vectors
-  pull every query to the same lists; most items of a sparse catalogue sit at the origin);
+  models cost every Triton start 53 MiB and ~2 s even at 400 items: README), ``hnsw`` from it on: HNSW graph, 32 links
+  per item built with 80 candidates, float32 rows (scores stay exact inner products), chosen by measurement on ALS
+  factors of the synthetic catalogue (``benchmarks/results/catalog_scale.md``). IVF over inner products stayed
+  below 0.2 at 128 of 4096 lists probed (popular items' long vectors pull every query to the same lists). HNSW over
+  inner products has a ceiling that search depth does not lift (items whose neighbours by inner product are all
+  popular hubs get few links in): on the 1M-item world (100k listeners x 10M plays) 16 links built with 40
+  candidates, FAISS's defaults, stalled at recall@10 0.93 even at ``ef_search`` 1024; 32 links built with 80 reach
+  0.977 at 256 and 0.984 at 512, for a 3.3x build (39 s against 12 s) and 128 more bytes per indexed item;
 * ``none``: never; ``flat`` (exhaustive: the approximate ensemble answers exactly what the exact one does),
   ``ivf_flat`` or ``hnsw``: that kind whatever the size.
 
@@ -41,15 +44,16 @@ logger = logging.getLogger(__name__)
 RECALL_K = 10
 NEGLIGIBLE = 1e-6  # a factor norm below this share of the largest counts as zero (the item scores its bias)
 ADD_CHUNK = 1_000_000  # rows added to the index at a time (bounds FAISS's temporary assignment buffers)
+INHERIT = "inherit"  # the kind the lineage's newest version was published with (trainer.triton.publish)
 #: ``AnnPolicy.kind``: ``recsys publish --ann`` and ``RECSYS_ANN_KIND`` take the same words
-POLICY_KINDS = ("auto", "none", *KINDS)
+POLICY_KINDS = (INHERIT, "auto", "none", *KINDS)
 
 
 @dataclass(frozen=True)
 class AnnPolicy:
     """What publish builds and how strictly it is checked (``recsys publish --ann``, ``RECSYS_ANN_*``)."""
 
-    kind: str = "auto"  # auto: none below threshold_items, hnsw from it on; or none, flat, ivf_flat, hnsw
+    kind: str = "auto"  # auto: none below threshold_items, hnsw from it on; or none, flat, ivf_flat, hnsw; inherit
     threshold_items: int = 1_000_000
     min_recall: float = 0.95
     tune_margin: float = 0.02  # tuning aims this far above min_recall, so the disjoint gate sample passes too
@@ -58,7 +62,8 @@ class AnnPolicy:
     nprobe: int | None = None  # IVF lists probed; default tuned
     max_nprobe: int = 512
     ef_search: int | None = None  # HNSW; default tuned
-    hnsw_links: int = 16  # HNSW's M: links per item (memory ~ 8 M bytes per item beside its row)
+    hnsw_links: int = 32  # HNSW's M: links per item (memory ~ 8 M bytes per item beside its row)
+    hnsw_construction: int = 80  # HNSW's efConstruction: candidates weighed per insertion (build time ~ linear)
     max_ef_search: int = 1024
     seed: int = 0
 
@@ -72,6 +77,8 @@ class AnnPolicy:
 
     def kind_for(self, n_items: int) -> str | None:
         """The index to build for a catalogue of ``n_items``, or None: no index (no approximate scorer)."""
+        if self.kind == INHERIT:
+            raise ConfigError("an inherited index policy must be resolved against the repository first")
         if self.kind == "auto":
             return None if n_items < self.threshold_items else "hnsw"
         return None if self.kind == "none" else self.kind
@@ -117,7 +124,13 @@ def default_nlist(n_items: int) -> int:
 
 
 def build_index(
-    rows: npt.NDArray[np.float32], kind: str, *, nlist: int | None = None, links: int = 16, seed: int = 0
+    rows: npt.NDArray[np.float32],
+    kind: str,
+    *,
+    nlist: int | None = None,
+    links: int = 32,
+    construction: int = 80,
+    seed: int = 0,
 ) -> Any:
     """A FAISS inner-product index over ``rows`` (IVF: trained on at most 64 rows per list)."""
     import faiss
@@ -128,6 +141,7 @@ def build_index(
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, links, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = construction
     elif kind == "ivf_flat":
         lists = min(nlist or default_nlist(n), n)
         quantizer = faiss.IndexFlatIP(dim)
@@ -275,7 +289,14 @@ def build_and_check(
     constant = constant[np.argsort(-rows[constant, -1], kind="stable")]
     constant_scores = rows[constant, -1].copy()
     indexed = rows if len(constant) == 0 else rows[ids]
-    index = build_index(indexed, kind, nlist=policy.nlist, links=policy.hnsw_links, seed=policy.seed)
+    index = build_index(
+        indexed,
+        kind,
+        nlist=policy.nlist,
+        links=policy.hnsw_links,
+        construction=policy.hnsw_construction,
+        seed=policy.seed,
+    )
     del indexed
     build_seconds = time.perf_counter() - began
     split = {"ids": ids, "constant": constant, "constant_scores": constant_scores}
@@ -298,7 +319,9 @@ def build_and_check(
     if recall < policy.min_recall:
         raise ExportError(
             f"approximate scorer refused: recall@10 {recall:.4f} < {policy.min_recall} on {len(gate_v)} users "
-            f"({settings.kind}, nlist {nlist}, nprobe {settings.nprobe}, ef_search {settings.ef_search})"
+            f"({settings.kind}, nlist {nlist}, nprobe {settings.nprobe}, ef_search {settings.ef_search}); nothing "
+            "was published. Publish with --ann none (exact scorer only), --ann flat (exhaustive) or a lower "
+            "--ann-min-recall"
         )
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(folder / ANN_INDEX_FILE))

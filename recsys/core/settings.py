@@ -105,10 +105,11 @@ class Settings(BaseSettings):
     retrain_tolerance: float = Field(0.02, ge=0, lt=1, description="relative NDCG@10 a candidate may lose")
     retrain_min_users: int = Field(20, ge=1, description="listeners with new plays needed to judge a candidate")
     # the approximate factor scorer (recsys_scorer_ann, built by recsys publish: trainer.ann)
-    ann_kind: Literal["auto", "none", "flat", "ivf_flat", "hnsw"] = Field(
-        "auto",
-        description="index publish builds: auto = none below ann_threshold_items, hnsw from it on; none = never; "
-        "flat (exhaustive), ivf_flat or hnsw = that kind whatever the catalogue's size",
+    ann_kind: Literal["inherit", "auto", "none", "flat", "ivf_flat", "hnsw"] = Field(
+        "inherit",
+        description="index publish builds: inherit = the policy the newest version was published with (auto for "
+        "the first); auto = none below ann_threshold_items, hnsw from it on; none = never; flat (exhaustive), "
+        "ivf_flat or hnsw = that kind whatever the catalogue's size",
     )
     ann_threshold_items: int = Field(1_000_000, ge=0, description="catalogue size from which auto builds hnsw")
     ann_min_recall: float = Field(

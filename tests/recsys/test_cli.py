@@ -83,7 +83,10 @@ def test_train_writes_run_and_recommend_reads_it(tmp_path: Path, table: Path) ->
         (("train", "-p", "regularization=nan"), "ALS regularization=nan is out of range"),
         (("train", "--model", "bpr", "-p", "learning_rate=0"), "BPR learning_rate=0.0 is out of range"),
         (("publish", "missing-run"), "missing-run: no readable metrics.json"),
-        (("publish", "missing-run", "--ann", "lsh"), "unknown index kind 'lsh': auto, none, flat, ivf_flat, hnsw"),
+        (
+            ("publish", "missing-run", "--ann", "lsh"),
+            "unknown index kind 'lsh': inherit, auto, none, flat, ivf_flat, hnsw",
+        ),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(

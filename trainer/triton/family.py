@@ -220,7 +220,8 @@ def _export_factor(run_dir: Path, staging: Path, options: Options) -> Exported:
     files = {IDS_FILE: run_dir / IDS_FILE, HISTORY_FILE: run_dir / HISTORY_FILE}
     exported = (TORCHSCRIPT_FILE, ONNX_FILE, ONNX_DATA_FILE, USERS_FILE, FOLD_IN_FILE, ANN_INDEX_FILE, ANN_FILE)
     files |= {name: staging / name for name in exported}
-    return Exported(files, parity, {"n_items": run.model.n_items, "n_users": run.model.n_users, "ann": ann})
+    manifest = {"n_items": run.model.n_items, "n_users": run.model.n_users, "ann": ann, "ann_policy": options.ann.kind}
+    return Exported(files, parity, manifest)
 
 
 def _export_ann(model: Any, history: Any, staging: Path, policy: AnnPolicy) -> dict[str, Any] | None:
@@ -295,8 +296,8 @@ def _export_session(run_dir: Path, staging: Path, options: Options) -> Exported:
         IDS_FILE: run_dir / IDS_FILE,
         SEQUENCES_FILE: staging / SEQUENCES_FILE,
         ONNX_FILE: exported.onnx,
-        TORCHSCRIPT_FILE: exported.torchscript,
         ONNX_DATA_FILE: exported.onnx.with_name(ONNX_DATA_FILE),  # written only for a scorer over 1 GiB
+        TORCHSCRIPT_FILE: exported.torchscript,
     }
     manifest = {"sequence_length": length, "n_items": run.model.n_items, "n_users": len(run.user_ids)}
     return Exported(files, exported.parity, manifest)
@@ -313,8 +314,8 @@ SESSION = Family(
     ensembles={ENSEMBLE_C: (SESSION_LOOKUP, SESSION_SCORER, SESSION_TOPK)},
     build_steps=_session_steps,
     export=_export_session,
-)
     optional_files=(ONNX_DATA_FILE,),
+)
 
 # ------------------------------------------------------------------------------------------------ lookup
 

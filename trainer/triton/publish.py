@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from recsys.core.errors import ArtifactError, QualityGateError
 from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
-from trainer.ann import AnnPolicy
+from trainer.ann import INHERIT, POLICY_KINDS, AnnPolicy
 from trainer.triton.family import Family, family_for_model
 from trainer.triton.repository import (
     checksums,
@@ -34,7 +34,7 @@ from trainer.triton.repository import render_repository as render
 from trainer.triton.repository import versions as complete_versions
 
 if TYPE_CHECKING:  # this module imports no torch: the family's export does, when it runs
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from trainer.exporting import ParityReport
 
@@ -102,7 +102,8 @@ def publish(
     """Exports the run, checks parity, and writes version ``version`` (default: the repository's next number) of
     every step of its family (``family``: the run's own by default, or a renamed instance of it); renders the
     family's configs (local flavour) where they are missing. ``ann``: the factor family's approximate index
-    (kind, recall gate; ``trainer.ann``); None keeps the served lineage's choice (:func:`inherited_policy`)."""
+    (kind, recall gate; ``trainer.ann``); None, or kind ``inherit``, keeps the lineage's choice
+    (:func:`inherited_kind`)."""
     own = run_family(run_dir)
     family = family or own
     if family.models != own.models:
@@ -111,7 +112,10 @@ def publish(
     if not has_configs(repository, family):
         render(repository, families=(family,))
     ensure_ensemble_versions(repository, family)
-    options = replace(options_of(repository, family), ann=ann or inherited_policy(repository, family))
+    policy = ann or AnnPolicy(kind=INHERIT)
+    if policy.kind == INHERIT:
+        policy = replace(policy, kind=inherited_kind(repository, (family, own) if family is not own else (family,)))
+    options = replace(options_of(repository, family), ann=policy)
     number = next_version(repository) if version is None else version
     if number < 1 or any((repository / model / str(number)).exists() for model in family.steps):
         raise ArtifactError(f"{repository}: version {number} already exists or is not >= 1")
@@ -149,27 +153,33 @@ def publish(
         manifest["checksums"] = checksums(staging, held)
         for model in held:
             (staging / model / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        for model in held:
+        # Optional steps first: a version counts as complete once its required steps are in place, so a reader
+        # (a start's load_all, a swap) must never see it complete while its index is still on the way.
+        for model in sorted(held, key=lambda step: step not in family.optional_steps):
             (staging / model).rename(repository / model / str(number))
     logger.info("published version %d of the %s models (%s) into %s", number, family.name, ", ".join(held), repository)
     return Published(family=family, version=number, repository=repository, parity=exported.parity, steps=held)
 
 
-def inherited_policy(repository: Path, family: Family) -> AnnPolicy:
-    """The index policy of a publish that does not choose one (the loop's retrain, new items, canary and promote; the
-    S3 seed): an index of the kind the family's newest version has, else the default (``auto``). Without it, a
-    retrain of a version published with ``--ann hnsw`` would drop ``recsys_ann`` from under the groups routed to it."""
-    from serving.retrieval import KINDS
-
-    newest = complete_versions(repository, family)
-    if not newest:
-        return AnnPolicy()
-    try:
-        index = version_manifest(repository, family, newest[-1]).get("ann")
-    except ArtifactError:
-        return AnnPolicy()
-    kind = index.get("kind") if isinstance(index, dict) else None
-    return AnnPolicy(kind=kind) if kind in KINDS else AnnPolicy()
+def inherited_kind(repository: Path, lineages: Sequence[Family]) -> str:
+    """The index policy of a publish that does not choose one (``inherit``: the loop's retrain, new items, canary
+    and promote; the S3 seed; ``recsys publish`` without ``--ann`` or ``RECSYS_ANN_KIND``): the policy the newest
+    version of the first lineage that has one was published with (a canary's own, else its base family's), else
+    ``auto``. Without it, a retrain of a version published with ``--ann hnsw`` would drop ``recsys_ann`` from under
+    the groups routed to it, and one published with ``--ann none`` would build an index at the next retrain."""
+    for lineage in lineages:
+        newest = complete_versions(repository, lineage)
+        if not newest:
+            continue
+        try:
+            record = version_manifest(repository, lineage, newest[-1])
+        except ArtifactError:
+            continue
+        asked = record.get("ann_policy")
+        if asked is None:  # published before the policy was recorded: the kind of its index, if it has one
+            asked = (record.get("ann") or {}).get("kind", "auto")
+        return str(asked) if asked in POLICY_KINDS and asked != INHERIT else "auto"
+    return "auto"
 
 
 def held_steps(family: Family, exported: Mapping[str, Path]) -> tuple[str, ...]:
@@ -207,7 +217,7 @@ __all__ = [
     "Published",
     "complete_versions",
     "held_steps",
-    "inherited_policy",
+    "inherited_kind",
     "model_code",
     "publish",
     "run_family",

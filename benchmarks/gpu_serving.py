@@ -89,7 +89,7 @@ def make_run(run_dir: Path, items: int, users: int, factors: int, plays: int, se
     import torch
 
     from trainer.artifacts import save_run
-    from trainer.data.interactions import IdMap, Interactions
+    from trainer.data.interactions import Interactions
     from trainer.models.bpr import BPR, BPRParams
 
     began = time.perf_counter()
@@ -99,13 +99,7 @@ def make_run(run_dir: Path, items: int, users: int, factors: int, plays: int, se
     ranks = np.minimum((rng.pareto(1.0, len(user_index)) * 10).astype(np.int64), items - 1)
     item_index = rng.permutation(items)[ranks]
     pairs = np.unique(user_index * items + item_index)
-    data = Interactions(
-        users=(pairs // items).astype(np.int32),
-        items=(pairs % items).astype(np.int32),
-        weights=np.ones(len(pairs), dtype=np.float32),
-        user_ids=IdMap(np.arange(users, dtype=np.int64)),
-        item_ids=IdMap(np.arange(items, dtype=np.int64)),
-    )
+    data = Interactions.from_codes(pairs, users, items)
     params = BPRParams(factors=factors, seed=seed)
     model = BPR(params)
     gen = torch.Generator().manual_seed(seed)

@@ -32,7 +32,7 @@ def make_run(run_dir: Path, users: int, items: int, factors: int, plays: int, se
     import torch
 
     from trainer.artifacts import save_run
-    from trainer.data.interactions import IdMap, Interactions
+    from trainer.data.interactions import Interactions
     from trainer.models.als import ALS, ALSParams
     from trainer.weighting import CorpusStats
 
@@ -40,13 +40,7 @@ def make_run(run_dir: Path, users: int, items: int, factors: int, plays: int, se
     codes = np.unique(
         np.repeat(np.arange(users, dtype=np.int64), plays) * items + rng.integers(0, items, users * plays)
     )
-    data = Interactions(
-        users=(codes // items).astype(np.int32),
-        items=(codes % items).astype(np.int32),
-        weights=np.ones(len(codes), dtype=np.float32),
-        user_ids=IdMap(np.arange(users, dtype=np.int64)),
-        item_ids=IdMap(np.arange(items, dtype=np.int64)),
-    )
+    data = Interactions.from_codes(codes, users, items)
     model = ALS(ALSParams(factors=factors, seed=seed))
     gen = torch.Generator().manual_seed(seed)
     model.user_factors = torch.randn(users, factors, generator=gen) * 0.1

@@ -376,25 +376,23 @@ class LocalStack:
         repository serves (or the canary of one, which :meth:`load_models` loads): a one-line error naming the
         group and model otherwise (``recsys_ann`` of a version published without an approximate index, too)."""
         from trainer.triton.family import FAMILIES
-        from trainer.triton.repository import published_families, version_ensembles, versions
+        from trainer.triton.repository import lacking_ensembles, published_families, versions, why_not_served
 
         repository = self.config.model_repository
         families = published_families(repository, self.config.families or FAMILIES)
         if not families:
             raise ArtifactError(f"{repository}: no complete published version (run `recsys publish RUN_DIR` first)")
         newest = {family.name: versions(repository, family)[-1] for family in families}
-        served = {name for f in families for name in version_ensembles(repository, f, newest[f.name])}
+        lacking = {name: f for f in families for name in lacking_ensembles(repository, f, newest[f.name])}
+        served = {name for f in families for name in f.ensembles if name not in lacking}
         canary = self._canary(families)
         canaries = set() if canary is None else set(canary.ensembles)
         also = "; a canary group may add _canary to each" if canaries else ""
         for group in self.experiment.groups:
-            lacking = next((f for f in families if group.model in f.ensembles and group.model not in served), None)
-            if lacking is not None:
+            if (family := lacking.get(group.model)) is not None:
                 raise ConfigError(
                     f"the experiment {self.config.experiment_file} gives group {group.name} the model "
-                    f"{group.model!r}, which version {newest[lacking.name]} of the {lacking.name} models in "
-                    f"{repository} does not serve (published without an approximate index: publish with --ann "
-                    "flat|ivf_flat|hnsw)"
+                    f"{group.model!r}, which {repository} does not serve: {why_not_served(family, newest[family.name])}"
                 )
             if group.model not in served | canaries:
                 raise ConfigError(

@@ -143,21 +143,14 @@ def not_served(repository: Path, loaded: dict[str, int]) -> dict[str, str]:
     approximate index has no ``recsys_ann`` (``recsys publish --ann``)."""
     from recsys.loop.canary import canary_of
     from trainer.triton.family import FACTOR, FAMILIES
-    from trainer.triton.repository import version_ensembles
+    from trainer.triton.repository import lacking_ensembles, why_not_served
 
-    missing = {}
-    for family in (*FAMILIES, canary_of(FACTOR)):
-        version = loaded.get(family.name)
-        if version is None:
-            continue
-        served = version_ensembles(repository, family, version)
-        for name in family.ensembles:
-            if name not in served:
-                missing[name] = (
-                    f"version {version} of the {family.name} models has no approximate index "
-                    "(recsys publish --ann flat|ivf_flat|hnsw builds one)"
-                )
-    return missing
+    return {
+        name: why_not_served(family, version)
+        for family in (*FAMILIES, canary_of(FACTOR))
+        if (version := loaded.get(family.name)) is not None
+        for name in lacking_ensembles(repository, family, version)
+    }
 
 
 def stack_status(path: Path) -> StackStatus | None:

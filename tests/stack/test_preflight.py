@@ -42,7 +42,7 @@ def test_an_experiment_naming_recsys_ann_of_a_version_without_an_index_is_one_li
     experiment.write_text(
         "groups:\n  - {name: A, model: recsys_a, share: 60}\n  - {name: B, model: recsys_ann, share: 40}\n"
     )
-    wanted = r"gives group B the model 'recsys_ann', which version 1 of the factor models"
+    wanted = r"gives group B the model 'recsys_ann', which \S+ does not serve: version 1 of the factor models"
     with pytest.raises(ConfigError, match=wanted) as info:
         stack_for(tmp_path, served_repository, experiment).preflight()
     assert "\n" not in str(info.value)

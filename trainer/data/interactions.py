@@ -116,6 +116,18 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.users)
 
+    @classmethod
+    def from_codes(cls, codes: IntArray, n_users: int, n_items: int) -> Interactions:
+        """Unit-weight pairs from distinct ``user * n_items + item`` codes, ids 0..n-1: how the benchmarks build a
+        large synthetic audience without a Python object per play."""
+        return cls(
+            users=(codes // n_items).astype(np.int32),
+            items=(codes % n_items).astype(np.int32),
+            weights=np.ones(len(codes), dtype=np.float32),
+            user_ids=IdMap(np.arange(n_users, dtype=np.int64)),
+            item_ids=IdMap(np.arange(n_items, dtype=np.int64)),
+        )
+
     @property
     def n_users(self) -> int:
         return len(self.user_ids)

@@ -184,6 +184,21 @@ def version_ensembles(repository: Path, family: Family, version: int) -> tuple[s
     return family.ensembles_over(version_steps(repository, family, version))
 
 
+def lacking_ensembles(repository: Path, family: Family, version: int) -> tuple[str, ...]:
+    """The family's ensembles that ``version`` does not serve: ``recsys_ann`` when it was published without an
+    approximate index. One place decides this for unloading, ``recsys stack status`` and the experiment check."""
+    served = version_ensembles(repository, family, version)
+    return tuple(name for name in family.ensembles if name not in served)
+
+
+def why_not_served(family: Family, version: int) -> str:
+    """The one message for a lacking ensemble (only ``recsys_ann`` can lack: it is the one optional path)."""
+    return (
+        f"version {version} of the {family.name} models was published without an approximate index "
+        "(recsys publish --ann flat|ivf_flat|hnsw builds one)"
+    )
+
+
 def _has_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
@@ -260,8 +275,7 @@ def unload_lacking(control: ModelControl, repository: Path, family: Family, vers
     """Unloads the models of ``family`` that ``version`` lacks (``recsys_ann`` and its scorer for a version without
     an index), ensembles first, where they are loaded and the control can unload."""
     steps = version_steps(repository, family, version)
-    lacking = [name for name in family.ensembles if name not in family.ensembles_over(steps)]
-    lacking += [model for model in family.steps if model not in steps]
+    lacking = [*lacking_ensembles(repository, family, version), *(m for m in family.steps if m not in steps)]
     if lacking and isinstance(control, UnloadingControl):
         for name in lacking:
             if control.is_model_ready(name):

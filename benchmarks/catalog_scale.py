@@ -251,8 +251,7 @@ def audience(users: int, items: int, plays: int, seed: int, work: Path) -> dict[
 
 def served_recall(url: str, user_ids: list[str], k: int = 10) -> float:
     """recall@10 of the approximate ensemble's answers against the exact ensemble's, through gRPC, one listener per
-    request as at c=1 (the index's search depth grows with the largest history in a batch: single requests are
-    its worst case)."""
+    request as at c=1."""
     from recsys.core.triton_client import TritonRecommender
 
     client = TritonRecommender(url)
@@ -614,9 +613,9 @@ def report(
             "bias for everyone and are merged in by that score instead of being indexed (`trainer.ann`).",
             f"c=1 windows must be {args.stability:g}% stable; above c=1 any window is accepted (stability 100%, 4 "
             "trials), since the 2 cores rarely give a 40%-stable window at higher levels.",
-            "The served recall compares `recsys_ann` with `recsys_b` through gRPC one listener per request: the "
-            "index's search depth grows with the longest history in a batch, so single requests are its worst case; "
-            "the gate's figure is on held-out users against the exact top-10, in process, also one per call.",
+            "The served recall compares `recsys_ann` with `recsys_b` through gRPC, one listener per request; the "
+            "gate's figure is on held-out users against the exact top-10, in process, one per call. Each row is "
+            "searched with its heard items left out by a FAISS id selector (`serving.retrieval`).",
             "The index is HNSW with `trainer.ann.AnnPolicy`'s defaults (32 links per item, built with 80 "
             "candidates); why those, measured: `trainer.ann`'s docstring.",
         ],

@@ -7,11 +7,12 @@ exact scorer stays out of the index: it is what only the fallback reads, and in 
 k-means partition (recall@10 0.0 at 1 of 4 lists on the test catalogue). Guarantees kept from the exact path:
 
 * heard items are never answered: each row is searched with a FAISS id selector that leaves its heard items out,
-  so the search's candidate list holds only items it may answer. Asking for ``k`` plus the heard items and dropping
-  them after cost 1.6x the search time for the same recall (1M items, ~90 heard per listener: 0.60 against 0.38 ms
-  at ``ef_search`` 256, both recall@10 0.983), and made the depth grow with the longest history in a batch. A row
-  that still comes back short (an IVF probe that held too few items) is searched again exhaustively, so the answer
-  is complete (``min(k, items left)`` items);
+  so the search is ``ef_search`` deep whatever the history. Asking for ``k`` plus the heard items and dropping them
+  searched at least ``k + heard`` deep (~100 for this world's listeners, a batch's longest history for all its
+  rows); at one depth both cost the same and reach the same recall (1M items: ~0.3 ms at ``ef_search`` 256,
+  recall@10 0.983), so the selector lets tuning choose a shallower search (10M items: 64). A row that still comes
+  back short (an IVF probe that held too few items) is searched again exhaustively, so the answer is complete
+  (``min(k, items left)`` items);
 * items whose factors are negligible (never played: ALS leaves them at ~1e-11; ``trainer.ann.NEGLIGIBLE``)
   score their bias for everyone, so they stay out of the index and are merged in from one list sorted by that
   score (99% of a sparse 10M-item catalogue: indexed, they cost an 18-minute HNSW build and recall@10 0.86);

@@ -315,7 +315,16 @@ def serve(
                 )
                 row = run.row(c)
                 runs[model][str(c)] = (
-                    None if row is None else {"p50_ms": row.p50_ms, "p99_ms": row.p99_ms, "throughput": row.throughput}
+                    None
+                    if row is None
+                    else {
+                        "p50_ms": row.p50_ms,
+                        "p99_ms": row.p99_ms,
+                        "throughput": row.throughput,
+                        "avg_ms": row.avg_ms,
+                        # the server's average per request of the ensemble and of each of its steps
+                        "steps_ms": {stats.model: round(stats.avg_request_ms, 3) for stats in row.server},
+                    }
                 )
                 runs[model]["failures"].update({str(k): why for k, why in run.failures.items()})
         after = settled_tree_memory(server.pid)
@@ -379,6 +388,28 @@ def _recall(size: dict[str, Any]) -> float:
 def _yes(value: float | None, limit: float) -> str:
     """``value <= limit``, as the goals table writes it."""
     return "-" if value is None else ("yes" if value <= limit else "**no**")
+
+
+def step_lines(sizes: list[dict[str, Any]], level: int) -> list[list[str]]:
+    """Per size and ensemble, the server's average per request of the ensemble and of each step, at ``level``."""
+    rows = []
+    for size in sizes:
+        for model in (EXACT, APPROXIMATE):
+            measured = (size["serving"]["perf"].get(model) or {}).get(str(level)) or {}
+            steps = dict(measured.get("steps_ms") or {})
+            if not steps:
+                continue
+            whole = steps.pop(model, None)
+            rows.append(
+                [
+                    f"{size['items']:,}",
+                    f"`{model}`",
+                    fmt(measured.get("avg_ms")),
+                    fmt(whole),
+                    ", ".join(f"{name} {fmt(ms)}" for name, ms in steps.items()),
+                ]
+            )
+    return rows
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -490,6 +521,14 @@ def render(payload: dict[str, Any]) -> str:
             if (failed := payload.get("failed"))
             else []
         ),
+        "## Where the time goes (c=1)",
+        "",
+        "The server's average per request (perf_analyzer's server report) for the ensemble as a whole and for each "
+        "of its steps (queue, input, compute and output: a python-backend step's includes the round trip to its "
+        "stub process), against the client's average latency (the difference is gRPC and perf_analyzer).",
+        "",
+        markdown_table(["items", "ensemble", "client avg ms", "server: ensemble", "steps ms"], step_lines(sizes, lo)),
+        "",
         "## Goals",
         "",
         markdown_table(["check", "value", "goal", "met"], checks(sizes, lo)),

@@ -324,6 +324,10 @@ def serve(
                         "avg_ms": row.avg_ms,
                         # the server's average per request of the ensemble and of each of its steps
                         "steps_ms": {stats.model: round(stats.avg_request_ms, 3) for stats in row.server},
+                        "step_parts_ms": {
+                            stats.model: {part: round(ms, 3) for part, ms in stats.parts_ms.items()}
+                            for stats in row.server
+                        },
                     }
                 )
                 runs[model]["failures"].update({str(k): why for k, why in run.failures.items()})
@@ -400,16 +404,25 @@ def step_lines(sizes: list[dict[str, Any]], level: int) -> list[list[str]]:
             if not steps:
                 continue
             whole = steps.pop(model, None)
+            parts = measured.get("step_parts_ms") or {}
             rows.append(
                 [
                     f"{size['items']:,}",
                     f"`{model}`",
                     fmt(measured.get("avg_ms")),
                     fmt(whole),
-                    ", ".join(f"{name} {fmt(ms)}" for name, ms in steps.items()),
+                    ", ".join(f"{name} {fmt(ms)}{_parts(parts.get(name))}" for name, ms in steps.items()),
                 ]
             )
     return rows
+
+
+def _parts(parts: dict[str, float] | None) -> str:
+    """A step's split as `` (queue q / input i / infer c / output o)``, where perf_analyzer reported it."""
+    if not parts:
+        return ""
+    names = ("queue", "compute_input", "compute_infer", "compute_output")
+    return " (" + " / ".join(f"{name.removeprefix('compute_')} {fmt(parts.get(name))}" for name in names) + ")"
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -527,7 +540,10 @@ def render(payload: dict[str, Any]) -> str:
         "of its steps (queue, input, compute and output: a python-backend step's includes the round trip to its "
         "stub process), against the client's average latency (the difference is gRPC and perf_analyzer).",
         "",
-        markdown_table(["items", "ensemble", "client avg ms", "server: ensemble", "steps ms"], step_lines(sizes, lo)),
+        markdown_table(
+            ["items", "ensemble", "client avg ms", "server: ensemble", "steps ms (queue / input / infer / output)"],
+            step_lines(sizes, lo),
+        ),
         "",
         "## Goals",
         "",

@@ -129,8 +129,7 @@ class AnnRetriever:
         items: npt.NDArray[np.int64],
         scores: npt.NDArray[np.float32],
     ) -> bool:
-        keep = ~within(self.popular, heard)
-        order, values = self.popular[keep][:needed], self.popular_scores[keep][:needed]
+        order, values = unheard(self.popular, self.popular_scores, heard, needed)
         if len(order) < needed:
             return False  # the stored order is too short for this row: the index answers it
         items[row, :needed], scores[row, :needed] = order, values
@@ -159,9 +158,7 @@ class AnnRetriever:
                 values, got = self.nearest(vectors[row], inside, want, exhaustive=True)
             got = self.ids[got]
             if len(self.constant):
-                rest = ~within(self.constant[: needed[row] + len(heard[row])], heard[row])
-                extra = self.constant[: needed[row] + len(heard[row])][rest][: needed[row]]
-                extra_values = self.constant_scores[: needed[row] + len(heard[row])][rest][: needed[row]]
+                extra, extra_values = unheard(self.constant, self.constant_scores, heard[row], needed[row])
                 got, values = np.concatenate([got, extra]), np.concatenate([values, extra_values])
                 order = np.argsort(-values, kind="stable")[: needed[row]]
                 got, values = got[order], values[order]
@@ -191,6 +188,16 @@ class AnnRetriever:
         keep = found[0] >= 0
         del inner  # the selectors hold raw pointers: keep ``inner`` alive until the search is done
         return values[0][keep], found[0][keep]
+
+
+def unheard(
+    order: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], heard: npt.NDArray[np.int64], needed: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The first ``needed`` items of a best-first list (and their scores) that are not in the sorted ``heard``;
+    only the list's first ``needed + len(heard)`` can hold them."""
+    head = slice(0, needed + len(heard))
+    keep = ~within(order[head], heard)
+    return order[head][keep][:needed], scores[head][keep][:needed]
 
 
 def within(values: npt.NDArray[np.int64], ordered: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:

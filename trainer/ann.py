@@ -15,11 +15,12 @@ Publish builds an index for a factor version only when asked or when the catalog
 * ``none``: never; ``flat`` (exhaustive: the approximate ensemble answers exactly what the exact one does),
   ``ivf_flat`` or ``hnsw``: that kind whatever the size.
 
-The gate: ``nprobe`` (IVF) or ``ef_search`` (HNSW) is tuned on one sample of users (the smallest power of two
-reaching ``min_recall``), then recall@10 of the served retriever against the exact top-10 (both with the users'
-heard items left out) is measured on a second, disjoint sample; below ``min_recall`` the publish is refused. The
-tuning aims ``tune_margin`` (0.02) higher: tuned to exactly 0.95 on one sample, HNSW measured 0.947 on the other.
-The figure goes into the version's ``publish.json`` and the scorer exports it as a Triton metric.
+The gate: ``nprobe`` (IVF) or ``ef_search`` (HNSW) is tuned on one sample of users (the smallest value, to within
+an eighth, reaching ``min_recall`` + ``tune_margin``: :func:`_tune`), then recall@10 of the served retriever
+against the exact top-10 (both with the users' heard items left out) is measured on a second, disjoint sample;
+below ``min_recall`` the publish is refused. The margin (0.02) is there because, tuned to exactly 0.95 on one
+sample, HNSW measured 0.947 on the other. The figure goes into the version's ``publish.json`` and the scorer
+exports it as a Triton metric.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import scipy.sparse as sp
 
 from recsys.core.errors import ConfigError
 from serving.contract import ANN_FILE, ANN_INDEX_FILE, MAX_TOP_K
+from serving.lookup import padded_rows
 from serving.retrieval import KINDS, AnnRetriever, SearchSettings, queries
 
 logger = logging.getLogger(__name__)
@@ -231,10 +233,7 @@ def _samples(
     for part in (chosen[:half], chosen[half:] if len(chosen) > 1 else chosen[:half]):
         part = np.sort(part)
         heard = [history.indices[history.indptr[u] : history.indptr[u + 1]].astype(np.int64) for u in part]
-        width = max((len(h) for h in heard), default=1) or 1
-        exclude = np.full((len(part), width), -1, dtype=np.int64)
-        for row, h in enumerate(heard):
-            exclude[row, : len(h)] = h
+        exclude = padded_rows(history.indptr, history.indices, part)  # as the served lookup pads them
         out.append((np.ascontiguousarray(users[part], dtype=np.float32), exclude, heard))
     return out
 

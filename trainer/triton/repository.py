@@ -275,7 +275,8 @@ def unload_lacking(control: ModelControl, repository: Path, family: Family, vers
     """Unloads the models of ``family`` that ``version`` lacks (``recsys_ann`` and its scorer for a version without
     an index), ensembles first, where they are loaded and the control can unload."""
     steps = version_steps(repository, family, version)
-    lacking = [*lacking_ensembles(repository, family, version), *(m for m in family.steps if m not in steps)]
+    served = (*family.ensembles_over(steps), *steps)
+    lacking = [name for name in (*family.ensembles, *family.steps) if name not in served]
     if lacking and isinstance(control, UnloadingControl):
         for name in lacking:
             if control.is_model_ready(name):

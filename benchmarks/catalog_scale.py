@@ -7,8 +7,9 @@ For each catalogue size, in one run:
    catalogue's structure, not quality), saves the run and publishes it with ``trainer.triton.publish.publish``:
    the exact exports with their parity check, and an HNSW index for ``recsys_scorer_ann`` (``trainer.ann``: the
    recall gate runs as in production);
-2. ``tritonserver`` loads the lookup, the exact ONNX scorer, the approximate scorer, the top-k step and both
-   ensembles (``recsys_b`` exact, ``recsys_ann`` approximate); each load is timed and the tree's RSS read;
+2. ``tritonserver`` loads the lookup, the exact ONNX scorer and its top-k step, the approximate scorer (which
+   ends its ensemble itself) and both ensembles (``recsys_b`` exact, ``recsys_ann`` approximate); each load is
+   timed and the tree's RSS read;
 3. recall@10 of ``recsys_ann`` against ``recsys_b`` on real users through gRPC (besides the gate's own figure);
 4. perf_analyzer over gRPC: p50/p99 at concurrency 1 and throughput at 16, for both ensembles;
 5. the bandwidth floor of the exact scan: the items' bytes over one thread's measured copy bandwidth.
@@ -49,6 +50,7 @@ from benchmarks.harness.tables import fmt, markdown_table, write_results
 
 EXACT, APPROXIMATE = "recsys_b", "recsys_ann"
 LOAD_ORDER = ("recsys_lookup", "recsys_topk", "recsys_scorer_onnx", "recsys_scorer_ann", EXACT, APPROXIMATE)
+EXACT_ONLY = ("recsys_topk", "recsys_scorer_onnx", EXACT)  # what a size published without the exact path lacks
 DEFAULT_SIZES = (50_000, 1_000_000, 10_000_000)
 ALS_ITERATIONS = 3  # enough for factors with a catalogue's structure (the index's recall depends on it), not quality
 
@@ -153,7 +155,7 @@ def build(items: int, users: int | None, work: Path, seed: int, sample_users: in
 def publish_approximate(
     model: Any, history: Any, run_dir: Path, repository: Path, policy: Any
 ) -> tuple[dict[str, Any], float]:
-    """Version 1 of the approximate path only (lookup, HNSW scorer, top-k) from the run's files, for catalogues
+    """Version 1 of the approximate path only (lookup, HNSW scorer) from the run's files, for catalogues
     whose exact exports do not fit the memory this shared machine allows: publish's parity check alone scores
     200 users against every item twice (2 x 8 GB at 10M items). Also times the exact scan in process: FAISS's
     exhaustive inner-product search over the same rows, one thread, one query at a time."""
@@ -164,7 +166,7 @@ def publish_approximate(
     from serving.contract import IDS_FILE, MANIFEST_FILE, MODEL_CODE_FILE
     from trainer.ann import build_and_check, item_rows
     from trainer.export import user_table
-    from trainer.triton.family import LOOKUP, SCORER_ANN, TOPK
+    from trainer.triton.family import LOOKUP, SCORER_ANN
     from trainer.triton.publish import model_code
 
     users = user_table(model)
@@ -182,7 +184,7 @@ def publish_approximate(
     exact_ms = (time.perf_counter() - began) / len(queries) * 1e3
     del rows
     manifest = json.dumps({"version": 1, "family": "factor", "n_items": int(fallback.size), "ann": ann}) + "\n"
-    for step in (LOOKUP, TOPK, SCORER_ANN):
+    for step in (LOOKUP, SCORER_ANN):
         folder = repository / step / "1"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy2(model_code(step), folder / MODEL_CODE_FILE)
@@ -288,7 +290,7 @@ def serve(
     load_s: dict[str, float] = {}
     with TritonServer(config) as server:
         assert server.pid is not None
-        for name in LOAD_ORDER if exact else tuple(m for m in LOAD_ORDER if m not in ("recsys_scorer_onnx", EXACT)):
+        for name in LOAD_ORDER if exact else tuple(m for m in LOAD_ORDER if m not in EXACT_ONLY):
             began = time.perf_counter()
             server.load_model(name)
             load_s[name] = round(time.perf_counter() - began, 2)

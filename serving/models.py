@@ -7,7 +7,8 @@
   exported graph's inputs -> SCORES, ITEMS);
 * ``recsys_topk``, ``recsys_session_topk``: :class:`TopK` (ITEMS, SCORES, TOP_K -> ITEM_IDS, SCORES);
 * ``recsys_fused``: :class:`Fused` (USER_ID, TOP_K -> ITEM_IDS, SCORES, FALLBACK, MODEL_VERSION);
-* ``recsys_scorer_ann``: :class:`AnnScorerModel` (the factor scorer's tensors, answered by a FAISS index).
+* ``recsys_scorer_ann``: :class:`AnnScorerModel` (the factor scorer's inputs, answered by a FAISS index -> ITEM_IDS,
+  SCORES: it ends ``recsys_ann``).
 
 Every request of a batch is checked on its own (a bad one gets INVALID_ARG alone) and the good ones are computed
 together (:class:`serving.stub.BatchedModel`).
@@ -58,7 +59,7 @@ from serving.stub import (
     require_width,
     split,
 )
-from serving.topk import ItemIds, trim
+from serving.topk import ItemIds, ranked, trim
 
 if TYPE_CHECKING:
     from serving.gpu import DeviceScorer
@@ -227,12 +228,16 @@ class ScorerModel(BatchedModel):
                 require_finite(name, array)
         return tuple(named.values())
 
-    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+    def scored(self, batch: list[Arrays]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """The whole batch's ``(scores, items)``: max(TOP_K) of the batch per row, best first."""
         stacked = [
             stack_rows([b[i] for b in batch]) if name == EXCLUDE else np.concatenate([b[i] for b in batch])
             for i, name in enumerate(self.inputs)
         ]
-        scores, items = self.scorer(*stacked)
+        return self.scorer(*stacked)
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        scores, items = self.scored(batch)
         sizes = [len(b[0]) for b in batch]
         return [{SCORES: s, ITEMS: i} for s, i in zip(split(scores, sizes), split(items, sizes), strict=True)]
 
@@ -282,27 +287,20 @@ class Fused(_UserRequests):
         vectors, exclude, unknown = self.lookup(np.concatenate([b[0] for b in batch]).tolist())
         top_k = np.concatenate([b[1] for b in batch])
         scores, items = self.scorer(vectors, exclude, top_k)
-        out, start = [], 0
-        for keys, ks in batch:
-            stop = start + len(keys)
-            kept, kept_scores = trim(items[start:stop], scores[start:stop], int(ks.max()))
-            out.append(
-                {
-                    ITEM_IDS: self.item_ids(kept),
-                    SCORES: kept_scores,
-                    FALLBACK: unknown[start:stop, None],
-                    MODEL_VERSION: self._versions(stop - start),
-                }
-            )
-            start = stop
-        return out
+        answers = ranked(self.item_ids, items, scores, [b[1] for b in batch])
+        fallback = split(unknown[:, None], [len(b[0]) for b in batch])
+        return [
+            {**a, FALLBACK: f, MODEL_VERSION: self._versions(len(f))} for a, f in zip(answers, fallback, strict=True)
+        ]
 
 
 class AnnScorerModel(ScorerModel):
-    """Step 2 of ``recsys_ann``: the exact scorer's contract and checks, answered by the version's FAISS index
-    (:class:`serving.retrieval.AnnRetriever`: heard items excluded, top_k complete, the fallback unchanged). The
-    recall@10 the version passed at publish becomes the gauge ``recsys_ann_recall_at_10{model, version}`` on
-    Triton's metrics endpoint."""
+    """Step 2 and last of ``recsys_ann``: the exact scorer's inputs and checks, answered by the version's FAISS
+    index (:class:`serving.retrieval.AnnRetriever`: heard items excluded, top_k complete, the fallback unchanged)
+    and returned as the top-k step returns them: each request's own k, external ids. FAISS answers best first, so
+    there is nothing left for a top-k step to do, and on a CPU host each python-backend hop costs ~0.7 ms whatever
+    it computes (``benchmarks/results/catalog_scale-steps.md``). The recall@10 the version passed at publish
+    becomes the gauge ``recsys_ann_recall_at_10{model, version}`` on Triton's metrics endpoint."""
 
     def initialize(self, args: dict[str, Any]) -> None:
         self.model_name = str(args.get("model_name", "recsys_scorer_ann"))
@@ -318,6 +316,12 @@ class AnnScorerModel(ScorerModel):
         self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
         recall = (published.get("ann") or {}).get("recall_at_10")
         self.recall_gauge = None if recall is None else _gauge(self.model_name, self.version, float(recall))
+        self.item_ids = ItemIds(self.folder)
+
+    def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:
+        scores, items = self.scored(batch)
+        top_k = self.inputs.index(TOP_K)
+        return ranked(self.item_ids, items, scores, [b[top_k] for b in batch])
 
 
 def _gauge(model: str, version: int, recall: float) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.contract import IDS_FILE
+from serving.contract import IDS_FILE, ITEM_IDS, SCORES
 
 
 class ItemIds:
@@ -50,3 +50,20 @@ def trim(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The first ``k`` candidates of each row (the scorer returned max(TOP_K) of the whole batch)."""
     return items[:, :k], np.ascontiguousarray(scores[:, :k], dtype=np.float32)
+
+
+def ranked(
+    item_ids: ItemIds,
+    items: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    top_ks: list[npt.NDArray[np.int64]],
+) -> list[dict[str, npt.NDArray[Any]]]:
+    """A batch's best-first candidates (max(TOP_K) per row) as each request's answer: its rows (one ``top_ks``
+    array per request), cut to its own k, as external ids."""
+    out, start = [], 0
+    for top_k in top_ks:
+        stop = start + len(top_k)
+        kept, kept_scores = trim(items[start:stop], scores[start:stop], int(top_k.max()))
+        out.append({ITEM_IDS: item_ids(kept), SCORES: kept_scores})
+        start = stop
+    return out

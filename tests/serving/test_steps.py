@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.contract import EXCLUDE, TOP_K, USER_VECTOR
+from serving.contract import EXCLUDE, ITEM_IDS, SCORES, TOP_K, USER_VECTOR
 from serving.lookup import SessionLookup, UserLookup, check_request, decode_user_ids
 from serving.scorer import Scorer, stack_rows
 from serving.topk import ItemIds
@@ -88,6 +88,22 @@ def test_item_ids_map_padding_to_empty(run_dir: Path) -> None:
     run = load_run(run_dir)
     ids = ItemIds(run_dir)(np.array([[0, 2, -1]]))
     assert ids.tolist() == [[str(run.item_ids.ids[0]).encode(), str(run.item_ids.ids[2]).encode(), b""]]
+
+
+def test_ranked_cuts_each_request_of_a_batch_to_its_own_k(tmp_path: Path) -> None:
+    """How recsys_scorer_ann (and recsys_fused) answer a dynamic batch: the scorer ran max(TOP_K) of the whole
+    batch for every row; each request gets its own rows, cut to its largest k, as ids ("" where none remain)."""
+    from serving.topk import ranked
+
+    np.savez(tmp_path / "ids.npz", item_ids=np.array(["a", "b", "c", "d"]))
+    items = np.array([[3, 1, 0], [2, -1, -1], [0, 2, 1]], dtype=np.int64)
+    scores = np.array([[9, 8, 7], [6, -np.inf, -np.inf], [5, 4, 3]], dtype=np.float32)
+    first, second = ranked(ItemIds(tmp_path), items, scores, [np.array([[2], [1]]), np.array([[3]])])
+    assert first[ITEM_IDS].tolist() == [[b"d", b"b"], [b"c", b""]]
+    np.testing.assert_array_equal(first[SCORES], [[9, 8], [6, -np.inf]])
+    assert second[ITEM_IDS].tolist() == [[b"a", b"c", b"b"]]
+    assert second[SCORES].dtype == np.float32
+    assert second[SCORES].flags.c_contiguous
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The approximate ensemble (recsys_ann: lookup -> FAISS scorer -> top-k) served by the real Triton.
+"""The approximate ensemble (recsys_ann: lookup -> FAISS scorer, which answers ids itself) served by the real Triton.
 
 The version's index is IVF with every list probed (exhaustive), so its answers must be the exact ensemble's;
 exclusions, completeness, the fallback and the published recall metric are checked through gRPC.

@@ -382,12 +382,7 @@ def publish(
     from trainer.triton.repository import activate, manifest, versions
 
     settings = _settings(ctx)
-    policy = AnnPolicy(  # a bad --ann is refused before the run is read
-        kind=ann or settings.ann_kind,
-        threshold_items=settings.ann_threshold_items,
-        min_recall=settings.ann_min_recall if ann_min_recall is None else ann_min_recall,
-        sample_users=settings.ann_sample_users,
-    )
+    policy = AnnPolicy.from_settings(settings, kind=ann, min_recall=ann_min_recall)  # refused before the run is read
     if not force:
         check_beats_popularity(run_dir)
     target = repository or settings.model_repository
@@ -877,6 +872,7 @@ def retrain(
     from recsys.loop.retrain import RetrainOptions
     from recsys.loop.runner import LoopMetrics, Plan, parse_duration, run_loop
     from recsys.stack.triton import TritonControl
+    from trainer.ann import AnnPolicy
     from trainer.new_items import CatalogueRules
 
     settings = _settings(ctx)
@@ -890,6 +886,7 @@ def retrain(
         tolerance=settings.retrain_tolerance if tolerance is None else tolerance,
         min_users=settings.retrain_min_users,
         decay_days=decay_days,
+        ann=AnnPolicy.from_settings(settings),  # every publish of the loop builds and gates by RECSYS_ANN_*
     )
     rules = CatalogueRules(settings.catalogue_min_listeners, settings.catalogue_max_plays)
     options = dataclasses.replace(options, rules=rules)
@@ -936,13 +933,15 @@ def promote(
     from recsys.loop.canary import busy
     from recsys.loop.canary import promote as run_promote
     from recsys.stack.triton import TritonControl
+    from trainer.ann import AnnPolicy
 
     settings = _settings(ctx)
     target = repository or settings.model_repository
     if not busy(target):
         raise ConfigError(f"{target}: no candidate on the canary to promote")
     http = triton_http or f"{settings.triton_host}:{settings.triton_http_port}"
-    version = run_promote(target, TritonControl.at(http, api_key=_triton_key(settings)))
+    control = TritonControl.at(http, api_key=_triton_key(settings))
+    version = run_promote(target, control, ann=AnnPolicy.from_settings(settings))
     out.print(f"the canary's run now serves everyone as version {version}")
 
 

@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,9 @@ from recsys.core.errors import ConfigError
 from serving.contract import ANN_FILE, ANN_INDEX_FILE, MAX_TOP_K
 from serving.lookup import padded_rows
 from serving.retrieval import KINDS, AnnRetriever, SearchSettings, queries
+
+if TYPE_CHECKING:
+    from recsys.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,19 @@ class AnnPolicy:
             raise ConfigError(f"min_recall must be in 0..1, got {self.min_recall}")
         if self.sample_users < 1 or self.threshold_items < 0:
             raise ConfigError("sample_users must be >= 1 and threshold_items >= 0")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, kind: str | None = None, min_recall: float | None = None
+    ) -> AnnPolicy:
+        """The policy ``RECSYS_ANN_*`` set (``kind`` and ``min_recall``, when given, override theirs: the flags of
+        ``recsys publish``): every publish a command starts, the loop's included, builds and gates by it."""
+        return cls(
+            kind=kind or settings.ann_kind,
+            threshold_items=settings.ann_threshold_items,
+            min_recall=settings.ann_min_recall if min_recall is None else min_recall,
+            sample_users=settings.ann_sample_users,
+        )
 
     def kind_for(self, n_items: int) -> str | None:
         """The index to build for a catalogue of ``n_items``, or None: no index (no approximate scorer)."""

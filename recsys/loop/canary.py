@@ -25,6 +25,7 @@ from recsys.core.errors import ConfigError
 from recsys.loop.records import Cycle
 from recsys.loop.records import Decision as CycleDecision
 from recsys.loop.retrain import CANARY_SUFFIX
+from trainer.ann import AnnPolicy
 from trainer.triton.family import FACTOR, Family
 from trainer.triton.publish import publish
 from trainer.triton.repository import ModelControl, activate, manifest, served_run, versions
@@ -51,32 +52,37 @@ def check_experiment(groups: dict[str, tuple[str, float]], share: float, family:
         )
 
 
-def ensure_canary(repository: Path, control: ModelControl, family: Family = FACTOR) -> int:
+def ensure_canary(
+    repository: Path, control: ModelControl, family: Family = FACTOR, *, ann: AnnPolicy | None = None
+) -> int:
     """The canary family's version, loaded (a restarted Triton loads only the served families), publishing the
-    served run into it first when it has none."""
+    served run into it first when it has none. ``ann``, here and below: the publish's index policy and gate
+    (:class:`trainer.ann.AnnPolicy`, ``RECSYS_ANN_*``; None: the lineage's kind, default gate)."""
     canary = canary_of(family)
     held = versions(repository, canary)
     if held:
         activate(control, repository, canary, held[-1], retire=len(held) > 1)
         return held[-1]
     _, run_dir = served_run(repository, family)
-    published = publish(run_dir, repository, family=canary)
+    published = publish(run_dir, repository, family=canary, ann=ann)
     activate(control, repository, canary, published.version)
     return published.version
 
 
-def start_canary(repository: Path, control: ModelControl, run_dir: Path, family: Family = FACTOR) -> int:
+def start_canary(
+    repository: Path, control: ModelControl, run_dir: Path, family: Family = FACTOR, *, ann: AnnPolicy | None = None
+) -> int:
     """Publishes ``run_dir`` into the canary family and hot-swaps it in; returns the canary's version."""
     canary = canary_of(family)
-    published = publish(run_dir, repository, family=canary)
+    published = publish(run_dir, repository, family=canary, ann=ann)
     activate(control, repository, canary, published.version)
     return published.version
 
 
-def promote(repository: Path, control: ModelControl, family: Family = FACTOR) -> int:
+def promote(repository: Path, control: ModelControl, family: Family = FACTOR, *, ann: AnnPolicy | None = None) -> int:
     """The canary's run as the next version of the served family (everyone gets it); returns that version."""
     _, run_dir = served_run(repository, canary_of(family))
-    published = publish(run_dir, repository, family=family)
+    published = publish(run_dir, repository, family=family, ann=ann)
     activate(control, repository, family, published.version)
     return published.version
 
@@ -157,7 +163,15 @@ class CanaryPlan:
     margin: float = 0.0
 
 
-def canary_cycle(repository: Path, dsn: str, control: ModelControl, plan: CanaryPlan, family: Family = FACTOR) -> Cycle:
+def canary_cycle(
+    repository: Path,
+    dsn: str,
+    control: ModelControl,
+    plan: CanaryPlan,
+    family: Family = FACTOR,
+    *,
+    ann: AnnPolicy | None = None,
+) -> Cycle:
     """Judges the running candidate (:func:`verdict`): promotes it to everyone, withdraws it (the canary serves the
     served run again), or leaves it running; ``unchanged`` when no candidate runs."""
     started = datetime.now(UTC)
@@ -174,8 +188,8 @@ def canary_cycle(repository: Path, dsn: str, control: ModelControl, plan: Canary
         margin=plan.margin,
     )  # fmt: skip
     if judged.decision == "promote":
-        return done("promoted", judged.reason, promote(repository, control, family))
+        return done("promoted", judged.reason, promote(repository, control, family, ann=ann))
     if judged.decision == "withdraw":
         _, run_dir = served_run(repository, family)
-        return done("withdrawn", judged.reason, start_canary(repository, control, run_dir, family))
+        return done("withdrawn", judged.reason, start_canary(repository, control, run_dir, family, ann=ann))
     return done("unchanged", judged.reason)

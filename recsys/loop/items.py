@@ -20,6 +20,7 @@ import asyncpg
 from recsys.core.dsn import connect
 from recsys.core.errors import ConfigError, DataError, RecsysError
 from recsys.loop.records import Cycle, Decision
+from trainer.ann import AnnPolicy
 from trainer.artifacts import load_run
 from trainer.models.als import ALS
 from trainer.new_items import CatalogueRules, admit, extend_run
@@ -74,9 +75,11 @@ def refresh_items(
     *,
     rules: CatalogueRules | None = None,
     family: Family = FACTOR,
+    ann: AnnPolicy | None = None,
 ) -> Cycle:
     """One refresh of ``family`` (the factor family, or a renamed instance of it; see the module docstring); the
-    cycle says what it did (``unchanged`` when nothing qualified)."""
+    cycle says what it did (``unchanged`` when nothing qualified). ``ann``: the publish's index policy and gate
+    (:class:`trainer.ann.AnnPolicy`; None: the lineage's kind, default gate)."""
     rules = rules or CatalogueRules()
     started, clock = datetime.now(UTC), time.perf_counter()
     durations: dict[str, float] = {}
@@ -106,7 +109,7 @@ def refresh_items(
     if not extended.added:
         return done("unchanged", f"{len(admitted)} item(s) qualify, but not from listeners the model knows yet")
     step = time.perf_counter()
-    published = publish(extended.run_dir, repository, family=family)
+    published = publish(extended.run_dir, repository, family=family, ann=ann)
     durations["publish_s"] = round(time.perf_counter() - step, 3)
     step = time.perf_counter()
     try:

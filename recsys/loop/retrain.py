@@ -24,6 +24,7 @@ from typing import Any
 
 from recsys.core.errors import ConfigError, DataError, RecsysError
 from recsys.loop.records import Cycle, Decision
+from trainer.ann import AnnPolicy
 from trainer.artifacts import Run, load_run, save_run
 from trainer.data.interactions import Interactions
 from trainer.data.log import LogData, load_log
@@ -53,6 +54,9 @@ class RetrainOptions:
     params: Mapping[str, Any] | None = None  # hyperparameters over the cold run's (the factor count must stay)
     canary: bool = False  # a candidate that passes serves the canary group only (recsys.loop.canary)
     rules: CatalogueRules = field(default_factory=CatalogueRules)  # the spam rule, for items the run does not know
+    #: the approximate index's policy and gate for the loop's publishes (``RECSYS_ANN_*``: the CLI passes
+    #: ``AnnPolicy.from_settings``); None: the lineage's kind with the default threshold and gate
+    ann: AnnPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.window <= timedelta(0):
@@ -169,7 +173,7 @@ def retrain_cycle(
     target = family.renamed(CANARY_SUFFIX) if options.canary else family
     clock = time.perf_counter()
     try:
-        published = publish(out, repository, family=target)
+        published = publish(out, repository, family=target, ann=options.ann)
     except ExportError as exc:
         return done("refused", f"export refused: {exc}")
     durations["publish_s"] = round(time.perf_counter() - clock, 3)

@@ -139,15 +139,17 @@ def run_loop(
         if on_cycle is not None:
             on_cycle(cycle)
 
+    ann = options.ann if options is not None else None  # every publish of the loop builds and gates by it
+
     def items() -> Cycle:
-        return refresh_items(repository, dsn, control, workdir, rules=rules)
+        return refresh_items(repository, dsn, control, workdir, rules=rules, ann=ann)
 
     def retrain() -> Cycle:
         return retrain_cycle(repository, dsn, control, workdir, options)
 
     if canary is not None:
         options = dataclasses.replace(options or RetrainOptions(), canary=True)
-        ensure_canary(repository, control)
+        ensure_canary(repository, control, ann=ann)
 
     items_every = plan.items_every or plan.every
     retrain_every = None if plan.items_only else plan.every
@@ -160,7 +162,7 @@ def run_loop(
             next_items = now + items_every.total_seconds() if items_every else math.inf
         if now >= next_retrain:
             if canary is not None:
-                step("canary", functools.partial(canary_cycle, repository, dsn, control, canary))
+                step("canary", functools.partial(canary_cycle, repository, dsn, control, canary, ann=ann))
             if canary is None or not busy(repository):
                 step("retrain", retrain)
             next_retrain = now + retrain_every.total_seconds() if retrain_every else math.inf

@@ -244,6 +244,7 @@ def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) 
     from recsys.core.settings import get_settings
     from recsys.loop.retrain import RetrainOptions
     from scripts.aws import loop
+    from trainer.ann import AnnPolicy
     from trainer.new_items import CatalogueRules
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -253,6 +254,7 @@ def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) 
         window=timedelta(minutes=settings.retrain_window_minutes if args.window is None else args.window),
         tolerance=settings.retrain_tolerance if args.tolerance is None else args.tolerance,
         min_users=settings.retrain_min_users,
+        ann=AnnPolicy.from_settings(settings),
     )
     result = loop.run_once(
         s3, where, settings.database_url.get_secret_value(), {a: loop.HttpReplica(a) for a in addresses},

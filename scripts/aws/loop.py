@@ -444,7 +444,7 @@ def run_once(
         cycle_started = datetime.now(UTC)
         try:
             if kind == "items":
-                cycle = refresh_items(repository, dsn, control, runs, rules=rules)
+                cycle = refresh_items(repository, dsn, control, runs, rules=rules, ann=options.ann if options else None)
             else:
                 cycle = retrain_cycle(repository, dsn, control, runs, options)
         except RecsysError as exc:

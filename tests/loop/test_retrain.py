@@ -16,7 +16,9 @@ from recsys.core.errors import ConfigError
 from recsys.core.triton_client import TritonRecommender
 from recsys.loop.retrain import RetrainOptions, retrain_cycle
 from recsys.loop.runner import Plan, parse_duration, run_loop
-from trainer.triton.family import ENSEMBLE_B, FACTOR
+from serving.contract import ANN_INDEX_FILE
+from trainer.ann import AnnPolicy
+from trainer.triton.family import ENSEMBLE_ANN, ENSEMBLE_B, FACTOR, SCORER_ANN
 from trainer.triton.repository import versions
 
 NOW = datetime.now(UTC)
@@ -69,7 +71,11 @@ def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(log
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
-        options = RetrainOptions(window=timedelta(minutes=15), tolerance=0.2)
+        # the loop publishes with the operator's RECSYS_ANN_* (the CLI passes AnnPolicy.from_settings): here the
+        # threshold at 0 items, so the lineage's `auto` builds an index for this 400-item catalogue (gate off: the
+        # test is about the setting reaching the loop's publish, not about recall)
+        ann = AnnPolicy(kind="inherit", threshold_items=0, min_recall=0.0)
+        options = RetrainOptions(window=timedelta(minutes=15), tolerance=0.2, ann=ann)
         cycles = run_loop(
             logged.repository, logged.database, logged.server, tmp_path, Plan(), options=options,
         )  # fmt: skip
@@ -83,6 +89,13 @@ def test_a_good_candidate_is_swapped_in_under_traffic_with_no_failed_request(log
     assert retrain.gate is not None
     assert retrain.gate["candidate"]["users"] >= 20
     assert {"read_s", "train_s", "refit_s", "publish_s", "swap_s"} <= set(retrain.durations)
+    assert (logged.repository / SCORER_ANN / "2" / ANN_INDEX_FILE).is_file()  # v1 (default threshold) has none
+    assert not (logged.repository / SCORER_ANN / "1").exists()
+    client = TritonRecommender(logged.server.urls.grpc)
+    try:  # the swap loaded the approximate path the new version brought
+        assert {a.model_version for a in client.recommend(ENSEMBLE_ANN, ["1", "2"])} == {2}
+    finally:
+        client.close()
 
 
 def test_durations_parse_and_bad_ones_are_one_line_errors() -> None:

@@ -100,7 +100,7 @@ def test_ranked_cuts_each_request_of_a_batch_to_its_own_k(tmp_path: Path) -> Non
     scores = np.array([[9, 8, 7], [6, -np.inf, -np.inf], [5, 4, 3]], dtype=np.float32)
     first, second = ranked(ItemIds(tmp_path), items, scores, [np.array([[2], [1]]), np.array([[3]])])
     assert first[ITEM_IDS].tolist() == [[b"d", b"b"], [b"c", b""]]
-    np.testing.assert_array_equal(first[SCORES], [[9, 8], [6, -np.inf]])
+    np.testing.assert_array_equal(first[SCORES], np.array([[9, 8], [6, -np.inf]], dtype=np.float32))
     assert second[ITEM_IDS].tolist() == [[b"a", b"c", b"b"]]
     assert second[SCORES].dtype == np.float32
     assert second[SCORES].flags.c_contiguous

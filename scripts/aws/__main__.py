@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from scripts.aws import s3_models
+    from trainer.ann import AnnPolicy
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +158,7 @@ def _run(args: argparse.Namespace) -> None:
             print(f"version {manifest.version}: {len(manifest.entries)} objects under {where.url}")
         elif args.command == "publish":
             with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
-                manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
+                manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp), ann=_ann_policy())
             print(f"published version {manifest.version}: {len(manifest.entries)} objects under {where.url}")
         elif args.command == "remove-version":
             for key in s3_models.remove_version(s3, where, args.version):
@@ -201,6 +202,14 @@ def _run(args: argparse.Namespace) -> None:
     print(iam.ensure_deploy_role(client, role_name=DEPLOY_ROLE, trust=trust, permissions=permissions))
 
 
+def _ann_policy() -> AnnPolicy:
+    """``RECSYS_ANN_*``, as ``recsys publish`` reads them (imported here: the other helpers need no trainer)."""
+    from recsys.core.settings import get_settings
+    from trainer.ann import AnnPolicy
+
+    return AnnPolicy.from_settings(get_settings())
+
+
 def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
     from scripts.aws import loop, s3_models
 
@@ -220,7 +229,7 @@ def _run_loop(args: argparse.Namespace, s3: S3Client) -> None:
         version = s3_models.next_version(s3, where)
         loop.upload_run(s3, args.bucket, version, args.run_dir, run_prefix=args.run_prefix, orphan=True)
         with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
-            manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp))
+            manifest = s3_models.publish_run(s3, where, args.run_dir, Path(tmp), ann=_ann_policy())
         if manifest.version != version:
             raise AwsError(f"published version {manifest.version}, but its run went to version {version}")
         print(f"published version {version} with its run: {len(manifest.entries)} objects under {where.url}")
@@ -244,7 +253,6 @@ def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) 
     from recsys.core.settings import get_settings
     from recsys.loop.retrain import RetrainOptions
     from scripts.aws import loop
-    from trainer.ann import AnnPolicy
     from trainer.new_items import CatalogueRules
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -254,7 +262,7 @@ def _retrain(args: argparse.Namespace, s3: S3Client, where: s3_models.Location) 
         window=timedelta(minutes=settings.retrain_window_minutes if args.window is None else args.window),
         tolerance=settings.retrain_tolerance if args.tolerance is None else args.tolerance,
         min_users=settings.retrain_min_users,
-        ann=AnnPolicy.from_settings(settings),
+        ann=_ann_policy(),
     )
     result = loop.run_once(
         s3, where, settings.database_url.get_secret_value(), {a: loop.HttpReplica(a) for a in addresses},

@@ -32,6 +32,8 @@ from scripts.aws.names import MANIFEST_PREFIX, REPOSITORY_PREFIX
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from trainer.ann import AnnPolicy
+
 MANIFEST_SCHEMA = 1
 PLACEHOLDER = ".keep"
 _CHUNK = 1 << 20
@@ -256,10 +258,14 @@ def ensure_bucket(s3: S3Client, bucket: str, region: str) -> None:
         raise AwsError(f"S3 bucket {bucket}: {exc}") from exc
 
 
-def publish_run(s3: S3Client, where: Location, run_dir: Path, workdir: Path) -> Manifest:
+def publish_run(
+    s3: S3Client, where: Location, run_dir: Path, workdir: Path, *, ann: AnnPolicy | None = None
+) -> Manifest:
     """Publishes a trained run (either family) as the next version on S3: export + parity check
     (``trainer.triton.publish``) into a fresh local repository numbered after what the bucket holds, the family's
-    configs rendered for the NGC image, then upload.
+    configs rendered for the NGC image, then upload. ``ann``: the approximate index's policy and gate
+    (``AnnPolicy.from_settings``: ``RECSYS_ANN_*``); the local repository is fresh, so ``inherit`` means ``auto``
+    here (the bucket's versions are not read back).
 
     Needs the whole project installed (torch, onnx); the other helpers need only boto3 (and the family
     description, which is torch-free).
@@ -269,7 +275,7 @@ def publish_run(s3: S3Client, where: Location, run_dir: Path, workdir: Path) -> 
 
     version = next_version(s3, where)
     repository = workdir / "repository"
-    published = publish(run_dir, repository, version=version)
+    published = publish(run_dir, repository, version=version, ann=ann)
     render_repository(repository, "native", families=(published.family,))
     return upload_version(s3, where, repository, version)
 

@@ -30,6 +30,7 @@ from scripts.aws.names import (  # noqa: E402
     TRITON_ROLE,
     TRITON_SERVICE_ACCOUNT,
 )
+from trainer.ann import AnnPolicy  # noqa: E402
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's account
@@ -178,6 +179,14 @@ def test_publish_run_exports_numbers_after_the_bucket_and_renders_native_configs
     scorer = s3.get_object(Bucket=BUCKET, Key="triton/recsys_scorer_torchscript/config.pbtxt")["Body"].read().decode()
     assert 'backend: "pytorch"' in scorer  # the NGC image's native backend, not the local python flavour
     assert s3_models.verify_version(s3, where, 2) == []
+    assert not any(key.startswith("recsys_scorer_ann/2/") for key in keys)  # 400 items, auto: no index
+
+    # the approximate index as RECSYS_ANN_* ask (scripts.aws passes AnnPolicy.from_settings): flat, exhaustive
+    asked = s3_models.publish_run(
+        s3, where, tmp_path / "run", tmp_path / "work-ann", ann=AnnPolicy(kind="flat", min_recall=0.95)
+    )
+    assert {"recsys_scorer_ann/3/ann.faiss", "recsys_scorer_ann/3/ids.npz"} <= {e.key for e in asked.entries}
+    assert s3_models.verify_version(s3, where, 3) == []
 
 
 # --- IAM -------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import asyncpg
 
@@ -81,6 +82,12 @@ def streams() -> list[Stream]:
     ]
 
 
+class ItemPositions(Protocol):
+    """External item id -> column (``serving.lookup.SortedIds``; a dict in tests)."""
+
+    def get(self, key: str, /) -> int | None: ...
+
+
 class FeedbackPoller(threading.Thread):
     """Polls new clicks and plays every ``interval_s`` and hands (listener, item index) pairs to ``on_plays``.
 
@@ -93,7 +100,7 @@ class FeedbackPoller(threading.Thread):
     def __init__(
         self,
         dsn: str,
-        item_index: dict[str, int],
+        item_index: ItemPositions,
         on_plays: Callable[[list[tuple[str, int]]], object],
         *,
         since: datetime | None = None,

@@ -107,6 +107,26 @@ def test_ranked_cuts_each_request_of_a_batch_to_its_own_k(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    "ids",
+    [np.array([300, 7, -12, 31]), np.array(["b", "a-1", "c c", "a"]), np.array(["é", "naïve", "x", "e"])],
+    ids=str,
+)
+def test_sorted_ids_find_what_a_dict_of_the_ids_finds(ids: Any) -> None:
+    """The live fold-in's item id -> column (serving.lookup.SortedIds): every stored id, and nothing else, even a
+    key numpy would cut to the stored width or strip of its NULs."""
+    from serving.lookup import SortedIds
+
+    index = SortedIds(ids)
+    as_dict = {str(i): n for n, i in enumerate(ids.tolist())}
+    assert len(index) == len(as_dict)
+    for key, position in as_dict.items():
+        assert index.get(key) == position
+    longest = max(as_dict, key=len)
+    for missing in ("zz", longest + "0", longest + "\0", "ü", "", "3000"):
+        assert index.get(missing) is None, missing
+
+
+@pytest.mark.parametrize(
     "ids", [np.array([7, -12, 300]), np.array(["a-1", "b", "c c"]), np.array(["é", "naïve", "x"])], ids=str
 )
 def test_item_ids_are_utf8_of_the_stored_ids(tmp_path: Path, ids: Any) -> None:

@@ -36,40 +36,57 @@ def item_index(folder: Path) -> SortedIds:
 
 
 class SortedIds:
-    """External id -> position by binary search over the ids sorted once, as text (ASCII ids as bytes).
+    """External id -> position by binary search over the ids sorted once: integer ids as int64 (a key matches in
+    its canonical decimal form only, as ``str(id)`` would), text ids as text (ASCII as bytes, the longest id wide).
 
     For the item ids of the live fold-in's poller, which looks up a few events per poll: a dict of 10M Python
-    strings took 15.6 s and 1.2 GB at start (`benchmarks/results/id_index.md` compares both). The lookup's
-    user ids stay a dict: they are on every request's path.
+    strings holds ~1.1 GB (``benchmarks/results/id_index.md`` compares both). The lookup's user ids stay a dict
+    (:func:`id_dict`): they are on every request's path.
     """
 
     def __init__(self, ids: npt.NDArray[Any]) -> None:
-        text = ids.astype(str)
-        with suppress(UnicodeEncodeError):  # not ASCII: searched as text
-            text = text.astype(np.bytes_)  # a quarter of UCS-4's memory
-        if len(text):  # as wide as the longest id (int64 ids convert 21 characters wide)
-            text = text.astype(f"{text.dtype.kind}{max(1, int(np.char.str_len(text).max()))}")
-        order = np.argsort(text, kind="stable")
-        self.sorted = text[order]
+        keys = ids.astype(np.int64) if ids.dtype.kind in "iu" else _text(ids)
+        order = np.argsort(keys, kind="stable")
+        self.sorted = keys[order]
         self.order = order.astype(np.int32) if len(order) < 2**31 else order  # half the memory
-        self._chars = text.dtype.itemsize // (1 if text.dtype.kind == "S" else 4)
 
     def __len__(self) -> int:
         return len(self.sorted)
 
     def get(self, key: str) -> int | None:
         """``key``'s position in the ids it was built from, or None; the first one if an id repeats."""
-        if len(key) > self._chars or key.endswith("\0"):
-            return None  # numpy would cut it to the stored width (or drop the NULs) and match another id
-        probe: str | bytes = key
-        if self.sorted.dtype.kind == "S":
-            if not key.isascii():
-                return None  # every stored id is ASCII
-            probe = key.encode("ascii")
+        probe = self._probe(key)
+        if probe is None:
+            return None
         at = int(np.searchsorted(self.sorted, probe))
         if at < len(self.sorted) and self.sorted[at] == probe:
             return int(self.order[at])
         return None
+
+    def _probe(self, key: str) -> int | str | bytes | None:
+        """``key`` as the stored ids are, or None where it cannot be one of them."""
+        kind = self.sorted.dtype.kind
+        if kind == "i":
+            try:
+                value = int(key)
+            except ValueError:
+                return None
+            return value if str(value) == key and -(2**63) <= value < 2**63 else None
+        chars = self.sorted.dtype.itemsize // (1 if kind == "S" else 4)
+        if len(key) > chars or key.endswith("\0"):
+            return None  # numpy would cut it to the stored width (or drop the NULs) and match another id
+        if kind == "S":
+            return key.encode("ascii") if key.isascii() else None  # every stored id is ASCII
+        return key
+
+
+def _text(ids: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """Ids as fixed-width text, as narrow as the longest one: bytes when all are ASCII (a quarter of UCS-4)."""
+    text = ids.astype(str)
+    with suppress(UnicodeEncodeError):
+        text = text.astype(np.bytes_)
+    width = int(np.char.str_len(text).max()) if len(text) else 1
+    return text.astype(f"{text.dtype.kind}{max(width, 1)}")
 
 
 def id_dict(ids: npt.NDArray[Any]) -> dict[str, int]:

@@ -113,7 +113,7 @@ def test_ranked_cuts_each_request_of_a_batch_to_its_own_k(tmp_path: Path) -> Non
 )
 def test_sorted_ids_find_what_a_dict_of_the_ids_finds(ids: Any) -> None:
     """The live fold-in's item id -> column (serving.lookup.SortedIds): every stored id, and nothing else, even a
-    key numpy would cut to the stored width or strip of its NULs."""
+    key numpy would cut to the stored width or strip of its NULs, or an integer's other spellings."""
     from serving.lookup import SortedIds
 
     index = SortedIds(ids)
@@ -122,7 +122,7 @@ def test_sorted_ids_find_what_a_dict_of_the_ids_finds(ids: Any) -> None:
     for key, position in as_dict.items():
         assert index.get(key) == position
     longest = max(as_dict, key=len)
-    for missing in ("zz", longest + "0", longest + "\0", "ü", "", "3000"):
+    for missing in ("zz", longest + "0", longest + "\0", "ü", "", "3000", "07", "+7", " 7", "-0", "9" * 30):
         assert index.get(missing) is None, missing
 
 

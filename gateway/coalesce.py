@@ -3,7 +3,7 @@
 While ``max_in_flight`` calls are under way, new requests for the same (model, top_k) wait and leave together in
 the next call, up to the ensembles' batch limit. There is no timer: a request that finds a free slot leaves at
 once, so a quiet gateway (concurrency 1) adds no delay, and under load one gRPC call and one pass through the
-ensemble's three python-backend steps serve many listeners. Measured on 2 cores (benchmarks/gateway_overhead.py),
+ensemble's python-backend steps serve many listeners. Measured on 2 cores (benchmarks/gateway_overhead.py),
 it is what lets the gateway keep up with Triton's own throughput rather than spend the CPU on per-request hops.
 
 Every waiting request still has its own deadline (``timeout_s``); an error of a shared call reaches every

@@ -652,6 +652,7 @@ def stack_up(
     serving the newest published version; every port is checked before anything starts. Records what runs in
     RECSYS_STACK_DIR/state.json (`recsys stack status`, `recsys stack down`); Ctrl-C or SIGTERM stops it all."""
     from recsys.stack.local import LocalStack, StackConfig, StackPorts
+    from trainer.ann import AnnPolicy
 
     settings = _settings(ctx)
     config = StackConfig(
@@ -662,6 +663,7 @@ def stack_up(
         postgres_dir=settings.postgres_dir,
         gateways=gateways,
         prometheus=prometheus,
+        ann=AnnPolicy.from_settings(settings),
     )
     stack = LocalStack(config)
     stopping, up = threading.Event(), threading.Event()

@@ -36,8 +36,9 @@ def item_index(folder: Path) -> SortedIds:
 
 
 class SortedIds:
-    """External id -> position by binary search over the ids sorted once: integer ids as int64 (a key matches in
-    its canonical decimal form only, as ``str(id)`` would), text ids as text (ASCII as bytes, the longest id wide).
+    """External id -> position by binary search over the ids sorted once: integer ids as int64 or uint64 (a key
+    matches in its canonical decimal form only, as ``str(id)`` would), text ids as text (ASCII as bytes, the
+    longest id wide). A repeated id answers its first position (a dict answered its last; ids are unique).
 
     For the item ids of the live fold-in's poller, which looks up a few events per poll: a dict of 10M Python
     strings holds ~1.1 GB (``benchmarks/results/id_index.md`` compares both). The lookup's user ids stay a dict
@@ -45,7 +46,8 @@ class SortedIds:
     """
 
     def __init__(self, ids: npt.NDArray[Any]) -> None:
-        keys = ids.astype(np.int64) if ids.dtype.kind in "iu" else _text(ids)
+        integers = {"i": np.int64, "u": np.uint64}.get(ids.dtype.kind)
+        keys = _text(ids) if integers is None else ids.astype(integers)
         order = np.argsort(keys, kind="stable")
         self.sorted = keys[order]
         self.order = order.astype(np.int32) if len(order) < 2**31 else order  # half the memory
@@ -66,12 +68,13 @@ class SortedIds:
     def _probe(self, key: str) -> int | str | bytes | None:
         """``key`` as the stored ids are, or None where it cannot be one of them."""
         kind = self.sorted.dtype.kind
-        if kind == "i":
+        if kind in "iu":
             try:
                 value = int(key)
             except ValueError:
                 return None
-            return value if str(value) == key and -(2**63) <= value < 2**63 else None
+            bounds = np.iinfo(self.sorted.dtype)
+            return value if str(value) == key and bounds.min <= value <= bounds.max else None
         chars = self.sorted.dtype.itemsize // (1 if kind == "S" else 4)
         if len(key) > chars or key.endswith("\0"):
             return None  # numpy would cut it to the stored width (or drop the NULs) and match another id

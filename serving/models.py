@@ -30,6 +30,7 @@ from serving.contract import (
     EXCLUDE,
     FALLBACK,
     FOLD_IN_FILE,
+    IDS_FILE,
     ITEM_IDS,
     ITEM_SEQUENCE,
     ITEMS,
@@ -316,6 +317,11 @@ class AnnScorerModel(ScorerModel):
         self.max_top_k = int(self.param("max_top_k", str(MAX_TOP_K)))
         recall = (published.get("ann") or {}).get("recall_at_10")
         self.recall_gauge = None if recall is None else _gauge(self.model_name, self.version, float(recall))
+        if not (self.folder / IDS_FILE).is_file():
+            raise FileNotFoundError(
+                f"{self.folder} has no {IDS_FILE}: it was published before {self.model_name} answered item ids "
+                "itself; publish the run again (`recsys publish RUN_DIR`)"
+            )
         self.item_ids = ItemIds(self.folder)
 
     def run(self, batch: list[Arrays]) -> list[dict[str, npt.NDArray[Any]]]:

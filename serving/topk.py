@@ -1,4 +1,5 @@
-"""The last step of every ensemble: each request's own k, item indices mapped to external ids."""
+"""Each request's own k, item indices mapped to external ids: ``recsys_topk`` and ``recsys_session_topk``, and the
+end of ``recsys_scorer_ann`` (which ends ``recsys_ann``) and of ``recsys_fused``."""
 
 from __future__ import annotations
 

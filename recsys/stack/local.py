@@ -51,6 +51,7 @@ from recsys.stack.triton.watchdog import TritonWatchdog
 
 if TYPE_CHECKING:
     from recsys.core.settings import Settings
+    from trainer.ann import AnnPolicy
     from trainer.triton.family import Family
 
 __all__ = ["LocalStack", "ServiceError", "ServiceProcess", "StackConfig", "StackPorts", "free_port"]
@@ -174,6 +175,9 @@ class StackConfig:
     # restarted when probes fail this long (recsys.stack.triton.watchdog). 0 turns the watchdog off.
     watchdog_interval_s: float = 1.0
     watchdog_restart_after_s: float = 20.0
+    # The approximate index's policy and gate when a start publishes the canary's first version (RECSYS_ANN_*:
+    # `recsys stack up` passes AnnPolicy.from_settings); None: the lineage's kind with the default gate.
+    ann: AnnPolicy | None = None
 
 
 class LocalStack:
@@ -376,12 +380,20 @@ class LocalStack:
         repository serves (or the canary of one, which :meth:`load_models` loads): a one-line error naming the
         group and model otherwise (``recsys_ann`` of a version published without an approximate index, too)."""
         from trainer.triton.family import FAMILIES
-        from trainer.triton.repository import lacking_ensembles, published_families, versions, why_not_served
+        from trainer.triton.repository import (
+            check_configs,
+            lacking_ensembles,
+            published_families,
+            versions,
+            why_not_served,
+        )
 
         repository = self.config.model_repository
         families = published_families(repository, self.config.families or FAMILIES)
         if not families:
             raise ArtifactError(f"{repository}: no complete published version (run `recsys publish RUN_DIR` first)")
+        for published in families:
+            check_configs(repository, published)
         newest = {family.name: versions(repository, family)[-1] for family in families}
         lacking = {name: f for f in families for name in lacking_ensembles(repository, f, newest[f.name])}
         served = {name for f in families for name in f.ensembles if name not in lacking}
@@ -422,7 +434,7 @@ class LocalStack:
         self.versions = load_all(self.triton, repository, families)
         canary = self._canary(published_families(repository, families))
         if canary is not None and set(self.experiment.models) & set(canary.ensembles):
-            self.versions[canary.name] = ensure_canary(repository, self.triton)
+            self.versions[canary.name] = ensure_canary(repository, self.triton, ann=self.config.ann)
         self.save_state()
 
     def start_watchdog(self) -> None:

@@ -108,7 +108,12 @@ def test_ranked_cuts_each_request_of_a_batch_to_its_own_k(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "ids",
-    [np.array([300, 7, -12, 31]), np.array(["b", "a-1", "c c", "a"]), np.array(["é", "naïve", "x", "e"])],
+    [
+        np.array([300, 7, -12, 31]),
+        np.array([2**64 - 1, 7, 2**63], dtype=np.uint64),
+        np.array(["b", "a-1", "c c", "a"]),
+        np.array(["é", "naïve", "x", "e"]),
+    ],
     ids=str,
 )
 def test_sorted_ids_find_what_a_dict_of_the_ids_finds(ids: Any) -> None:
@@ -122,7 +127,7 @@ def test_sorted_ids_find_what_a_dict_of_the_ids_finds(ids: Any) -> None:
     for key, position in as_dict.items():
         assert index.get(key) == position
     longest = max(as_dict, key=len)
-    for missing in ("zz", longest + "0", longest + "\0", "ü", "", "3000", "07", "+7", " 7", "-0", "9" * 30):
+    for missing in ("zz", longest + "0", longest + "\0", "ü", "", "3000", "07", "+7", " 7", "-0", "-1", "9" * 30):
         assert index.get(missing) is None, missing
 
 

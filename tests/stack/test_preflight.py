@@ -89,3 +89,28 @@ def test_a_crashed_stacks_live_servers_are_named_and_a_dead_stack_is_forgotten(
     assert wait_gone(seen, 10, group=True)
     stack.preflight()  # nothing of it runs any more: the stale file goes, the checks pass
     assert not stack.state_path.exists()
+
+
+def test_a_repository_rendered_by_an_older_release_is_refused_before_anything_starts(
+    tmp_path: Path, served_repository: Path
+) -> None:
+    """recsys_ann as an older release wired it (lookup -> scorer -> recsys_topk): a start names the stale configs
+    and the command that renders them again, instead of serving an ensemble whose every request fails."""
+    import shutil
+
+    from trainer.triton.configs import ensemble, render
+    from trainer.triton.family import ENSEMBLE_ANN, FACTOR, LOOKUP, SCORER_ANN, SCORER_ONNX, TOPK
+    from trainer.triton.repository import read_config
+
+    repository = shutil.copytree(served_repository, tmp_path / "repository")
+    older = ensemble(
+        ENSEMBLE_ANN,
+        [read_config(repository, m) for m in (LOOKUP, SCORER_ONNX, TOPK)],
+        ("ITEM_IDS", "SCORES", "FALLBACK", "MODEL_VERSION"),
+    )
+    (repository / ENSEMBLE_ANN / "config.pbtxt").write_text(render(older))
+    with pytest.raises(ArtifactError, match=rf"the configs of {ENSEMBLE_ANN} come from an older release") as info:
+        stack_for(tmp_path, repository, ROOT / "gateway" / "experiment.yaml").preflight()
+    assert f"recsys render-repo --out {repository}" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert FACTOR.ensembles[ENSEMBLE_ANN] == (LOOKUP, SCORER_ANN)

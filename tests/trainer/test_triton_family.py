@@ -43,6 +43,7 @@ from trainer.triton.repository import (
     published_families,
     read_config,
     render_repository,
+    stale_configs,
     versions,
 )
 
@@ -343,3 +344,26 @@ def test_a_version_that_did_not_load_is_withdrawn_and_the_previous_one_pinned_ag
     assert versions(tmp_path, FACTOR) == [1]
     assert set(control.pins) == {"1"}
     assert next_version(tmp_path) == 2  # the number is free again: nothing was ever served under it
+
+
+def test_a_config_rendered_by_an_older_release_is_refused_at_publish_with_the_fix(
+    tmp_path: Path, small_als_run: Path
+) -> None:
+    """A repository rendered before recsys_scorer_ann answered item ids itself (its config declared ITEMS) would
+    fail every recsys_ann request at inference: publish refuses it, naming the models and `recsys render-repo`."""
+    from trainer.triton.publish import publish
+
+    render_repository(tmp_path)
+    assert stale_configs(tmp_path, FACTOR) == []
+    path = tmp_path / SCORER_ANN / "config.pbtxt"
+    older = path.read_text().replace(
+        'name: "ITEM_IDS"\n  data_type: TYPE_STRING', 'name: "ITEMS"\n  data_type: TYPE_INT64'
+    )
+    assert older != path.read_text()
+    path.write_text(older)
+    assert stale_configs(tmp_path, FACTOR) == [SCORER_ANN]
+    with pytest.raises(ArtifactError, match=rf"the configs of {SCORER_ANN} come from an older release.*render-repo"):
+        publish(small_als_run, tmp_path)
+    assert versions(tmp_path, FACTOR) == []
+    render_repository(tmp_path)
+    assert stale_configs(tmp_path, FACTOR) == []

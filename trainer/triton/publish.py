@@ -23,6 +23,7 @@ from serving.contract import MANIFEST_FILE, METRICS_FILE, MODEL_CODE_FILE
 from trainer.ann import INHERIT, POLICY_KINDS, AnnPolicy
 from trainer.triton.family import Family, family_for_model
 from trainer.triton.repository import (
+    check_configs,
     checksums,
     ensure_ensemble_versions,
     has_configs,
@@ -111,6 +112,7 @@ def publish(
     repository.mkdir(parents=True, exist_ok=True)
     if not has_configs(repository, family):
         render(repository, families=(family,))
+    check_configs(repository, family)
     ensure_ensemble_versions(repository, family)
     policy = ann or AnnPolicy(kind=INHERIT)
     if policy.kind == INHERIT:

@@ -140,6 +140,40 @@ def has_configs(repository: Path, family: Family) -> bool:
     return all((repository / name / CONFIG_FILE).is_file() for name in (*family.files, *family.ensembles))
 
 
+def stale_configs(repository: Path, family: Family) -> list[str]:
+    """The family's models whose config on disk wires other tensors or steps than this release renders (a
+    repository rendered by an older release, e.g. ``recsys_ann`` before its scorer answered item ids itself): the
+    served code would fail on them at inference. Tensor names and ensemble wiring are the same in every flavour,
+    so the local rendering is the reference whatever the repository's flavour."""
+    rendered = family.configs(Flavour.local, options_of(repository, family))
+    return [
+        config.name
+        for config in rendered
+        if (repository / config.name / CONFIG_FILE).is_file()
+        and _wiring(read_config(repository, config.name)) != _wiring(config)
+    ]
+
+
+def check_configs(repository: Path, family: Family) -> None:
+    """Refuses a repository whose configs of ``family`` are stale (:func:`stale_configs`), saying how to fix it."""
+    stale = stale_configs(repository, family)
+    if stale:
+        raise ArtifactError(
+            f"{repository}: the configs of {', '.join(stale)} come from an older release and do not wire what this "
+            f"one serves: render them again with `recsys render-repo --out {repository}` (in the flavour the "
+            "repository was rendered in), then publish or start again"
+        )
+
+
+def _wiring(config: ModelConfig) -> tuple[object, ...]:
+    """What the served code relies on in a config: its tensor names and, for an ensemble, each step and its maps."""
+    steps = tuple(
+        (step.model_name, tuple(sorted(step.input_map.items())), tuple(sorted(step.output_map.items())))
+        for step in config.ensemble_scheduling.step
+    )
+    return tuple(t.name for t in config.input), tuple(t.name for t in config.output), steps
+
+
 def options_of(repository: Path, family: Family) -> Options:
     """The options a family was rendered with, read back from its configs (the session lookup's ``L``)."""
     from trainer.triton.family import SESSION, SESSION_LOOKUP, SESSION_SCORER

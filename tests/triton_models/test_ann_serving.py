@@ -72,6 +72,33 @@ def test_heard_items_are_never_recommended_and_top_k_is_honoured(client: TritonR
         assert three.item_ids == everything.item_ids[:3]
 
 
+def test_concurrent_requests_with_different_k_each_get_their_own(server: TritonServer, run: Run) -> None:
+    """recsys_scorer_ann answers a dynamic batch of requests at once and cuts each to its own k (serving.topk.ranked):
+    clients asking 3 and 10 items for the same listeners at the same time each get their own k, the same ranking."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = [str(u) for u in run.user_ids.external(np.arange(8)).tolist()]
+    full = TritonRecommender(server.urls.grpc)
+    try:
+        answers = full.recommend(ENSEMBLE_ANN, users, top_k=10)
+        want = {user: answer.item_ids for user, answer in zip(users, answers, strict=True)}
+    finally:
+        full.close()
+
+    def ask(k: int) -> list[tuple[str, int, list[str]]]:
+        client = TritonRecommender(server.urls.grpc)
+        try:
+            return [(u, k, client.recommend(ENSEMBLE_ANN, [u], top_k=k)[0].item_ids) for _ in range(5) for u in users]
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        asked = [row for rows in pool.map(ask, [3, 10] * 4) for row in rows]
+    assert len(asked) == 8 * 5 * len(users)
+    for user, k, items in asked:
+        assert items == want[user][:k], (user, k)
+
+
 def test_an_unknown_listener_gets_the_unchanged_popularity_fallback(client: TritonRecommender, run: Run) -> None:
     listeners = np.bincount(run.history.indices, minlength=run.history.shape[1])
     (exact,) = client.recommend(ENSEMBLE_B, ["nobody-has-this-id"], top_k=20)

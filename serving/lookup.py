@@ -12,7 +12,6 @@ indexing. Histories stay in CSR form and only a batch's rows are padded, when it
 
 from __future__ import annotations
 
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy.typing as npt
 
 from serving.contract import HISTORY_FILE, IDS_FILE, PAD, USERS_FILE
 from serving.fold_in import LivePlays, TrainingPlays
+from serving.topk import ascii_bytes
 
 
 def user_index(folder: Path) -> dict[str, int]:
@@ -37,8 +37,9 @@ def item_index(folder: Path) -> SortedIds:
 
 class SortedIds:
     """External id -> position by binary search over the ids sorted once: integer ids as int64 or uint64 (a key
-    matches in its canonical decimal form only, as ``str(id)`` would), text ids as text (ASCII as bytes, the
-    longest id wide). A repeated id answers its first position (a dict answered its last; ids are unique).
+    matches in its canonical decimal form only, as ``str(id)`` would), text ids as ``ids.npz`` holds them (ASCII
+    as bytes: :func:`serving.topk.ascii_bytes`). A repeated id answers its first position (a dict answered its
+    last; ids are unique).
 
     For the item ids of the live fold-in's poller, which looks up a few events per poll: a dict of 10M Python
     strings holds ~1.1 GB (``benchmarks/results/id_index.md`` compares both). The lookup's user ids stay a dict
@@ -47,7 +48,7 @@ class SortedIds:
 
     def __init__(self, ids: npt.NDArray[Any]) -> None:
         integers = {"i": np.int64, "u": np.uint64}.get(ids.dtype.kind)
-        keys = _text(ids) if integers is None else ids.astype(integers)
+        keys = ascii_bytes(ids.astype(str)) if integers is None else ids.astype(integers)
         order = np.argsort(keys, kind="stable")
         self.sorted = keys[order]
         self.order = order.astype(np.int32) if len(order) < 2**31 else order  # half the memory
@@ -81,15 +82,6 @@ class SortedIds:
         if kind == "S":
             return key.encode("ascii") if key.isascii() else None  # every stored id is ASCII
         return key
-
-
-def _text(ids: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """Ids as fixed-width text, as narrow as the longest one: bytes when all are ASCII (a quarter of UCS-4)."""
-    text = ids.astype(str)
-    with suppress(UnicodeEncodeError):
-        text = text.astype(np.bytes_)
-    width = int(np.char.str_len(text).max()) if len(text) else 1
-    return text.astype(f"{text.dtype.kind}{max(width, 1)}")
 
 
 def id_dict(ids: npt.NDArray[Any]) -> dict[str, int]:
